@@ -1,0 +1,40 @@
+"""Package-wide defaults.
+
+Values are read at call time, so tests and users can patch them
+(``monkeypatch.setattr(simlab.config, "DENSE_MAX_DIM", 4)``). Call :func:`_reset`
+to restore the defaults.
+"""
+
+import os
+
+#: Restricted dimension ``r`` up to which the operator is built as a dense
+#: ``r**2 x r**2`` matrix; above it, matrix-free Lanczos is used.
+DENSE_MAX_DIM = 24
+
+#: Relative eigenvalue cut-off (times the largest eigenvalue) that defines the
+#: invariant subspace ``U = range(sum_i H_i)`` of THEORY section 4.
+RANGE_RTOL = 1e-10
+
+#: Relative tolerance of the symmetry and PSD checks on dense Hessians.
+PSD_RTOL = 1e-8
+
+#: Relative tolerance requested from ARPACK in the matrix-free eigensolvers.
+ARPACK_TOL = 1e-12
+
+#: Relative tolerance used to decide that the mean curvature ``M`` is singular.
+SINGULAR_RTOL = 1e-10
+
+#: CUDA launch configuration.
+THREADS_PER_BLOCK = 128
+
+#: ``SIMLAB_NUMBA_CACHE=0`` turns Numba's on-disk cache off.
+NUMBA_CACHE = os.environ.get("SIMLAB_NUMBA_CACHE", "1") != "0"
+
+_DEFAULTS = {
+    k: v for k, v in dict(globals()).items() if k.isupper() and not k.startswith("_")
+}
+
+
+def _reset():
+    """Restore every default defined above."""
+    globals().update(_DEFAULTS)

@@ -1,0 +1,32 @@
+"""Exact theory of the linearized SGD and unlearning dynamics (THEORY 2-6)."""
+
+from .bounds import coherence_bound_lr, coherence_bound_tightness
+from .operator import (
+    build_problem,
+    gram_operator,
+    scheme_coefficients,
+    second_moment_matrix,
+    second_moment_operator,
+)
+from .radius import (
+    critical_lr,
+    escape_time,
+    mean_lower_bound,
+    net_ascent_curvature,
+    spectral_radius,
+)
+
+__all__ = [
+    "build_problem",
+    "coherence_bound_lr",
+    "coherence_bound_tightness",
+    "critical_lr",
+    "escape_time",
+    "gram_operator",
+    "mean_lower_bound",
+    "net_ascent_curvature",
+    "scheme_coefficients",
+    "second_moment_matrix",
+    "second_moment_operator",
+    "spectral_radius",
+]

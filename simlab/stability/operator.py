@@ -1,0 +1,394 @@
+"""Exact second-moment operators of linearized SGD and descent-ascent unlearning.
+
+THEORY.md sections 2, 3 and 6. Everything here is NumPy/SciPy and exact.
+
+All sampling schemes and both SGD and unlearning fit one form. With the active
+samples of every set stacked into one family ``H_1..H_N`` (retain first),
+
+    T(X) = X - eta (M X + X M) + eta^2 D(X),
+    D(X) = M X M + sum_i a_i H_i X H_i - sum_s b_s H_s X H_s,
+
+where ``M = sum_i c_i H_i`` is the mean update matrix (``c_i = (1-alpha)/n_r`` on
+retain, ``-alpha/n_f`` on forget), ``H_s`` is the mean Hessian of set ``s`` and,
+for a set of ``n`` samples, batch ``B`` and weight ``w`` (``1-alpha`` or ``alpha``),
+
+    ==========  ======================  ==================
+    scheme      a_i                     b_s
+    ==========  ======================  ==================
+    bernoulli   w^2 (n/B - 1) / n^2     0
+    with        w^2 / (B n)             w^2 / B
+    without     w^2 c / n               w^2 c,  c = (n-B)/(B(n-1))
+    ==========  ======================  ==================
+
+This is THEORY section 2's table written out (``C(X) = (1/n) sum H_i X H_i -
+H X H``) and section 3's unlearning operator with independent batches.
+
+``T`` is self-adjoint for the Frobenius inner product and maps PSD matrices to
+PSD matrices, so its spectral radius is its largest eigenvalue, attained at a
+PSD eigenmatrix.
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import config
+from .._validation import (
+    check_alpha,
+    check_batch,
+    check_eta,
+    check_pair,
+    check_scheme,
+)
+
+__all__ = [
+    "Problem",
+    "build_problem",
+    "scheme_coefficients",
+    "second_moment_operator",
+    "second_moment_matrix",
+    "gram_operator",
+]
+
+
+def scheme_coefficients(n, batch, scheme):
+    """Coefficients ``(a, b)`` of the covariance part for one sampling scheme.
+
+    The covariance of the minibatch Hessian acts as
+    ``X -> a * sum_i H_i X H_i - b * H_mean X H_mean`` (THEORY section 2).
+
+    Parameters
+    ----------
+    n : int
+        Number of samples in the set.
+    batch : int
+        Batch size ``B`` (expected size for ``"bernoulli"``).
+    scheme : {"bernoulli", "with", "without"}
+
+    Returns
+    -------
+    a, b : float
+
+    Examples
+    --------
+    >>> scheme_coefficients(10, 10, "without")
+    (0.0, 0.0)
+    """
+    if scheme == "bernoulli":
+        return (n / batch - 1.0) / n**2, 0.0
+    if scheme == "with":
+        return 1.0 / (batch * n), 1.0 / batch
+    c = 0.0 if n == 1 else (n - batch) / (batch * (n - 1.0))
+    return c / n, c
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated linearized problem, optionally in coordinates of ``U``.
+
+    Attributes
+    ----------
+    hessians : ndarray, shape (N, r) or (N, r, r)
+        Active per-sample Hessians (retain first, then forget), rank-one factors
+        or dense.
+    rank_one : bool
+    mean_coef : ndarray, shape (N,)
+        ``M = sum_i mean_coef[i] H_i``.
+    noise_coef : ndarray, shape (N,)
+        ``a_i`` of the module docstring.
+    groups : tuple of (float, ndarray)
+        ``(b_s, d_s)`` with ``H_s = sum_i d_s[i] H_i``.
+    basis : ndarray, shape (p, r), or None
+        Orthonormal basis of ``U = range(sum_i H_i)``; ``None`` when the problem
+        is in the original coordinates.
+    n_retain : int
+        Number of active retain samples (the first rows).
+    """
+
+    hessians: np.ndarray
+    rank_one: bool
+    mean_coef: np.ndarray
+    noise_coef: np.ndarray
+    groups: tuple
+    basis: np.ndarray | None
+    n_retain: int
+
+    @property
+    def dim(self):
+        """Dimension ``r`` of the space the operator acts on (``r x r`` matrices)."""
+        return self.hessians.shape[1]
+
+    def weighted_sum(self, coef):
+        """Return ``sum_i coef[i] H_i`` as a dense ``r x r`` matrix."""
+        H = self.hessians
+        if self.rank_one:
+            return (H.T * coef) @ H
+        return np.tensordot(coef, H, axes=1)
+
+    def mean(self):
+        """The mean update matrix ``M``."""
+        return self.weighted_sum(self.mean_coef)
+
+    def rotated(self, W):
+        """The same problem in the orthonormal basis ``W`` (columns)."""
+        H = self.hessians @ W if self.rank_one else W.T @ self.hessians @ W
+        return replace(self, hessians=np.ascontiguousarray(H))
+
+
+def build_problem(retain, batch, *, scheme="bernoulli", forget=None,
+                  forget_batch=None, alpha=0.0, restrict=True):
+    """Validate inputs and assemble the operator data of THEORY sections 2-4.
+
+    Parameters
+    ----------
+    retain : array_like, shape (n_r, p, p) or (n_r, p)
+        Retain-set Hessians, dense PSD or rank-one factors.
+    batch : int
+        Retain batch size ``B_r`` in ``[1, n_r]``.
+    scheme : {"bernoulli", "with", "without"}
+    forget : array_like, optional
+        Forget-set Hessians in the same representation.
+    forget_batch : int, optional
+        Forget batch size ``B_f``; defaults to ``batch``.
+    alpha : float
+        Mixing weight in ``[0, 1]``; ``0`` is plain SGD on ``retain``.
+    restrict : bool
+        Express everything in an orthonormal basis of the invariant subspace
+        ``U = range(sum of active H_i)`` (THEORY section 4).
+
+    Returns
+    -------
+    Problem
+
+    Notes
+    -----
+    A set whose weight is zero (retain at ``alpha = 1``, forget at ``alpha = 0``)
+    does not move the iterate and is left out, so its directions do not enter
+    ``U``. If every active Hessian is zero, ``U`` is empty and a ``ValueError``
+    is raised.
+    """
+    retain, forget, rank_one = check_pair(retain, forget)
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    n_r = retain.shape[0]
+    batch = check_batch(batch, n_r, "batch")
+    if forget is None:
+        if alpha != 0.0:
+            raise ValueError("alpha > 0 needs a forget set (forget is None)")
+    else:
+        n_f = forget.shape[0]
+        forget_batch = check_batch(batch if forget_batch is None else forget_batch,
+                                   n_f, "forget_batch")
+    sets = []
+    if alpha < 1.0:
+        sets.append((retain, batch, 1.0 - alpha, 1.0))
+    if forget is not None and alpha > 0.0:
+        sets.append((forget, forget_batch, alpha, -1.0))
+    H = np.concatenate([s[0] for s in sets])
+    N = H.shape[0]
+    mean_coef, noise_coef, groups, start = [], [], [], 0
+    for hs, B, w, sign in sets:
+        n = hs.shape[0]
+        a, b = scheme_coefficients(n, B, scheme)
+        mean_coef.append(np.full(n, sign * w / n))
+        noise_coef.append(np.full(n, w**2 * a))
+        if b != 0.0:
+            d = np.zeros(N)
+            d[start:start + n] = 1.0 / n
+            groups.append((w**2 * b, d))
+        start += n
+    prob = Problem(hessians=H, rank_one=rank_one,
+                   mean_coef=np.concatenate(mean_coef),
+                   noise_coef=np.concatenate(noise_coef), groups=tuple(groups),
+                   basis=None, n_retain=n_r if alpha < 1.0 else 0)
+    return _restrict(prob) if restrict else prob
+
+
+def _restrict(prob):
+    """Express ``prob`` in an orthonormal basis of ``U`` (THEORY sections 4, 6)."""
+    H = prob.hessians
+    if prob.rank_one:
+        # Gram route: K = G^T G = V L V^T; coordinates V_+ L_+^{1/2} preserve K.
+        lam, V = np.linalg.eigh(H @ H.T)
+        keep = lam > config.RANGE_RTOL * max(lam[-1], 0.0)
+        if lam[-1] <= 0 or not keep.any():
+            raise ValueError("all active Hessians are zero: the invariant subspace "
+                             "is empty")
+        coords = V[:, keep] * np.sqrt(lam[keep])
+        basis = H.T @ (V[:, keep] / np.sqrt(lam[keep]))
+    else:
+        lam, Q = np.linalg.eigh(H.sum(axis=0))
+        keep = lam > config.RANGE_RTOL * max(lam[-1], 0.0)
+        if lam[-1] <= 0 or not keep.any():
+            raise ValueError("all active Hessians are zero: the invariant subspace "
+                             "is empty")
+        basis = Q[:, keep]
+        coords = basis.T @ H @ basis
+    return replace(prob, hessians=np.ascontiguousarray(coords), basis=basis)
+
+
+def _sandwich(prob, coef, Y):
+    """``sum_i coef[i] H_i Y H_i``."""
+    H = prob.hessians
+    if prob.rank_one:
+        q = np.einsum("ij,ij->i", H @ Y, H)
+        return (H.T * (coef * q)) @ H
+    N, r, _ = H.shape
+    A = (coef[:, None, None] * (H @ Y)).transpose(1, 0, 2).reshape(r, N * r)
+    return A @ H.reshape(N * r, r)
+
+
+def apply_quadratic(prob, Y, M=None):
+    """The quadratic part ``D(Y)`` of the module docstring."""
+    M = prob.mean() if M is None else M
+    out = M @ Y @ M + _sandwich(prob, prob.noise_coef, Y)
+    for b, d in prob.groups:
+        Hs = prob.weighted_sum(d)
+        out -= b * (Hs @ Y @ Hs)
+    return out
+
+
+def apply_operator(prob, eta, Y, M=None):
+    """``T(Y) = Y - eta (M Y + Y M) + eta^2 D(Y)``."""
+    M = prob.mean() if M is None else M
+    return Y - eta * (M @ Y + Y @ M) + eta**2 * apply_quadratic(prob, Y, M)
+
+
+def quadratic_matrix(prob):
+    """``D`` as a dense ``r^2 x r^2`` matrix (row-major vectorization)."""
+    H = prob.hessians
+    r = prob.dim
+    M = prob.mean()
+    D = np.kron(M, M)
+    if prob.rank_one:
+        V = np.einsum("ij,ik->ijk", H, H).reshape(H.shape[0], r * r)
+        D += (V.T * prob.noise_coef) @ V
+    else:
+        D += np.einsum("i,ijk,ilm->jlkm", prob.noise_coef, H, H).reshape(r * r, r * r)
+    for b, d in prob.groups:
+        Hs = prob.weighted_sum(d)
+        D -= b * np.kron(Hs, Hs)
+    return D
+
+
+def operator_matrix(prob, eta):
+    """``T`` as a dense ``r^2 x r^2`` matrix: ``I - eta (M (+) M) + eta^2 D``."""
+    r = prob.dim
+    M = prob.mean()
+    eye = np.eye(r)
+    return (np.eye(r * r) - eta * (np.kron(M, eye) + np.kron(eye, M))
+            + eta**2 * quadratic_matrix(prob))
+
+
+def second_moment_operator(retain, eta, batch, *, scheme="bernoulli", forget=None,
+                           forget_batch=None, alpha=0.0):
+    """Return ``X -> T(X) = E[(I - eta M_hat) X (I - eta M_hat)]``.
+
+    The operator acts on ``p x p`` matrices in the original coordinates (no
+    restriction to ``U``).
+
+    Parameters
+    ----------
+    retain, batch, scheme, forget, forget_batch, alpha
+        As in :func:`build_problem`.
+    eta : float
+        Learning rate ``> 0``.
+
+    Returns
+    -------
+    callable
+        ``T(X)`` for ``X`` of shape ``(p, p)``.
+
+    See Also
+    --------
+    second_moment_matrix : the same operator as a dense matrix.
+    gram_operator : the Gram-reduced form for rank-one families.
+
+    Notes
+    -----
+    THEORY sections 2 and 3.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> T = second_moment_operator(np.eye(3)[:, :2], 0.5, 3, scheme="without")
+    >>> np.allclose(T(np.eye(2)), 0.25 * np.eye(2))   # B = n is plain GD
+    True
+    """
+    eta = check_eta(eta)
+    prob = build_problem(retain, batch, scheme=scheme, forget=forget,
+                         forget_batch=forget_batch, alpha=alpha, restrict=False)
+    M = prob.mean()
+    p = prob.dim
+
+    def T(X):
+        X = np.asarray(X, dtype=float)
+        if X.shape != (p, p):
+            raise ValueError(f"X must have shape {(p, p)}, got {X.shape}")
+        return apply_operator(prob, eta, X, M)
+
+    return T
+
+
+def second_moment_matrix(retain, eta, batch, *, scheme="bernoulli", forget=None,
+                         forget_batch=None, alpha=0.0, restrict=True):
+    """Dense matrix of ``T`` on row-major vectorized matrices.
+
+    With ``restrict=True`` (default) the matrix acts on ``r x r`` matrices in the
+    basis ``Problem.basis`` of ``U``; otherwise on ``p x p`` matrices. Memory is
+    ``r^4`` (or ``p^4``) floats: meant for small problems and tests.
+
+    Returns
+    -------
+    T : ndarray, shape (r*r, r*r)
+    basis : ndarray, shape (p, r), or None
+    """
+    eta = check_eta(eta)
+    prob = build_problem(retain, batch, scheme=scheme, forget=forget,
+                         forget_batch=forget_batch, alpha=alpha, restrict=restrict)
+    return operator_matrix(prob, eta), prob.basis
+
+
+def gram_operator(retain, eta, batch, *, scheme="bernoulli", forget=None,
+                  forget_batch=None, alpha=0.0):
+    """Gram-reduced operator of THEORY section 6 for rank-one families.
+
+    With ``G = [g_1 .. g_N]`` (active samples, retain first), ``K = G^T G`` and
+    ``X = G C G^T``, the operator becomes ``C -> R(C)`` on ``N x N`` matrices::
+
+        R(C) = P C P^T + eta^2 [ diag(a_i k_i^T C k_i) - sum_s b_s D_s K C K D_s ]
+
+    with ``P = I - eta diag(c) K``, so that ``T(G C G^T) = G R(C) G^T``. For plain
+    Bernoulli SGD this is THEORY's ``P C P + c diag(k_i^T C k_i)``.
+
+    Returns
+    -------
+    R : callable
+        ``C -> R(C)`` for ``C`` of shape ``(N, N)``.
+    K : ndarray, shape (N, N)
+        The Gram matrix. Where ``K`` is singular, ``R`` has spurious eigenvalues
+        on the kernel of ``C -> G C G^T``: restrict to the row space of ``K``.
+    """
+    eta = check_eta(eta)
+    prob = build_problem(retain, batch, scheme=scheme, forget=forget,
+                         forget_batch=forget_batch, alpha=alpha, restrict=False)
+    if not prob.rank_one:
+        raise ValueError("retain must be rank-one factors of shape (n, p) for the "
+                         "Gram-reduced operator")
+    G = prob.hessians.T
+    K = G.T @ G
+    N = K.shape[0]
+    P = np.eye(N) - eta * prob.mean_coef[:, None] * K
+
+    def R(C):
+        C = np.asarray(C, dtype=float)
+        if C.shape != (N, N):
+            raise ValueError(f"C must have shape {(N, N)}, got {C.shape}")
+        out = P @ C @ P.T + eta**2 * np.diag(
+            prob.noise_coef * np.einsum("ij,ij->j", K, C @ K))
+        for b, d in prob.groups:
+            DK = d[:, None] * K
+            out -= eta**2 * b * (DK @ C @ DK.T)
+        return out
+
+    return R, K
