@@ -238,20 +238,56 @@ def _sandwich(prob, coef, Y):
     return A @ H.reshape(N * r, r)
 
 
-def apply_quadratic(prob, Y, M=None):
-    """The quadratic part ``D(Y)`` of the module docstring."""
-    M = prob.mean() if M is None else M
-    out = M @ Y @ M + _sandwich(prob, prob.noise_coef, Y)
-    for b, d in prob.groups:
-        Hs = prob.weighted_sum(d)
-        out -= b * (Hs @ Y @ Hs)
-    return out
+class OperatorAction:
+    """Matrix-free action of ``T`` and ``D`` in the eigenbasis of ``M``.
 
+    Rotating the problem so that ``M = diag(lam)`` turns ``M Y + Y M`` and
+    ``M Y M`` into elementwise products; what is left per application is the
+    sampling term (two ``r x r`` products for rank-one families) and, for
+    unlearning with ``with``/``without`` sampling, the per-set mean terms.
 
-def apply_operator(prob, eta, Y, M=None):
-    """``T(Y) = Y - eta (M Y + Y M) + eta^2 D(Y)``."""
-    M = prob.mean() if M is None else M
-    return Y - eta * (M @ Y + Y @ M) + eta**2 * apply_quadratic(prob, Y, M)
+    Parameters
+    ----------
+    prob : Problem
+
+    Attributes
+    ----------
+    lam : ndarray (r,)
+        Eigenvalues of ``M`` (ascending).
+    W : ndarray (r, r)
+        Eigenvectors of ``M``; ``Y_rot = W^T Y W``.
+    prob : Problem
+        The problem in the rotated basis.
+    """
+
+    def __init__(self, prob):
+        self.lam, self.W = np.linalg.eigh(prob.mean())
+        self.prob = prob.rotated(self.W)
+        self._groups = []
+        c = prob.mean_coef
+        for b, d in self.prob.groups:
+            if np.all(d > 0) and np.all(c == c[0]):
+                # a single active set: H_s = M / (n c_0), diagonal here
+                self._groups.append((b, self.lam * (d[0] / c[0]), True))
+            else:
+                self._groups.append((b, self.prob.weighted_sum(d), False))
+
+    def quadratic(self, Y):
+        """``D(Y)`` for ``Y`` in the rotated basis."""
+        lam = self.lam
+        out = lam[:, None] * Y * lam[None, :]
+        out += _sandwich(self.prob, self.prob.noise_coef, Y)
+        for b, Hs, diagonal in self._groups:
+            if diagonal:
+                out -= b * (Hs[:, None] * Y * Hs[None, :])
+            else:
+                out -= b * (Hs @ Y @ Hs)
+        return out
+
+    def operator(self, eta, Y):
+        """``T(Y)`` for ``Y`` in the rotated basis."""
+        return (Y - eta * (self.lam[:, None] + self.lam[None, :]) * Y
+                + eta**2 * self.quadratic(Y))
 
 
 def quadratic_matrix(prob):
@@ -318,14 +354,14 @@ def second_moment_operator(retain, eta, batch, *, scheme="bernoulli", forget=Non
     eta = check_eta(eta)
     prob = build_problem(retain, batch, scheme=scheme, forget=forget,
                          forget_batch=forget_batch, alpha=alpha, restrict=False)
-    M = prob.mean()
-    p = prob.dim
+    act = OperatorAction(prob)
+    W, p = act.W, prob.dim
 
     def T(X):
         X = np.asarray(X, dtype=float)
         if X.shape != (p, p):
             raise ValueError(f"X must have shape {(p, p)}, got {X.shape}")
-        return apply_operator(prob, eta, X, M)
+        return W @ act.operator(eta, W.T @ X @ W) @ W.T
 
     return T
 

@@ -22,8 +22,7 @@ import scipy.sparse.linalg as spla
 from .. import config
 from .._validation import check_eta, check_positive
 from .operator import (
-    apply_operator,
-    apply_quadratic,
+    OperatorAction,
     build_problem,
     operator_matrix,
     quadratic_matrix,
@@ -46,45 +45,36 @@ def _problem(retain, batch, scheme, forget, forget_batch, alpha):
                          forget_batch=forget_batch, alpha=alpha, restrict=True)
 
 
-def _top_eigenvalue(matvec, dense, r, v0, dense_max=None):
-    """Largest eigenvalue of a symmetric operator on ``r x r`` matrices.
+def _radius(prob, eta, method="auto"):
+    r = prob.dim
+    if method == "dense" or (method == "auto" and r <= config.DENSE_MAX_DIM):
+        return float(scipy.linalg.eigvalsh(operator_matrix(prob, eta))[-1])
+    act = OperatorAction(prob)
+    if method == "power":
+        return _power_radius(act, eta)
+    if r * r <= 2:
+        raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
+    return _lanczos_top(lambda Y: act.operator(eta, Y), r)
 
-    Dense ``eigvalsh`` up to ``r = dense_max`` (default ``config.DENSE_MAX_DIM``),
-    matrix-free ARPACK Lanczos above it.
-    """
-    dense_max = config.DENSE_MAX_DIM if dense_max is None else dense_max
-    if r <= dense_max or r * r <= 2:
-        return float(scipy.linalg.eigvalsh(dense(), subset_by_index=[r * r - 1,
-                                                                     r * r - 1])[0])
+
+def _lanczos_top(matvec, r):
+    """Largest eigenvalue of a symmetric operator on ``r x r`` matrices (ARPACK),
+    started from the identity (which overlaps every PSD eigenmatrix)."""
     op = spla.LinearOperator((r * r, r * r), dtype=float,
                              matvec=lambda v: matvec(v.reshape(r, r)).ravel())
-    lam = spla.eigsh(op, k=1, which="LA", v0=v0.ravel(), tol=config.ARPACK_TOL,
-                     ncv=min(r * r - 1, 24), maxiter=20 * r * r,
+    lam = spla.eigsh(op, k=1, which="LA", v0=np.eye(r).ravel(), tol=config.ARPACK_TOL,
+                     ncv=min(r * r - 1, config.ARPACK_NCV), maxiter=20 * r * r,
                      return_eigenvectors=False)
     return float(lam[0])
 
 
-def _radius(prob, eta, method="auto"):
-    r = prob.dim
-    M = prob.mean()
-    if method == "power":
-        return _power_radius(prob, eta, M)
-    if method == "dense":
-        return float(scipy.linalg.eigvalsh(operator_matrix(prob, eta))[-1])
-    if method == "lanczos" and r * r <= 2:
-        raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
-    dense_max = config.DENSE_MAX_DIM if method == "auto" else 0
-    return _top_eigenvalue(lambda Y: apply_operator(prob, eta, Y, M),
-                           lambda: operator_matrix(prob, eta), r, np.eye(r),
-                           dense_max)
-
-
-def _power_radius(prob, eta, M, maxiter=100_000, rtol=1e-12):
+def _power_radius(act, eta, maxiter=100_000, rtol=1e-12):
     """Power iteration on PSD matrices from ``X_0 = I`` (THEORY section 4)."""
-    X = np.eye(prob.dim) / np.sqrt(prob.dim)
+    r = act.prob.dim
+    X = np.eye(r) / np.sqrt(r)
     rho = 0.0
     for _ in range(maxiter):
-        Y = apply_operator(prob, eta, X, M)
+        Y = act.operator(eta, X)
         new = float(np.sum(X * Y))  # Rayleigh quotient, ||X||_F = 1
         nrm = np.linalg.norm(Y)
         if nrm == 0.0:
@@ -151,9 +141,9 @@ def spectral_radius(retain, eta, batch, *, scheme="bernoulli", forget=None,
     return _radius(prob, eta, method)
 
 
-def _mean_eigen(prob):
-    lam, W = np.linalg.eigh(prob.mean())
-    return lam, W
+def _parts_scale(prob):
+    """``lambda_max(sum_i |c_i| H_i)``: the curvature scale of M's parts."""
+    return float(np.linalg.eigvalsh(prob.weighted_sum(np.abs(prob.mean_coef)))[-1])
 
 
 def critical_lr(retain, batch, *, scheme="bernoulli", forget=None, forget_batch=None,
@@ -195,8 +185,10 @@ def critical_lr(retain, batch, *, scheme="bernoulli", forget=None, forget_batch=
     if method not in _METHODS_LR:
         raise ValueError(f"method must be one of {_METHODS_LR}, got {method!r}")
     prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
-    lam, W = _mean_eigen(prob)
-    scale = max(abs(lam[0]), abs(lam[-1]))
+    lam, W = np.linalg.eigh(prob.mean())
+    # Singularity is judged against the size of the parts, not of M itself
+    # (M = 0 exactly when the descent and ascent parts cancel).
+    scale = _parts_scale(prob)
     tol = config.SINGULAR_RTOL * scale
     if lam[0] < -tol:
         return 0.0
@@ -210,23 +202,23 @@ def critical_lr(retain, batch, *, scheme="bernoulli", forget=None, forget_batch=
             raise ValueError("method='secular' needs rank-one retain, "
                              "scheme='bernoulli' and plain SGD (alpha=0)")
         return _critical_secular(prob, batch)
-    return _critical_geneig(prob, lam, W)
+    return _critical_geneig(prob)
 
 
-def _critical_geneig(prob, lam, W):
-    rot = prob.rotated(W)
-    Mr = np.diag(lam)
-    S = np.sqrt(2.0 / (lam[:, None] + lam[None, :]))
+def _critical_geneig(prob):
+    """``2 / lambda_max(C^{-1} D)`` with ``C = diag((lam_k + lam_l) / 2)`` in the
+    eigenbasis of ``M``: the top eigenvalue of ``S o D(S o Y)``,
+    ``S_kl = (2 / (lam_k + lam_l))^{1/2}``."""
     r = prob.dim
-
-    def matvec(Y):
-        return S * apply_quadratic(rot, S * Y, Mr)
-
-    def dense():
-        s = S.ravel()
-        return s[:, None] * quadratic_matrix(rot) * s[None, :]
-
-    mu = _top_eigenvalue(matvec, dense, r, np.eye(r))
+    if r <= config.DENSE_MAX_DIM:
+        lam, W = np.linalg.eigh(prob.mean())
+        s = np.sqrt(2.0 / (lam[:, None] + lam[None, :])).ravel()
+        A = s[:, None] * quadratic_matrix(prob.rotated(W)) * s[None, :]
+        mu = float(scipy.linalg.eigvalsh(A)[-1])
+    else:
+        act = OperatorAction(prob)
+        S = np.sqrt(2.0 / (act.lam[:, None] + act.lam[None, :]))
+        mu = _lanczos_top(lambda Y: S * act.quadratic(S * Y), r)
     # D contains a PSD sampling part and M (x) M scaled by (1 - b) >= 0, so
     # mu > 0 whenever M is positive definite.
     return 2.0 / mu if mu > 0 else np.inf
@@ -252,8 +244,7 @@ def _critical_singular(prob, lam, W, tol):
     """
     rot = prob.rotated(W[:, lam <= tol])
     mu = scipy.linalg.eigvalsh(quadratic_matrix(rot))[-1]
-    scale = np.abs(np.linalg.eigvalsh(prob.weighted_sum(np.abs(prob.mean_coef))))[-1]
-    if mu > config.SINGULAR_RTOL * scale**2:
+    if mu > config.SINGULAR_RTOL * _parts_scale(prob) ** 2:
         return 0.0
     raise ValueError("the mean update matrix M is singular on U with no sampling "
                      "noise on its kernel: rho(T) = 1 for every eta and the "
@@ -272,6 +263,8 @@ def _critical_secular(prob, batch):
     factor = n / batch - 1.0
 
     def lam_max(eta):
+        if eta == 0.0:
+            return 0.0
         Wkl = np.outer(ell, ell) / (ell[:, None] + ell[None, :]
                                     - eta * np.outer(ell, ell))
 

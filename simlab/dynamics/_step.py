@@ -1,0 +1,322 @@
+"""Plain-Python step bodies of the linearized dynamics, compiled per backend.
+
+Everything a trajectory does inside a kernel is written here exactly once, as
+scalar loops over arrays that the caller allocates: no NumPy allocation, no
+Python objects, only ``math`` functions and NumPy scalar casts. :func:`build`
+turns the bodies into a namespace of functions compiled with one decorator:
+
+* ``build(simlab._jit.jit)`` for the CPU (used by
+  :mod:`simlab.dynamics.linearized`);
+* ``build(numba.cuda.jit(device=True))`` for CUDA device functions;
+* :data:`plain` (``build`` with the identity) runs uncompiled in Python, for
+  tests and debugging. Its uint64 arithmetic wraps like the compiled code but
+  NumPy warns on scalar overflow: call it under ``np.errstate(over="ignore")``.
+
+The functions call one another through the closure of :func:`build`, so each
+compilation is self-contained (a CUDA device function can only call device
+functions).
+
+Random numbers come from xoshiro256** (Blackman & Vigna, "Scrambled linear
+pseudorandom number generators", ACM TOMS 2021), a counter-free generator on
+four uint64 words. Every operation on the state is integer arithmetic modulo
+2**64, so the CPU and CUDA compilations give bit-identical streams. Numba
+promotes ``uint64 op int64`` to float64, so every constant below is an
+``np.uint64``.
+
+State layout of one cell (one configuration) is described by two small arrays
+built on the host by ``simlab.dynamics.linearized._prepare_cell``:
+
+``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one]``
+``cell_f`` (float64): ``[q_r, q_f, w_r, w_f, eta]`` with ``q = B / n`` (Bernoulli
+keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``.
+"""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+__all__ = ["build", "plain", "SCHEME_CODES", "CELL_INT_FIELDS", "CELL_FLOAT_FIELDS"]
+
+#: Integer codes of the sampling schemes used inside kernels.
+SCHEME_CODES = {"bernoulli": 0, "with": 1, "without": 2}
+
+#: Names of the entries of ``cell_i`` and ``cell_f`` (in order).
+CELL_INT_FIELDS = ("p", "n_r", "n_f", "B_r", "B_f", "scheme", "use_r", "use_f",
+                   "rank_one")
+CELL_FLOAT_FIELDS = ("q_r", "q_f", "w_r", "w_f", "eta")
+
+# uint64 constants (Numba freezes module globals as typed constants).
+_U5 = np.uint64(5)
+_U7 = np.uint64(7)
+_U9 = np.uint64(9)
+_U11 = np.uint64(11)
+_U17 = np.uint64(17)
+_U19 = np.uint64(19)
+_U32 = np.uint64(32)
+_U45 = np.uint64(45)
+_U57 = np.uint64(57)
+_TWO_M53 = 2.0**-53
+
+# Squared norms outside [_SQ_LOW, _SQ_HIGH] trigger a renormalization of delta.
+_SQ_LOW = 1e-200
+_SQ_HIGH = 1e200
+
+_NAN = math.nan
+_NEG_INF = -math.inf
+
+
+def build(decorate):
+    """Compile the step bodies with ``decorate`` and return them in a namespace.
+
+    Parameters
+    ----------
+    decorate : callable
+        ``simlab._jit.jit`` (CPU), ``numba.cuda.jit(device=True)`` (CUDA) or the
+        identity (plain Python).
+
+    Returns
+    -------
+    types.SimpleNamespace
+        ``rng_next``, ``rng_uniform``, ``rng_below``, ``draw_batch``,
+        ``add_rank_one``, ``add_dense``, ``escape_threshold``, ``linear_step``,
+        ``run_trajectory``.
+
+    Notes
+    -----
+    ``run_trajectory`` is the body of every driver: the CPU driver
+    ``simlab.dynamics.linearized._simulate_many`` calls it inside ``prange``.
+    """
+
+    @decorate
+    def rng_next(state):
+        """Advance the xoshiro256** ``state`` (uint64[4]) and return a uint64."""
+        s0 = state[0]
+        s1 = state[1]
+        s2 = state[2]
+        s3 = state[3]
+        x = s1 * _U5
+        result = ((x << _U7) | (x >> _U57)) * _U9
+        t = s1 << _U17
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = (s3 << _U45) | (s3 >> _U19)
+        state[0] = s0
+        state[1] = s1
+        state[2] = s2
+        state[3] = s3
+        return result
+
+    @decorate
+    def rng_uniform(state):
+        """Uniform double on ``[0, 1)``: the top 53 bits times ``2**-53``."""
+        return (rng_next(state) >> _U11) * _TWO_M53
+
+    @decorate
+    def rng_below(state, m):
+        """Integer in ``[0, m)`` for ``1 <= m < 2**32``.
+
+        Lemire's multiply-shift on the top 32 bits, in integer arithmetic only;
+        the bias is at most ``m / 2**32`` (below ``1e-8`` for ``m <= 40``).
+        """
+        return np.int64(((rng_next(state) >> _U32) * np.uint64(m)) >> _U32)
+
+    @decorate
+    def draw_batch(state, scheme, n, B, q, perm, idx):
+        """Draw one minibatch of sample indices into ``idx``; return its size.
+
+        ``scheme`` 0 (bernoulli): each of the ``n`` samples is kept when a
+        uniform draw is ``< q = B / n`` (``n`` draws, random size).
+        1 (with): ``B`` draws of ``rng_below(n)``.
+        2 (without): ``B`` swaps of a partial Fisher-Yates shuffle of the
+        persistent permutation ``perm`` (length ``n``); the first ``B`` entries
+        are then a uniform ``B``-subset whatever ``perm`` held before, in
+        ``O(B)`` per step.
+        """
+        if scheme == 0:
+            k = 0
+            for i in range(n):
+                if rng_uniform(state) < q:
+                    idx[k] = i
+                    k += 1
+            return k
+        if scheme == 1:
+            for j in range(B):
+                idx[j] = rng_below(state, n)
+            return B
+        for j in range(B):
+            r = j + rng_below(state, n - j)
+            tmp = perm[r]
+            perm[r] = perm[j]
+            perm[j] = tmp
+            idx[j] = tmp
+        return B
+
+    @decorate
+    def add_rank_one(G, row0, idx, k, w, delta, acc, p):
+        """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p)."""
+        for a in range(k):
+            i = row0 + idx[a]
+            c = 0.0
+            for j in range(p):
+                c += G[i, j] * delta[j]
+            c *= w
+            for j in range(p):
+                acc[j] += c * G[i, j]
+
+    @decorate
+    def add_dense(H, row0, idx, k, w, delta, acc, p):
+        """``acc += w * sum_a H_i delta``, ``i = row0 + idx[a]``: O(k p^2)."""
+        for a in range(k):
+            i = row0 + idx[a]
+            for j in range(p):
+                c = 0.0
+                for m in range(p):
+                    c += H[i, j, m] * delta[m]
+                acc[j] += w * c
+
+    @decorate
+    def escape_threshold(log_thresh):
+        """``exp(log_thresh)`` in the current scale, ``inf`` instead of overflow."""
+        if log_thresh > 700.0:
+            return math.inf
+        return math.exp(log_thresh)
+
+    @decorate
+    def linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r, w_f,
+                    eta, scheme, use_r, use_f, state, perm_r, perm_f, idx, acc,
+                    delta):
+        """One step ``delta <- delta - eta [w_r S_r - w_f S_f]``; return ``|delta|^2``.
+
+        ``S_r`` (``S_f``) is the sum of the retain (forget) batch Hessians applied
+        to the old ``delta``; the retain batch is drawn before the forget batch.
+        Rows ``0..n_r-1`` of ``G``/``H`` are retain, ``n_r..n_r+n_f-1`` forget.
+        """
+        for j in range(p):
+            acc[j] = 0.0
+        if use_r:
+            k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
+            if rank_one:
+                add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
+            else:
+                add_dense(H, 0, idx, k, w_r, delta, acc, p)
+        if use_f:
+            k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
+            if rank_one:
+                add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
+            else:
+                add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
+        sq = 0.0
+        for j in range(p):
+            d = delta[j] - eta * acc[j]
+            delta[j] = d
+            sq += d * d
+        return sq
+
+    @decorate
+    def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
+                       stop_on_escape, state, perm_r, perm_f, idx, acc, delta, rec):
+        """Run one trajectory from ``delta`` (in place); return the summary.
+
+        Parameters are one cell's Hessians and ``cell_i``/``cell_f`` (module
+        docstring), the common run settings, and this trajectory's work arrays:
+        ``state`` (uint64[4]), ``perm_r``/``perm_f`` (int64, length >= n),
+        ``idx`` (int64, length >= max(n_r, n_f)), ``acc`` (float64[p]),
+        ``delta`` (float64[p], holds ``delta_0`` on entry and the final,
+        possibly rescaled ``delta`` on exit) and ``rec`` (float64[n_rec],
+        receives ``log|delta_t|^2 - log|delta_0|^2`` at ``t = r * record_every``,
+        NaN after the trajectory stopped).
+
+        Returns
+        -------
+        escape_step : int
+            First ``t`` with ``|delta_t|^2 >= K |delta_0|^2``, or -1.
+        steps_run : int
+            Number of steps taken (``< steps`` only when stopped early).
+        log_final : float
+            ``log|delta_T|^2 - log|delta_0|^2``; ``-inf`` if ``delta`` became 0.
+
+        Notes
+        -----
+        ``delta`` is rescaled to unit norm whenever ``|delta|^2`` leaves
+        ``[1e-200, 1e200]``; the removed factor is accumulated in ``log_scale``,
+        so nothing overflows as long as one step grows the norm by less than
+        about ``1e100``. An exactly zero ``delta`` stops the trajectory.
+        """
+        p = cell_i[0]
+        n_r = cell_i[1]
+        n_f = cell_i[2]
+        B_r = cell_i[3]
+        B_f = cell_i[4]
+        scheme = cell_i[5]
+        use_r = cell_i[6] != 0
+        use_f = cell_i[7] != 0
+        rank_one = cell_i[8] != 0
+        q_r = cell_f[0]
+        q_f = cell_f[1]
+        w_r = cell_f[2]
+        w_f = cell_f[3]
+        eta = cell_f[4]
+        for i in range(n_r):
+            perm_r[i] = i
+        for i in range(n_f):
+            perm_f[i] = i
+        rec[0] = 0.0
+        for r in range(1, rec.shape[0]):
+            rec[r] = _NAN
+        sq = 0.0
+        for j in range(p):
+            sq += delta[j] * delta[j]
+        log_sq0 = math.log(sq)
+        log_scale = 0.0
+        thresh = escape_threshold(log_K + log_sq0)
+        escape_step = -1
+        steps_run = steps
+        countdown = record_every
+        r = 0
+        for t in range(1, steps + 1):
+            sq = linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f,
+                             w_r, w_f, eta, scheme, use_r, use_f, state, perm_r,
+                             perm_f, idx, acc, delta)
+            countdown -= 1
+            if sq == 0.0:
+                if countdown == 0:
+                    rec[r + 1] = _NEG_INF
+                return escape_step, t, _NEG_INF
+            if sq > _SQ_HIGH or sq < _SQ_LOW:
+                s = 1.0 / math.sqrt(sq)
+                new_sq = 0.0
+                for j in range(p):
+                    d = delta[j] * s
+                    delta[j] = d
+                    new_sq += d * d
+                log_scale += math.log(sq) - math.log(new_sq)
+                sq = new_sq
+                thresh = escape_threshold(log_K + log_sq0 - log_scale)
+            if escape_step < 0 and sq >= thresh:
+                escape_step = t
+            if countdown == 0:
+                r += 1
+                rec[r] = log_scale + math.log(sq) - log_sq0
+                countdown = record_every
+            if stop_on_escape and escape_step >= 0:
+                steps_run = t
+                break
+        return escape_step, steps_run, log_scale + math.log(sq) - log_sq0
+
+    return SimpleNamespace(
+        rng_next=rng_next, rng_uniform=rng_uniform, rng_below=rng_below,
+        draw_batch=draw_batch, add_rank_one=add_rank_one, add_dense=add_dense,
+        escape_threshold=escape_threshold, linear_step=linear_step,
+        run_trajectory=run_trajectory)
+
+
+def _identity(fn):
+    return fn
+
+
+#: The step bodies as uncompiled Python (reference implementations, debugging).
+plain = build(_identity)

@@ -1,0 +1,346 @@
+"""Exact operators, spectral radius and critical learning rate (THEORY 2-6, 11).
+
+Tolerances: quantities computed two exact ways (closed form vs enumeration, dense
+vs matrix-free) agree to 1e-9 relative, a few hundred ulps of accumulated
+rounding in r^2 x r^2 eigenproblems; bisection is asked for 1e-13 relative.
+"""
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import reference
+from simlab import config
+from simlab.curvature import coherence_dial, random_psd, random_rank_one, to_dense
+from simlab.stability import (
+    build_problem,
+    critical_lr,
+    escape_time,
+    gram_operator,
+    mean_lower_bound,
+    net_ascent_curvature,
+    second_moment_matrix,
+    second_moment_operator,
+    spectral_radius,
+)
+from strategies import SCHEMES, families, unlearning_problems
+
+RTOL = 1e-9
+
+
+def _n_outcomes(n, B, scheme):
+    return {"bernoulli": 2**n, "with": n**B, "without": 1}[scheme] or 1
+
+
+def _sym(rng, p):
+    A = rng.standard_normal((p, p))
+    return A + A.T
+
+
+# ---------------------------------------------------------------- operator
+
+
+@given(families(), SCHEMES, st.data())
+def test_operator_matches_enumeration_sgd(fam, scheme, data):
+    H, _ = fam
+    n, p = H.shape[0], H.shape[1]
+    B = data.draw(st.integers(1, n))
+    assume(_n_outcomes(n, B, scheme) <= 5000)
+    eta = data.draw(st.floats(0.01, 2.0))
+    X = _sym(np.random.default_rng(0), p)
+    ref_T = reference.second_moment(H, eta, B, scheme, X)
+    comp_T = second_moment_operator(H, eta, B, scheme=scheme)(X)
+    npt.assert_allclose(comp_T, ref_T, rtol=RTOL, atol=RTOL * np.abs(ref_T).max())
+
+
+@given(unlearning_problems(), SCHEMES, st.floats(0.01, 1.0))
+def test_operator_matches_enumeration_unlearning(prob, scheme, eta):
+    R, F, B_r, B_f, alpha, _ = prob
+    assume(_n_outcomes(len(R), B_r, scheme) * _n_outcomes(len(F), B_f, scheme) <= 5000)
+    X = _sym(np.random.default_rng(1), R.shape[1])
+    ref_T = reference.second_moment(R, eta, B_r, scheme, X, F, B_f, alpha)
+    comp_T = second_moment_operator(R, eta, B_r, scheme=scheme, forget=F,
+                                    forget_batch=B_f, alpha=alpha)(X)
+    npt.assert_allclose(comp_T, ref_T, rtol=RTOL, atol=RTOL * np.abs(ref_T).max())
+
+
+@given(families(), SCHEMES, st.data())
+def test_operator_maps_psd_to_psd(fam, scheme, data):
+    H, _ = fam
+    n, p = H.shape[0], H.shape[1]
+    B = data.draw(st.integers(1, n))
+    eta = data.draw(st.floats(0.01, 5.0))
+    A = np.random.default_rng(2).standard_normal((p, p))
+    Y = second_moment_operator(H, eta, B, scheme=scheme)(A @ A.T)
+    lam = np.linalg.eigvalsh(Y)
+    assert lam[0] >= -1e-10 * max(lam[-1], 1.0)
+
+
+@given(unlearning_problems(rank_one=True), SCHEMES, st.floats(0.01, 1.0))
+def test_gram_operator_equals_full(prob, scheme, eta):
+    R, F, B_r, B_f, alpha, _ = prob
+    R_op, K = gram_operator(R, eta, B_r, scheme=scheme, forget=F, forget_batch=B_f,
+                            alpha=alpha)
+    act = build_problem(R, B_r, scheme=scheme, forget=F, forget_batch=B_f,
+                        alpha=alpha, restrict=False)
+    G = act.hessians.T
+    C = _sym(np.random.default_rng(3), K.shape[0])
+    T = second_moment_operator(R, eta, B_r, scheme=scheme, forget=F,
+                               forget_batch=B_f, alpha=alpha)
+    ref = T(G @ C @ G.T)
+    npt.assert_allclose(G @ R_op(C) @ G.T, ref, rtol=RTOL,
+                        atol=RTOL * np.abs(ref).max())
+
+
+def test_gram_operator_theory_form_bernoulli():
+    """THEORY 6: C -> P C P + c diag(k_i^T C k_i), P = I - (eta/n) K."""
+    G = random_rank_one(5, 8, seed=4)
+    eta, B, n = 0.3, 2, 5
+    R_op, K = gram_operator(G, eta, B)
+    C = _sym(np.random.default_rng(5), n)
+    P = np.eye(n) - eta / n * K
+    c = eta**2 * (n / B - 1) / n**2
+    ref = P @ C @ P + c * np.diag(np.diag(K @ C @ K))
+    npt.assert_allclose(R_op(C), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_gram_singular_spurious_eigenvalue_and_restriction():
+    """THEORY 6 caveat: singular K gives a spurious eigenvalue 1 in the reduced
+    operator; on the row space of K the spectrum equals rho(T)."""
+    rng = np.random.default_rng(6)
+    G = rng.standard_normal((6, 3))            # n = 6 > p = 3: K has rank 3
+    eta, B = 0.05, 2
+    R_op, K = gram_operator(G, eta, B)
+    n = K.shape[0]
+    full = np.array([R_op(E.reshape(n, n)).ravel() for E in np.eye(n * n)]).T
+    lam_full = np.abs(np.linalg.eigvals(full))
+    rho = spectral_radius(G, eta, B)
+    assert rho < 1 - 1e-3
+    assert np.any(np.isclose(lam_full, 1.0, atol=1e-10))   # the spurious 1
+    lam_K, V = np.linalg.eigh(K)
+    Vp = V[:, lam_K > 1e-10 * lam_K[-1]]
+    r = Vp.shape[1]
+    red = np.array([(Vp.T @ R_op(Vp @ E.reshape(r, r) @ Vp.T) @ Vp).ravel()
+                    for E in np.eye(r * r)]).T
+    npt.assert_allclose(np.max(np.abs(np.linalg.eigvals(red))), rho, rtol=RTOL)
+
+
+# ------------------------------------------------------------------ radius
+
+
+@given(families(n_max=5, p_max=3), SCHEMES, st.data())
+def test_radius_matches_enumeration(fam, scheme, data):
+    H, _ = fam
+    n = H.shape[0]
+    B = data.draw(st.integers(1, n))
+    assume(_n_outcomes(n, B, scheme) <= 2000)
+    eta = data.draw(st.floats(0.01, 2.0))
+    ref_rho = reference.radius(H, eta, B, scheme)
+    npt.assert_allclose(spectral_radius(H, eta, B, scheme=scheme), ref_rho, rtol=RTOL)
+
+
+@given(unlearning_problems(n_max=4, p_max=3), SCHEMES, st.floats(0.01, 1.0))
+def test_radius_matches_enumeration_unlearning(prob, scheme, eta):
+    R, F, B_r, B_f, alpha, _ = prob
+    assume(_n_outcomes(len(R), B_r, scheme) * _n_outcomes(len(F), B_f, scheme) <= 600)
+    ref_rho = reference.radius(R, eta, B_r, scheme, F, B_f, alpha)
+    comp_rho = spectral_radius(R, eta, B_r, scheme=scheme, forget=F, forget_batch=B_f,
+                               alpha=alpha)
+    npt.assert_allclose(comp_rho, ref_rho, rtol=RTOL)
+
+
+@given(unlearning_problems(n_max=6, p_max=5), SCHEMES, st.floats(0.01, 1.0))
+def test_radius_methods_agree(prob, scheme, eta):
+    """dense = matrix-free Lanczos = power iteration; rank-one = dense input."""
+    R, F, B_r, B_f, alpha, r1 = prob
+    kw = dict(scheme=scheme, forget=F, forget_batch=B_f, alpha=alpha)
+    rho = spectral_radius(R, eta, B_r, method="dense", **kw)
+    dim = build_problem(R, B_r, **kw).dim
+    if dim >= 2:
+        npt.assert_allclose(spectral_radius(R, eta, B_r, method="lanczos", **kw), rho,
+                            rtol=RTOL)
+    if r1:
+        npt.assert_allclose(spectral_radius(to_dense(R), eta, B_r, forget=to_dense(F),
+                                            forget_batch=B_f, alpha=alpha,
+                                            scheme=scheme), rho, rtol=RTOL)
+
+
+def test_power_iteration_agrees():
+    G = random_rank_one(8, 5, seed=7)
+    for eta in (0.02, 0.1):
+        npt.assert_allclose(spectral_radius(G, eta, 3, method="power"),
+                            spectral_radius(G, eta, 3, method="dense"), rtol=1e-8)
+
+
+def test_lanczos_large_rank_one_matches_dense_reduction(monkeypatch):
+    """Above DENSE_MAX_DIM the automatic path is matrix-free; compare it with the
+    dense path on the same (moderately sized) problem."""
+    G = random_rank_one(30, 200, seed=8)
+    eta = 0.8 / np.linalg.eigvalsh(G @ G.T / 30)[-1]
+    lanczos = spectral_radius(G, eta, 5, scheme="without")
+    monkeypatch.setattr(config, "DENSE_MAX_DIM", 64)
+    npt.assert_allclose(spectral_radius(G, eta, 5, scheme="without"), lanczos,
+                        rtol=RTOL)
+
+
+def test_null_space_excluded():
+    """p > n: rho on U is < 1 although the full operator has eigenvalue 1."""
+    G = random_rank_one(4, 10, seed=9)
+    eta = 0.1 / np.linalg.eigvalsh(G @ G.T / 4)[-1]
+    T_full, basis = second_moment_matrix(G, eta, 2, restrict=False)
+    assert basis is None
+    assert np.isclose(np.max(np.abs(np.linalg.eigvals(T_full))), 1.0)
+    assert spectral_radius(G, eta, 2) < 1.0
+
+
+@given(families(), st.sampled_from(["bernoulli", "without"]), st.floats(0.01, 3.0))
+def test_full_batch_is_gd(fam, scheme, c):
+    H, _ = fam
+    n = H.shape[0]
+    lam = np.linalg.eigvalsh(to_dense(H).mean(axis=0))
+    lam_pos = lam[lam > 1e-10 * lam[-1]]
+    eta = c / lam[-1]
+    npt.assert_allclose(spectral_radius(H, eta, n, scheme=scheme),
+                        np.max((1 - eta * lam_pos) ** 2), rtol=RTOL, atol=1e-12)
+    npt.assert_allclose(critical_lr(H, n, scheme=scheme), 2 / lam[-1], rtol=RTOL)
+
+
+@given(unlearning_problems(), SCHEMES, st.floats(0.01, 3.0))
+def test_mean_lower_bound(prob, scheme, eta):
+    R, F, B_r, B_f, alpha, _ = prob
+    kw = dict(scheme=scheme, forget=F, forget_batch=B_f, alpha=alpha)
+    lower = mean_lower_bound(R, eta, B_r, **kw)
+    assert spectral_radius(R, eta, B_r, **kw) >= lower * (1 - RTOL)
+
+
+# ------------------------------------------------------------ critical lr
+
+
+@given(families(n_max=6, p_max=4), SCHEMES, st.data())
+def test_critical_lr_geneig_equals_bisection(fam, scheme, data):
+    H, r1 = fam
+    n = H.shape[0]
+    B = data.draw(st.integers(1, n))
+    eta_g = critical_lr(H, B, scheme=scheme)
+    eta_b = critical_lr(H, B, scheme=scheme, method="bisect")
+    npt.assert_allclose(eta_g, eta_b, rtol=1e-9)
+    if r1 and scheme == "bernoulli":
+        npt.assert_allclose(critical_lr(H, B, method="secular"), eta_g, rtol=1e-9)
+    # rho crosses 1 at eta*
+    assert spectral_radius(H, eta_g * (1 - 1e-6), B, scheme=scheme) <= 1 + 1e-12
+    assert spectral_radius(H, eta_g * (1 + 1e-6), B, scheme=scheme) > 1
+
+
+@given(unlearning_problems(), SCHEMES)
+def test_critical_lr_unlearning(prob, scheme):
+    R, F, B_r, B_f, alpha, _ = prob
+    kw = dict(scheme=scheme, forget=F, forget_batch=B_f, alpha=alpha)
+    eta = critical_lr(R, B_r, **kw)
+    kappa = net_ascent_curvature(R, F, alpha) if alpha > 0 else -np.inf
+    scale = np.abs(np.linalg.eigvalsh(to_dense(R).mean(0))).max() + np.abs(
+        np.linalg.eigvalsh(to_dense(F).mean(0))).max()
+    if kappa > 1e-9 * scale:
+        assert eta == 0.0
+        assert spectral_radius(R, 1e-6 / scale, B_r, **kw) > 1
+        return
+    assume(kappa < -1e-6 * scale)   # keep clear of the singular boundary
+    npt.assert_allclose(critical_lr(R, B_r, method="bisect", **kw), eta, rtol=1e-9)
+    assert spectral_radius(R, eta * (1 - 1e-6), B_r, **kw) <= 1 + 1e-12
+    assert spectral_radius(R, eta * (1 + 1e-6), B_r, **kw) > 1
+
+
+@given(families(n_min=2, n_max=7, p_max=4), SCHEMES)
+def test_critical_lr_nondecreasing_in_batch(fam, scheme):
+    H, _ = fam
+    n = H.shape[0]
+    etas = [critical_lr(H, B, scheme=scheme) for B in range(1, n + 1)]
+    assert np.all(np.diff(etas) >= -1e-9 * np.max(etas))
+
+
+def test_critical_lr_secular_large_matrix_free():
+    G = random_rank_one(150, 40, seed=10)
+    npt.assert_allclose(critical_lr(G, 10, method="secular"), critical_lr(G, 10),
+                        rtol=1e-8)
+
+
+def test_ascent_everywhere_gives_zero_and_no_noise_gives_gd():
+    R = random_rank_one(6, 3, seed=11)
+    assert critical_lr(R, 2, forget=R[:2], forget_batch=1, alpha=1.0) == 0.0
+    lam = np.linalg.eigvalsh(R.T @ R / 6)[-1]
+    npt.assert_allclose(critical_lr(R, 6, scheme="without", forget=R, forget_batch=6,
+                                    alpha=0.25), 2 / (0.5 * lam), rtol=RTOL)
+
+
+def test_singular_mean_with_noise_is_zero():
+    """alpha = 1/2 with forget = retain: M = 0 but sampling noise is positive."""
+    R = random_rank_one(5, 3, seed=12)
+    assert critical_lr(R, 2, forget=R, forget_batch=2, alpha=0.5) == 0.0
+    with pytest.raises(ValueError, match="singular"):
+        critical_lr(R, 5, scheme="without", forget=R, forget_batch=5, alpha=0.5)
+
+
+def test_escape_time():
+    H = coherence_dial(20, 5)
+    rho = spectral_radius(H, 0.9, 2, scheme="with")
+    assert rho > 1
+    npt.assert_allclose(escape_time(H, 0.9, 2, scheme="with"),
+                        np.log(1e3) / np.log(rho))
+    assert escape_time(H, 0.1, 20, scheme="without") == np.inf
+
+
+def test_dial_family_facts():
+    for n, s in [(10, 1), (10, 4), (12, 12)]:
+        H = coherence_dial(n, s)
+        assert H.shape == (n, n - s + 1)
+        npt.assert_allclose(np.linalg.eigvalsh(H.T @ H / n)[-1], 2.0)
+        npt.assert_allclose(critical_lr(H, n, scheme="without"), 1.0, rtol=RTOL)
+        npt.assert_allclose(to_dense(coherence_dial(n, s, rank_one=False)),
+                            to_dense(H))
+
+
+def test_dense_full_rank_families():
+    H = random_psd(5, 3, seed=13)
+    for scheme in ("bernoulli", "with", "without"):
+        npt.assert_allclose(spectral_radius(H, 0.2, 2, scheme=scheme),
+                            reference.radius(H, 0.2, 2, scheme), rtol=RTOL)
+
+
+# --------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(retain=np.full((3, 2), np.nan)), "retain"),
+    (dict(retain=np.ones((3, 2, 3))), "retain"),
+    (dict(retain=np.array([[[1.0, 2.0], [0.0, 1.0]]])), "symmetric"),
+    (dict(retain=np.array([[[1.0, 0.0], [0.0, -1.0]]])), "positive semi-definite"),
+    (dict(batch=0), "batch"),
+    (dict(batch=4), "batch"),
+    (dict(batch=1.5), "batch"),
+    (dict(eta=0.0), "eta"),
+    (dict(eta=-1.0), "eta"),
+    (dict(eta=np.inf), "eta"),
+    (dict(alpha=1.5), "alpha"),
+    (dict(alpha=0.5), "forget"),
+    (dict(scheme="replacement"), "scheme"),
+    (dict(forget=np.ones((2, 5)), alpha=0.1), "forget"),
+    (dict(forget=np.ones((2, 2)), forget_batch=3, alpha=0.1), "forget_batch"),
+    (dict(forget=np.ones((2, 2, 2)), alpha=0.1), "forget"),
+    (dict(method="qr"), "method"),
+])
+def test_bad_input(kwargs, match):
+    args = dict(retain=np.ones((3, 2)), eta=0.1, batch=2)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        spectral_radius(args.pop("retain"), args.pop("eta"), args.pop("batch"),
+                        **args)
+
+
+def test_bad_input_critical_lr():
+    with pytest.raises(ValueError, match="secular"):
+        critical_lr(np.ones((3, 2)), 2, scheme="with", method="secular")
+    with pytest.raises(ValueError, match="empty"):
+        critical_lr(np.zeros((3, 2)), 2)
+    with pytest.raises(ValueError, match="escape_factor"):
+        escape_time(np.ones((3, 2)), 0.1, 2, escape_factor=0.5)
