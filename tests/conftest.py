@@ -10,3 +10,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow])
 # CI runs derandomized (seeded) so a red build is reproducible.
 settings.load_profile(os.environ.get("SIMLAB_HYPOTHESIS_PROFILE", "ci"))
+
+# derivations/ holds sympy scripts that tests import (STYLE section 5, "Symbolic").
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "derivations"))

@@ -1,0 +1,504 @@
+"""Monte-Carlo simulation of the linearized SGD and unlearning dynamics (CPU).
+
+THEORY.md sections 1-4. One trajectory iterates
+
+    delta <- delta - eta [ (1-alpha)/B_r sum_{i in retain batch} H_i delta
+                           - alpha/B_f sum_{j in forget batch} H_j delta ]
+
+with fresh, independent retain and forget batches at every step, exactly the
+random product whose second moment is the operator ``T`` of
+:mod:`simlab.stability.operator`. The step math lives once in
+:mod:`simlab.dynamics._step`; this module validates inputs, draws the initial
+directions and generator states on the host, and runs the CPU driver
+:func:`_simulate_many` (``prange`` over (configuration, trajectory) pairs).
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._jit import jit, pjit, prange
+from .._validation import (
+    check_alpha,
+    check_batch,
+    check_eta,
+    check_int,
+    check_pair,
+    check_positive,
+    check_scheme,
+    check_seed,
+)
+from .._version import __version__
+from ..curvature import range_basis
+from . import _step
+
+__all__ = ["LinearizedResult", "linearized", "linearized_grid"]
+
+_cpu = _step.build(jit)
+_run_trajectory = _cpu.run_trajectory
+
+
+@pjit
+def _simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, record_every,
+                   log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
+                   rec, escape_step, steps_run, log_final):
+    """CPU driver: ``prange`` over (cell, trajectory) pairs; called by :func:`_run`.
+
+    Pair ``k`` belongs to cell ``pair_cell[k]``; pairs are visited in the order
+    ``order`` (a fixed shuffle, so that the static split of ``prange`` over
+    threads gets a mix of cheap and expensive cells). Per-pair rows of
+    ``states``, ``perm_r``, ``perm_f``, ``idx``, ``acc``, ``delta`` and ``rec``
+    are the work arrays of ``_step.run_trajectory``; the last three arguments
+    receive its return values. Each pair only touches its own rows, so the
+    result does not depend on the thread count or the order.
+    """
+    for i in prange(order.shape[0]):
+        k = order[i]
+        c = pair_cell[k]
+        e, s, f = _run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps,
+                                  record_every, log_K, stop_on_escape, states[k],
+                                  perm_r[k], perm_f[k], idx[k], acc[k], delta[k],
+                                  rec[k])
+        escape_step[k] = e
+        steps_run[k] = s
+        log_final[k] = f
+
+
+@dataclass(frozen=True, eq=False)
+class LinearizedResult:
+    """Result of :func:`linearized` for one configuration.
+
+    Attributes
+    ----------
+    escaped : ndarray of bool, shape (trajectories,)
+        Whether ``|delta_t|^2 >= escape_factor |delta_0|^2`` for some ``t``.
+    escape_step : ndarray of int64, shape (trajectories,)
+        First such ``t``, ``-1`` if never.
+    lyapunov : ndarray of float, shape (trajectories,)
+        ``(1/T) log(|delta_T| / |delta_0|)`` over the ``T`` steps actually run
+        (fewer than ``steps`` after a stop on escape); ``-inf`` when ``delta``
+        became exactly zero.
+    log_sq_norm : ndarray of float, shape (trajectories, n_rec)
+        ``log|delta_t|^2 - log|delta_0|^2`` at ``t = record_steps``; NaN at the
+        recorded steps after a trajectory stopped (``-inf`` at the step where it
+        became zero).
+    record_steps : ndarray of int, shape (n_rec,)
+        ``0, record_every, 2 record_every, ... <= steps``.
+    direction : ndarray of float, shape (trajectories, p)
+        Final ``delta / |delta|`` (zeros if ``delta`` became zero).
+    ms_growth : float
+        Monte-Carlo estimate of the per-step growth factor of ``E|delta_t|^2``,
+        to be compared with ``rho(T)`` (see Notes of :func:`linearized`).
+    params : dict
+        Every scalar argument and the input shapes.
+    seed : int
+    version : str
+        ``simlab.__version__``.
+    """
+
+    escaped: np.ndarray
+    escape_step: np.ndarray
+    lyapunov: np.ndarray
+    log_sq_norm: np.ndarray
+    record_steps: np.ndarray
+    direction: np.ndarray
+    ms_growth: float
+    params: dict
+    seed: int
+    version: str
+
+    @property
+    def escape_fraction(self):
+        """Fraction of trajectories that escaped within the horizon."""
+        return float(np.mean(self.escaped))
+
+    @property
+    def lyapunov_mean(self):
+        """Mean of the finite Lyapunov exponents; ``-inf`` if all are ``-inf``."""
+        finite = self.lyapunov[np.isfinite(self.lyapunov)]
+        return float(finite.mean()) if finite.size else -math.inf
+
+    def __repr__(self):
+        traj, n_rec = self.log_sq_norm.shape
+        return (f"LinearizedResult(trajectories={traj}, n_rec={n_rec}, "
+                f"escape_fraction={self.escape_fraction:.4g}, "
+                f"lyapunov_mean={self.lyapunov_mean:.4g}, "
+                f"ms_growth={self.ms_growth:.6g}, seed={self.seed})")
+
+
+# --------------------------------------------------------------------- host side
+
+def _rng_states(seed, count):
+    """xoshiro256** states ``(count, 4)`` for the in-kernel streams.
+
+    Drawn from the first child of ``SeedSequence(seed)``, so the kernel streams
+    share no words with ``default_rng(seed)``, which draws ``delta_0``.
+    """
+    child = np.random.SeedSequence(seed).spawn(1)[0]
+    states = child.generate_state(4 * count, dtype=np.uint64).reshape(count, 4)
+    zero = ~states.any(axis=1)          # the all-zero state is a fixed point
+    states[zero, 0] = np.uint64(1)
+    return states
+
+
+def _initial_directions(active, trajectories, seed):
+    """Unit ``delta_0`` per trajectory: Gaussian, projected onto ``U``.
+
+    ``active`` is the concatenation of the active Hessian sets (rank-one or
+    dense); ``U = range(sum_i H_i)`` (THEORY section 4).
+    """
+    p = active.shape[1]
+    Z = np.random.default_rng(seed).standard_normal((trajectories, p))
+    basis = range_basis(active)
+    if basis.shape[1] == 0:
+        raise ValueError("retain/forget: all active Hessians are zero, so the "
+                         "invariant subspace U is empty and nothing moves")
+    D = (Z @ basis) @ basis.T
+    return D / np.linalg.norm(D, axis=1, keepdims=True)
+
+
+def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
+                  forget_batch=None, alpha=0.0):
+    """Validate one configuration and pack it for the kernel.
+
+    Returns a dict with the Hessians ``hess`` (retain rows, then forget rows),
+    ``rank_one``, the active family ``active`` (for ``U``), ``cell_i``,
+    ``cell_f`` (layout in :mod:`simlab.dynamics._step`) and ``params``.
+    """
+    retain, forget, rank_one = check_pair(retain, forget)
+    eta = check_eta(eta)
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    n_r = retain.shape[0]
+    batch = check_batch(batch, n_r, "batch")
+    if forget is None:
+        if alpha != 0.0:
+            raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
+        if forget_batch is not None:
+            raise ValueError("forget_batch is given but forget is None")
+        n_f, B_f = 0, 0
+        hess = retain
+    else:
+        n_f = forget.shape[0]
+        B_f = check_batch(batch if forget_batch is None else forget_batch, n_f,
+                          "forget_batch")
+        hess = np.concatenate([retain, forget])
+    use_r = alpha < 1.0
+    use_f = forget is not None and alpha > 0.0
+    active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
+    p = retain.shape[1]
+    cell_i = np.array([p, n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
+                       use_r, use_f, rank_one], dtype=np.int64)
+    cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
+                       (1.0 - alpha) / batch, alpha / B_f if n_f else 0.0, eta])
+    params = {
+        "eta": eta, "batch": batch, "scheme": scheme,
+        "forget_batch": B_f if forget is not None else None, "alpha": alpha,
+        "retain_shape": tuple(retain.shape),
+        "forget_shape": None if forget is None else tuple(forget.shape),
+        "rank_one": bool(rank_one),
+    }
+    return {"hess": hess, "rank_one": rank_one, "active": np.concatenate(active),
+            "cell_i": cell_i, "cell_f": cell_f, "params": params}
+
+
+def _check_run(steps, trajectories, escape_factor, record_every, stop_on_escape):
+    """Validate the settings shared by every configuration of a run."""
+    steps = check_int(steps, "steps", low=1)
+    trajectories = check_int(trajectories, "trajectories", low=1)
+    record_every = check_int(record_every, "record_every", low=1)
+    K = check_positive(escape_factor, "escape_factor", allow_inf=True)
+    if not K > 1.0:
+        raise ValueError(f"escape_factor must be > 1, got {K}")
+    if not isinstance(stop_on_escape, bool | np.bool_):
+        raise ValueError(f"stop_on_escape must be a bool, got {stop_on_escape!r}")
+    return {"steps": steps, "trajectories": trajectories, "escape_factor": K,
+            "record_every": record_every, "stop_on_escape": bool(stop_on_escape)}
+
+
+def _log_mean_exp(L):
+    """``log mean_rows exp(L)`` per column; ``-inf`` columns stay ``-inf``."""
+    top = L.max(axis=0)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(L - shift).mean(axis=0)) + shift
+
+
+def _ms_growth(log_sq_norm, lyapunov, record_steps):
+    """Per-step growth factor of ``E|delta_t|^2`` from the recorded samples.
+
+    ``exp`` of the least-squares slope of ``log mean_traj |delta_t|^2`` against
+    ``t`` over the second half of the usable recorded steps. A trajectory that
+    became exactly zero counts as zero afterwards; when trajectories stopped on
+    escape, only the recorded steps before the first such stop are usable.
+    NaN if fewer than two steps are usable; ``0.0`` if the mean itself became
+    zero.
+    """
+    L = log_sq_norm.copy()
+    zero = np.isneginf(lyapunov)
+    L[zero] = np.where(np.isnan(L[zero]), -np.inf, L[zero])
+    usable = ~np.isnan(L).any(axis=0)
+    k_end = L.shape[1] if usable.all() else int(np.argmin(usable))
+    if k_end < 2:
+        return math.nan
+    m = _log_mean_exp(L[:, :k_end])
+    lo = (k_end - 1) // 2
+    t, y = record_steps[lo:k_end].astype(float), m[lo:k_end]
+    if np.isneginf(y[-1]):
+        return 0.0
+    tc = t - t.mean()
+    slope = float(np.dot(tc, y - y.mean()) / np.dot(tc, tc))
+    return math.exp(slope)
+
+
+def _run(cells, seeds, run):
+    """Run every (cell, trajectory) pair in one call of :func:`_simulate_many`."""
+    T = run["trajectories"]
+    steps, every = run["steps"], run["record_every"]
+    n_cells = len(cells)
+    n_rec = steps // every + 1
+    cell_i = np.stack([c["cell_i"] for c in cells])
+    cell_f = np.stack([c["cell_f"] for c in cells])
+    p_max = int(cell_i[:, 0].max())
+    n_r_max = int(cell_i[:, 1].max())
+    n_f_max = int(cell_i[:, 2].max())
+    rows = [c["hess"].shape[0] for c in cells]
+    r1 = [c for c in range(n_cells) if cells[c]["rank_one"]]
+    dn = [c for c in range(n_cells) if not cells[c]["rank_one"]]
+    g_rows = max((rows[c] for c in r1), default=0)
+    h_rows = max((rows[c] for c in dn), default=0)
+    G = np.zeros((n_cells, g_rows, p_max if r1 else 0))
+    H = np.zeros((n_cells, h_rows, *(2 * (p_max if dn else 0,))))
+    for c in r1:
+        hs = cells[c]["hess"]
+        G[c, :hs.shape[0], :hs.shape[1]] = hs
+    for c in dn:
+        hs = cells[c]["hess"]
+        H[c, :hs.shape[0], :hs.shape[1], :hs.shape[2]] = hs
+
+    n_pairs = n_cells * T
+    pair_cell = np.repeat(np.arange(n_cells, dtype=np.int64), T)
+    order = np.random.default_rng(0).permutation(n_pairs).astype(np.int64)
+    states = np.empty((n_pairs, 4), dtype=np.uint64)
+    delta = np.zeros((n_pairs, p_max))
+    for c, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
+        sl = slice(c * T, (c + 1) * T)
+        states[sl] = _rng_states(seed, T)
+        d0 = _initial_directions(cell["active"], T, seed)
+        delta[sl, :d0.shape[1]] = d0
+    perm_r = np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64)
+    perm_f = np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64)
+    idx = np.empty((n_pairs, max(n_r_max, n_f_max, 1)), dtype=np.int64)
+    acc = np.empty((n_pairs, p_max))
+    rec = np.empty((n_pairs, n_rec))
+    escape_step = np.empty(n_pairs, dtype=np.int64)
+    steps_run = np.empty(n_pairs, dtype=np.int64)
+    log_final = np.empty(n_pairs)
+    log_K = math.log(run["escape_factor"])
+    _simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
+                   run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
+                   rec, escape_step, steps_run, log_final)
+
+    record_steps = np.arange(n_rec, dtype=np.int64) * every
+    results = []
+    for c, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
+        sl = slice(c * T, (c + 1) * T)
+        p = int(cell_i[c, 0])
+        d = delta[sl, :p]
+        nrm = np.linalg.norm(d, axis=1, keepdims=True)
+        direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
+        lyapunov = 0.5 * log_final[sl] / steps_run[sl]
+        log_sq_norm = rec[sl].copy()
+        params = {**cell["params"], **run, "seed": int(seed)}
+        results.append(LinearizedResult(
+            escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
+            lyapunov=lyapunov, log_sq_norm=log_sq_norm, record_steps=record_steps,
+            direction=direction,
+            ms_growth=_ms_growth(log_sq_norm, lyapunov, record_steps),
+            params=params, seed=int(seed), version=__version__))
+    return results
+
+
+# ------------------------------------------------------------------- public API
+
+def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
+               forget_batch=None, alpha=0.0, steps=1000, trajectories=16,
+               escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False):
+    """Simulate the linearized SGD / unlearning dynamics by Monte Carlo.
+
+    Parameters
+    ----------
+    retain : array_like, shape (n_r, p, p) or (n_r, p)
+        Retain-set Hessians: dense PSD, or rank-one factors ``g_i`` with
+        ``H_i = g_i g_i^T``.
+    eta : float
+        Learning rate ``> 0``.
+    batch : int
+        Retain batch size ``B_r`` in ``[1, n_r]`` (expected size for
+        ``"bernoulli"``).
+    scheme : {"bernoulli", "with", "without"}
+        Sampling scheme of both sets: independent inclusion with probability
+        ``B/n`` (sum divided by ``B``, not by the realized size), ``B`` uniform
+        draws with replacement, or a uniform ``B``-subset.
+    forget : array_like, optional
+        Forget-set Hessians in the same representation and dimension.
+    forget_batch : int, optional
+        Forget batch size ``B_f`` in ``[1, n_f]``; defaults to ``batch``.
+    alpha : float
+        Mixing weight in ``[0, 1]``; ``0`` is plain SGD on ``retain``, and
+        ``alpha > 0`` needs ``forget``.
+    steps : int
+        Horizon ``t_max >= 1``.
+    trajectories : int
+        Number of independent trajectories ``>= 1``.
+    escape_factor : float
+        ``K > 1`` (``inf`` allowed): escape means
+        ``|delta_t|^2 >= K |delta_0|^2``.
+    seed : int
+        Non-negative seed; the same seed gives bit-identical results.
+    record_every : int
+        Record ``log|delta_t|^2`` every this many steps (``>= 1``).
+    stop_on_escape : bool
+        Stop each trajectory at its escape step.
+
+    Returns
+    -------
+    LinearizedResult
+
+    See Also
+    --------
+    linearized_grid : many configurations in one compiled call.
+    simlab.stability.spectral_radius : the exact ``rho(T)`` that ``ms_growth``
+        estimates.
+    simlab.stability.second_moment_operator : ``T`` itself.
+
+    Notes
+    -----
+    The dynamics is THEORY section 1 (SGD) and section 3 (unlearning by
+    descent-ascent): per step, with retain and forget batches drawn
+    independently (retain first) and both sums evaluated at the old ``delta``,
+
+        delta <- delta - eta [(1-alpha)/B_r sum_i H_i delta
+                              - alpha/B_f sum_j H_j delta].
+
+    A set with zero weight (retain at ``alpha = 1``, forget at ``alpha = 0``) is
+    not sampled. ``E[delta_t delta_t^T] = T^t(E[delta_0 delta_0^T])`` with ``T``
+    the operator of THEORY sections 2-3.
+
+    ``delta_0`` is, per trajectory, a standard Gaussian vector drawn from
+    ``np.random.default_rng(seed)`` (shape ``(trajectories, p)``, before any
+    kernel runs), projected onto ``U = range(sum of active H_i)`` and
+    normalized: directions outside ``U`` never move (THEORY section 4), so the
+    simulation is comparable with ``rho(T)`` on ``U``. The in-kernel batches
+    come from one xoshiro256** stream per trajectory seeded by the first child
+    of ``np.random.SeedSequence(seed)``.
+
+    ``delta`` is rescaled whenever ``|delta|^2`` leaves ``[1e-200, 1e200]`` and
+    the log-scale is accumulated, so the norm never overflows (as long as one
+    step grows it by less than about ``1e100``); an exactly zero ``delta``
+    gives ``lyapunov = -inf`` and stops the trajectory.
+
+    ``ms_growth`` is ``exp`` of the least-squares slope of
+    ``log mean_traj |delta_t|^2`` (a log-sum-exp over trajectories) against
+    ``t`` over the second half of the recorded steps. For large ``t`` this is
+    the mean-square growth ``rho(T)`` on ``U``, but the mean of ``|delta_t|^2``
+    is dominated by rare trajectories when the noise is large, so the estimate
+    needs many trajectories and a modest horizon; ``lyapunov`` and the escape
+    fraction measure the typical behaviour instead (THEORY section 4). With
+    ``stop_on_escape`` only the recorded steps before the first stop are used.
+    Cost per step: ``O(B p)`` for rank-one factors, ``O(B p^2)`` dense (plus
+    ``O(n)`` random draws for ``"bernoulli"``).
+
+    Examples
+    --------
+    Identical samples make every minibatch equal to the full batch, so the
+    squared norm grows by exactly ``(1 - eta * 2)^2 = 4`` per step:
+
+    >>> from simlab.curvature import coherence_dial
+    >>> res = linearized(coherence_dial(4, 4), 1.5, 2, scheme="without",
+    ...                  steps=20, trajectories=3, seed=1)
+    >>> round(res.ms_growth, 10), res.escape_step.tolist()
+    (4.0, [5, 5, 5])
+    """
+    run = _check_run(steps, trajectories, escape_factor, record_every,
+                     stop_on_escape)
+    seed = check_seed(seed)
+    cell = _prepare_cell(retain, eta, batch, scheme, forget, forget_batch, alpha)
+    return _run([cell], [seed], run)[0]
+
+
+_CONFIG_KEYS = ("retain", "eta", "batch", "scheme", "forget", "forget_batch",
+                "alpha", "seed")
+
+
+def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
+                    seed=0, record_every=1, stop_on_escape=False):
+    """Simulate many configurations in one compiled call.
+
+    Parameters
+    ----------
+    configs : sequence of mapping
+        Each mapping holds the per-configuration arguments of
+        :func:`linearized`: ``retain``, ``eta``, ``batch`` (required) and
+        optionally ``scheme``, ``forget``, ``forget_batch``, ``alpha`` and
+        ``seed``. Configurations may differ in every one of them, including the
+        dimension and the representation (rank-one or dense).
+    steps, trajectories, escape_factor, record_every, stop_on_escape
+        Shared by all configurations; as in :func:`linearized`.
+    seed : int
+        Seeds the configurations that give no ``seed`` of their own:
+        configuration ``c`` gets ``SeedSequence(seed).generate_state(len(configs))[c]``.
+
+    Returns
+    -------
+    list of LinearizedResult
+        One per configuration, in order. Result ``c`` is bit-identical to
+        ``linearized(**configs[c], seed=results[c].seed, ...)`` with the same
+        shared settings.
+
+    See Also
+    --------
+    linearized : one configuration.
+
+    Notes
+    -----
+    All (configuration, trajectory) pairs run in one ``prange`` loop, so a
+    heatmap of small cells costs one kernel launch instead of one per cell.
+    Hessians are zero-padded to the largest dimension, which costs memory but
+    no arithmetic (loops run to each cell's own ``p`` and ``n``). THEORY
+    sections 1-4 and 7 (the coherence-dial heatmaps).
+
+    Examples
+    --------
+    >>> from simlab.curvature import coherence_dial
+    >>> grid = [{"retain": coherence_dial(8, s), "eta": 0.5, "batch": B,
+    ...          "scheme": "without"} for s in (1, 8) for B in (1, 8)]
+    >>> res = linearized_grid(grid, steps=50, trajectories=2)
+    >>> [r.params["batch"] for r in res]
+    [1, 8, 1, 8]
+    """
+    run = _check_run(steps, trajectories, escape_factor, record_every,
+                     stop_on_escape)
+    seed = check_seed(seed)
+    configs = list(configs)
+    if not configs:
+        raise ValueError("configs must hold at least one configuration")
+    auto = np.random.SeedSequence(seed).generate_state(len(configs))
+    cells, seeds = [], []
+    for c, cfg in enumerate(configs):
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"configs[{c}] must be a mapping, got {type(cfg)}")
+        unknown = set(cfg) - set(_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"configs[{c}] has unknown keys {sorted(unknown)}; "
+                             f"allowed: {_CONFIG_KEYS}")
+        missing = {"retain", "eta", "batch"} - set(cfg)
+        if missing:
+            raise ValueError(f"configs[{c}] misses {sorted(missing)}")
+        kw = {k: v for k, v in cfg.items() if k != "seed"}
+        cells.append(_prepare_cell(**kw))
+        seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
+                     if "seed" in cfg else int(auto[c]))
+    return _run(cells, seeds, run)

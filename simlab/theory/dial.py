@@ -1,0 +1,105 @@
+"""Closed-form stability of the coherence-dial family (THEORY section 7).
+
+Derived in ``derivations/dial_thresholds.py``. Every ``H_i`` of the family is
+``kappa e_k e_k^T`` with ``kappa = 2n/s`` on a coordinate axis, so for a
+diagonal ``X`` every term of ``T(X)`` is diagonal and the axes decouple. With
+the retain and forget lists both equal to the family (the source's Hessian
+test), ``M = m H`` with ``m = 1 - 2 alpha``, and with ``a``, ``b`` the
+effective sampling coefficients ``(1-alpha)^2 a_r + alpha^2 a_f`` (likewise
+``b``) of :func:`simlab.stability.scheme_coefficients`:
+
+- shared axis (``s`` samples, ``lambda = 2m``):
+  ``rho_0 = (1 - 2 m eta)^2 + 4 eta^2 (a n^2 / s - b)``,
+  crossing 1 at ``eta_0 = m / (m^2 + a n^2 / s - b)``;
+- each private axis (``n - s`` of them, ``lambda = 2m/s``):
+  ``rho_1 = (1 - 2 m eta / s)^2 + 4 eta^2 (a n^2 - b) / s^2``,
+  crossing 1 at ``eta_1 = m s / (m^2 + a n^2 - b)``.
+
+``T`` is a positive map, so its Perron eigenmatrix is PSD and is reached by
+power iteration from ``I``, which stays diagonal: ``rho(T) = max(rho_0, rho_1)``
+(``rho_1`` only when ``s < n``) and ``eta* = min(eta_0, eta_1)``, or 0 when
+``m <= 0``.
+"""
+
+import numpy as np
+
+from .._validation import check_alpha, check_batch, check_eta, check_int, check_scheme
+from ..stability.operator import scheme_coefficients
+
+__all__ = ["dial_critical_lr", "dial_spectral_radius"]
+
+
+def _coefficients(n, s, batch, scheme, alpha, forget_batch):
+    n = check_int(n, "n", low=1)
+    s = check_int(s, "s", low=1, high=n)
+    batch = check_batch(batch, n)
+    forget_batch = batch if forget_batch is None else check_batch(
+        forget_batch, n, "forget_batch")
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    a_r, b_r = scheme_coefficients(n, batch, scheme)
+    a_f, b_f = scheme_coefficients(n, forget_batch, scheme)
+    a = (1 - alpha) ** 2 * a_r + alpha**2 * a_f
+    b = (1 - alpha) ** 2 * b_r + alpha**2 * b_f
+    return n, s, 1.0 - 2.0 * alpha, a, b
+
+
+def dial_spectral_radius(n, s, eta, batch, *, scheme="bernoulli", alpha=0.0,
+                         forget_batch=None):
+    """Exact ``rho(T)`` for the coherence-dial family, in closed form.
+
+    Parameters
+    ----------
+    n, s : int
+        Family size and coherence dial (``simlab.curvature.coherence_dial``).
+    eta : float
+    batch : int
+        Retain batch size.
+    scheme : {"bernoulli", "with", "without"}
+    alpha : float
+        Mixing weight; retain and forget are both the whole family (the
+        source's Hessian test), ``alpha = 0`` is SGD.
+    forget_batch : int, optional
+        Forget batch size (default ``batch``).
+
+    Returns
+    -------
+    float
+
+    See Also
+    --------
+    simlab.stability.spectral_radius : the general operator this matches.
+
+    Examples
+    --------
+    >>> dial_spectral_radius(10, 3, 0.5, 10, scheme="without")   # GD
+    0.4444444444444444
+    """
+    eta = check_eta(eta)
+    n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
+    rho = (1 - 2 * m * eta) ** 2 + 4 * eta**2 * (a * n**2 / s - b)
+    if s < n:
+        rho = max(rho, (1 - 2 * m * eta / s) ** 2 + 4 * eta**2 * (a * n**2 - b) / s**2)
+    return float(rho)
+
+
+def dial_critical_lr(n, s, batch, *, scheme="bernoulli", alpha=0.0,
+                     forget_batch=None):
+    """Exact critical learning rate of the coherence-dial family.
+
+    Returns ``min(eta_0, eta_1)`` of the module docstring, ``0.0`` when
+    ``alpha >= 1/2`` (the mean update is not restoring) and ``inf`` when
+    nothing diverges.
+
+    Examples
+    --------
+    >>> dial_critical_lr(10, 3, 1)            # Bernoulli SGD, B = 1
+    0.25
+    """
+    n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
+    if m <= 0:
+        return 0.0
+    etas = [m / (m**2 + a * n**2 / s - b)]
+    if s < n:
+        etas.append(m * s / (m**2 + a * n**2 - b))
+    return float(min(etas))
