@@ -176,8 +176,6 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
     if forget is None:
         if alpha != 0.0:
             raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
-        if forget_batch is not None:
-            raise ValueError("forget_batch is given but forget is None")
         n_f, B_f = 0, 0
         hess = retain
     else:
