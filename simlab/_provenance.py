@@ -9,14 +9,20 @@ from ._version import __version__
 
 
 def git_revision():
-    """Short git revision of the simlab checkout, or ``"unknown"``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """Short git revision of the simlab checkout, or ``"unknown"``.
+
+    Looks next to the package first (editable installs), then in the working
+    directory (a regular install run from a clone).
+    """
+    for where in (Path(__file__).parent, Path.cwd()):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=where,
+                capture_output=True, text=True, timeout=5, check=True)
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return "unknown"
 
 
 def provenance(params, seed):
