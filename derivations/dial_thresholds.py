@@ -32,18 +32,17 @@ import functools
 
 import sympy as sp
 
+import second_moment
+
 n, s, eta, alpha, a, b, B = sp.symbols("n s eta alpha a b B", positive=True)
 x = sp.Symbol("x", positive=True)
 
 
 def scheme_coefficients(scheme):
-    """(a, b) for one set of n samples and batch B (THEORY section 2)."""
-    if scheme == "bernoulli":
-        return (n / B - 1) / n**2, sp.Integer(0)
-    if scheme == "with":
-        return 1 / (B * n), 1 / B
-    c = (n - B) / (B * (n - 1))
-    return c / n, c
+    """(a, b) for one set of n samples and batch B, derived in second_moment.py."""
+    a_, b_ = second_moment.coefficients(scheme)
+    return a_.subs(second_moment.n, n).subs(second_moment.B, B), \
+        sp.sympify(b_).subs(second_moment.n, n).subs(second_moment.B, B)
 
 
 @functools.cache

@@ -66,9 +66,9 @@ def radius(retain, eta, B, scheme, forget=None, B_f=None, alpha=0.0):
     r = Q.shape[1]
     cols = []
     for k in range(r):
-        for l in range(r):
+        for j in range(r):
             E = np.zeros((r, r))
-            E[k, l] = 1.0
+            E[k, j] = 1.0
             Y = Q.T @ second_moment(retain, eta, B, scheme, Q @ E @ Q.T,
                                     forget, B_f, alpha) @ Q
             cols.append(Y.ravel())

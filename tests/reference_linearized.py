@@ -3,7 +3,10 @@
 Each step forms the dense minibatch update matrix
 ``M_hat = (1-alpha)/B_r sum_{retain batch} H_i - alpha/B_f sum_{forget batch} H_j``
 and applies ``delta <- delta - eta M_hat delta`` with NumPy, without any
-rescaling (use it on inputs whose norm stays in floating-point range). The only
+rescaling (use it on inputs whose norm stays in floating-point range). When
+``U = range(sum of active H_i)`` is a proper subspace, ``delta`` is projected
+back onto ``U`` after every step: exactly a no-op, it keeps rounding residue in
+the directions that never move from building up. The only
 things shared with the kernel are the uncompiled random-number and
 batch-drawing bodies of ``simlab.dynamics._step.plain``, so that the same seed
 gives the same batches and the comparison checks the dynamics.
@@ -45,6 +48,8 @@ def ref_linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
     raw = [retain] + ([] if forget is None else [np.asarray(forget, dtype=float)])
     active = np.concatenate([h for h, use in zip(raw, (use_r, use_f)) if use])
     delta0 = ref_initial_directions(active, trajectories, seed)
+    U = range_basis(active)
+    P = U @ U.T if U.shape[1] < U.shape[0] else None
     states = ref_rng_states(seed, trajectories)
     code = SCHEME_CODES[scheme]
     n_r = Hr.shape[0]
@@ -77,6 +82,8 @@ def ref_linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
                                          forget_batch / n_f, perm_f, idx)
                     M_hat -= alpha / forget_batch * Hf[idx[:m]].sum(axis=0)
             delta = delta - eta * M_hat @ delta
+            if P is not None:
+                delta = P @ delta
             sq = delta @ delta
             if sq == 0.0:
                 if t % record_every == 0:

@@ -66,3 +66,13 @@ def test_reproduce_writes_data_and_manifest(tmp_path, monkeypatch):
 def test_bad_override():
     with pytest.raises(ValueError, match="unknown parameters"):
         hessian_test.run(quick=True, bogus=1)
+
+
+def test_coherence_bound_experiment():
+    from simlab.experiments import coherence_bound
+
+    ds = coherence_bound.run(quick=True, families=25)
+    assert ds.attrs["violations"] == 0
+    assert ds["ratio"].size == 25
+    assert float(ds["ratio"].min()) > 0
+    coherence_bound.plot(ds)

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import reference
 from simlab.coherence import block_coherence, coherence_matrix, coherence_measure
 from simlab.curvature import coherence_dial, random_psd, to_dense
 from simlab.stability import (
@@ -15,6 +14,8 @@ from simlab.stability import (
     critical_lr,
     spectral_radius,
 )
+
+import reference
 from strategies import families
 
 

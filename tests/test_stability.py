@@ -11,7 +11,6 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-import reference
 from simlab import config
 from simlab.curvature import coherence_dial, random_psd, random_rank_one, to_dense
 from simlab.stability import (
@@ -25,6 +24,8 @@ from simlab.stability import (
     second_moment_operator,
     spectral_radius,
 )
+
+import reference
 from strategies import SCHEMES, families, unlearning_problems
 
 RTOL = 1e-9

@@ -6,10 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import dial_thresholds
 from simlab.curvature import coherence_dial
 from simlab.stability import critical_lr, spectral_radius
 from simlab.theory import dial_critical_lr, dial_spectral_radius
+
+import dial_thresholds
 from strategies import SCHEMES
 
 ALPHAS = st.sampled_from([0.0, 0.05, 0.1, 0.3, 0.49, 0.5, 0.7])

@@ -143,19 +143,32 @@ def _rng_states(seed, count):
     return states
 
 
-def _initial_directions(active, trajectories, seed):
-    """Unit ``delta_0`` per trajectory: Gaussian, projected onto ``U``.
+def _subspace(active):
+    """Orthonormal basis ``(p, r)`` of ``U = range(sum of active H_i)``, or ``None``.
 
-    ``active`` is the concatenation of the active Hessian sets (rank-one or
-    dense); ``U = range(sum_i H_i)`` (THEORY section 4).
+    ``None`` means ``U`` is all of ``R^p``. Otherwise the basis of
+    :func:`simlab.curvature.range_basis` is re-orthonormalized by QR (the Gram
+    route loses orthogonality on ill-conditioned families).
     """
-    p = active.shape[1]
-    Z = np.random.default_rng(seed).standard_normal((trajectories, p))
     basis = range_basis(active)
-    if basis.shape[1] == 0:
+    r, p = basis.shape[1], active.shape[1]
+    if r == 0:
         raise ValueError("retain/forget: all active Hessians are zero, so the "
                          "invariant subspace U is empty and nothing moves")
-    D = (Z @ basis) @ basis.T
+    if r == p:
+        return None
+    return np.linalg.qr(basis)[0]
+
+
+def _initial_directions(cell, trajectories, seed):
+    """Unit ``delta_0`` per trajectory, in the coordinates the kernel uses.
+
+    A standard Gaussian ``(trajectories, p)`` from ``default_rng(seed)``,
+    projected onto ``U`` (THEORY section 4) and normalized; when ``U`` is a
+    proper subspace the result is expressed in the basis ``cell["basis"]``.
+    """
+    Z = np.random.default_rng(seed).standard_normal((trajectories, cell["dim"]))
+    D = Z if cell["basis"] is None else Z @ cell["basis"]
     return D / np.linalg.norm(D, axis=1, keepdims=True)
 
 
@@ -163,9 +176,11 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
                   forget_batch=None, alpha=0.0):
     """Validate one configuration and pack it for the kernel.
 
-    Returns a dict with the Hessians ``hess`` (retain rows, then forget rows),
-    ``rank_one``, the active family ``active`` (for ``U``), ``cell_i``,
-    ``cell_f`` (layout in :mod:`simlab.dynamics._step`) and ``params``.
+    Returns a dict with the Hessians ``hess`` (retain rows, then forget rows;
+    in coordinates of ``U`` when ``U`` is a proper subspace), ``rank_one``,
+    ``dim`` (the original ``p``), ``basis`` (``(p, r)`` or ``None``),
+    ``cell_i``, ``cell_f`` (layout in :mod:`simlab.dynamics._step`) and
+    ``params``.
     """
     retain, forget, rank_one = check_pair(retain, forget)
     eta = check_eta(eta)
@@ -186,7 +201,14 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
     use_r = alpha < 1.0
     use_f = forget is not None and alpha > 0.0
     active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
-    p = retain.shape[1]
+    dim = retain.shape[1]
+    basis = _subspace(np.concatenate(active))
+    if basis is not None:
+        # Simulate in coordinates of U: no rounding residue can build up in the
+        # directions that never move (it would dominate a contracting delta).
+        hess = hess @ basis if rank_one else basis.T @ hess @ basis
+        hess = np.ascontiguousarray(hess)
+    p = hess.shape[1]
     cell_i = np.array([p, n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
                        use_r, use_f, rank_one], dtype=np.int64)
     cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
@@ -198,7 +220,7 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
         "forget_shape": None if forget is None else tuple(forget.shape),
         "rank_one": bool(rank_one),
     }
-    return {"hess": hess, "rank_one": rank_one, "active": np.concatenate(active),
+    return {"hess": hess, "rank_one": rank_one, "dim": dim, "basis": basis,
             "cell_i": cell_i, "cell_f": cell_f, "params": params}
 
 
@@ -284,7 +306,7 @@ def _run(cells, seeds, run):
     for c, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
         sl = slice(c * T, (c + 1) * T)
         states[sl] = _rng_states(seed, T)
-        d0 = _initial_directions(cell["active"], T, seed)
+        d0 = _initial_directions(cell, T, seed)
         delta[sl, :d0.shape[1]] = d0
     perm_r = np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64)
     perm_f = np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64)
@@ -305,6 +327,8 @@ def _run(cells, seeds, run):
         sl = slice(c * T, (c + 1) * T)
         p = int(cell_i[c, 0])
         d = delta[sl, :p]
+        if cell["basis"] is not None:
+            d = d @ cell["basis"].T
         nrm = np.linalg.norm(d, axis=1, keepdims=True)
         direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
         lyapunov = 0.5 * log_final[sl] / steps_run[sl]

@@ -15,6 +15,7 @@ import importlib
 #: CLI name -> module path.
 REGISTRY = {
     "hessian-test": "simlab.experiments.hessian_test",
+    "coherence-bound": "simlab.experiments.coherence_bound",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
 }
 

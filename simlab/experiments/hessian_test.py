@@ -71,7 +71,8 @@ def run(quick=False, seed=0, simulate=None, **overrides):
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
     simulate = _default_simulate() if simulate is None else simulate
-    n, eta, alpha, scheme = params["n"], params["eta"], params["alpha"], params["scheme"]
+    n, eta, alpha = params["n"], params["eta"], params["alpha"]
+    scheme = params["scheme"]
     s_vals = [int(s) for s in params["s"]]
     b_vals = [int(b) for b in params["batch"]]
     modes = {"sgd": 0.0, "unlearn": alpha}
@@ -144,19 +145,19 @@ def run(quick=False, seed=0, simulate=None, **overrides):
 
 
 def _operator_spot_check(n, eta, scheme, modes, s_vals, b_vals, rho, seed, k=6):
-    """Largest gap (relative to max(rho, 1)) between the closed form and the general operator on
-    ``k`` random cells per mode (guards the frontier drawn in the figure)."""
+    """Largest gap, relative to ``max(rho, 1)``, between the closed form and the
+    general operator on ``k`` random cells per mode (guards the drawn frontier)."""
     rng = np.random.default_rng(seed)
     worst = 0.0
-    for i, (mode, a) in enumerate(modes.items()):
+    for i, a in enumerate(modes.values()):
         for _ in range(k):
-            j, l = rng.integers(len(s_vals)), rng.integers(len(b_vals))
+            j, m = rng.integers(len(s_vals)), rng.integers(len(b_vals))
             H = coherence_dial(n, s_vals[j])
             kw = dict(scheme=scheme)
             if a:
-                kw.update(forget=H, forget_batch=b_vals[l], alpha=a)
-            ref = spectral_radius(H, eta, b_vals[l], **kw)
-            worst = max(worst, abs(ref - rho[i, j, l]) / max(ref, 1.0))
+                kw.update(forget=H, forget_batch=b_vals[m], alpha=a)
+            ref = spectral_radius(H, eta, b_vals[m], **kw)
+            worst = max(worst, abs(ref - rho[i, j, m]) / max(ref, 1.0))
     return float(worst)
 
 

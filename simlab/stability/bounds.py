@@ -19,7 +19,9 @@ def coherence_bound_lr(hessians, batch):
 
     Notes
     -----
-    Dexter, Ocal, Mulayoff, Dereziński, Michaeli, ICLR 2024; THEORY section 5.
+    Dexter, Ocejo, Keerthi, Gupta, Acharya, Khanna, "A Precise Characterization
+    of SGD Stability Using Loss Surface Geometry", ICLR 2024 (arXiv:2401.12332);
+    THEORY section 5.
     """
     H, _ = check_hessians(hessians)
     n = H.shape[0]

@@ -21,7 +21,6 @@ power iteration from ``I``, which stays diagonal: ``rho(T) = max(rho_0, rho_1)``
 ``m <= 0``.
 """
 
-import numpy as np
 
 from .._validation import check_alpha, check_batch, check_eta, check_int, check_scheme
 from ..stability.operator import scheme_coefficients

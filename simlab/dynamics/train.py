@@ -1,0 +1,579 @@
+"""GD/SGD training of the nonlinear two-patch models (THEORY section 8).
+
+:func:`train` runs one configuration, :func:`train_many` a stack of independent
+configurations (data sets, dimensions, learning rates, seeds) in parallel across
+cores with a ``prange`` driver. Both use the same Numba step bodies of
+:mod:`simlab.models._kernels`, in one of two exact forms of the update:
+
+* ``method="gram"``: filters stay in ``W_0 + span(training patches)``, so the
+  state is the coefficient matrix ``C`` and the pre-activations ``Z = Z_0 + C G``
+  with the patch Gram matrix ``G``; a step costs ``O(m B n)`` whatever ``d``.
+* ``method="weight"``: the plain update of ``W`` (BLAS), ``O(m B d)`` per step.
+
+Randomness (initialisation, minibatches) is drawn on the host from explicit
+seeds and passed to the kernels as per-step sample weights, so both methods,
+and any record schedule, give the same trajectory.
+"""
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from .._validation import (
+    check_batch,
+    check_eta,
+    check_int,
+    check_scheme,
+    check_seed,
+)
+from ..data import SignalNoise
+from ..models import _kernels as K
+from ..models.cnn import TwoPatchModel, _loss_id, _sharpness
+
+__all__ = ["train", "train_many", "TrainResult", "memorization_scores",
+           "batch_weights"]
+
+_METHODS = ("auto", "gram", "weight")
+
+#: Largest number of ``(step, sample)`` weights drawn per segment and config stack.
+_CHUNK_ENTRIES = 4_000_000
+
+
+# --------------------------------------------------------------------------
+# minibatch weights (host-side randomness)
+# --------------------------------------------------------------------------
+
+def batch_weights(rng, steps, n, batch, scheme):
+    """Per-step sample weights of one set, shape ``(steps, n)``.
+
+    Row ``t`` holds ``multiplicity_i / B`` for the minibatch of step ``t``, so that
+    ``sum_i w_ti grad l_i`` is the minibatch gradient of THEORY section 2:
+
+    - ``"without"``: a uniform ``B``-subset;
+    - ``"with"``: ``B`` uniform draws with replacement (multiplicities add up);
+    - ``"bernoulli"``: each sample kept independently with probability ``B/n``,
+      the sum divided by ``B``.
+
+    Consumes the generator sequentially, so splitting ``steps`` into chunks
+    gives the same weights.
+    """
+    w = np.zeros((steps, n))
+    if scheme == "without":
+        idx = np.argpartition(rng.random((steps, n)), batch - 1, axis=1)[:, :batch]
+        np.put_along_axis(w, idx, 1.0 / batch, axis=1)
+    elif scheme == "with":
+        idx = rng.integers(0, n, size=(steps, batch))
+        rows = np.repeat(np.arange(steps), batch)
+        np.add.at(w, (rows, idx.ravel()), 1.0 / batch)
+    else:
+        w[rng.random((steps, n)) < batch / n] = 1.0 / batch
+    return w
+
+
+# --------------------------------------------------------------------------
+# the stacked state shared by train and unlearn
+# --------------------------------------------------------------------------
+
+class _Runner:
+    """State of a stack of configurations sharing ``n``, ``J``, ``m``, ``q``.
+
+    Parameters
+    ----------
+    kargs : tuple ``(J, m, act_id, q)``
+    Xps : list of (2n, d_c) training patches
+    ys : (n_cfg, n) labels used by the loss
+    W0s : list of (K, d_c) starting weights
+    lrs : (n_cfg,) learning rates
+    lid : loss id
+    method : "gram" or "weight"
+    escape_factor : float
+    """
+
+    def __init__(self, kargs, Xps, ys, W0s, lrs, lid, method, escape_factor=np.inf):
+        self.kargs = kargs
+        self.lid = lid
+        self.method = method
+        self.Xps = Xps
+        self.W0s = W0s
+        self.y = np.ascontiguousarray(ys, dtype=np.float64)
+        self.lr = np.ascontiguousarray(lrs, dtype=np.float64)
+        n_cfg = len(Xps)
+        Kf = W0s[0].shape[0]
+        n2 = Xps[0].shape[0]
+        self.C = np.zeros((n_cfg, Kf, n2))
+        self.track = np.zeros((n_cfg, 4))
+        self.track[:, 2] = escape_factor
+        self.track[:, 3] = -1.0
+        if method == "gram":
+            self.G = np.stack([X @ X.T for X in Xps])
+            self.Z0 = np.stack([W @ X.T for W, X in zip(W0s, Xps, strict=True)])
+            self.Z = self.Z0.copy()
+        else:
+            dmax = max(X.shape[1] for X in Xps)
+            self.dmax = dmax
+            self.Xpad = np.zeros((n_cfg, n2, dmax))
+            self.W0pad = np.zeros((n_cfg, Kf, dmax))
+            for c, (W, X) in enumerate(zip(W0s, Xps, strict=True)):
+                self.Xpad[c, :, : X.shape[1]] = X
+                self.W0pad[c, :, : X.shape[1]] = W
+            self.W = self.W0pad.copy()
+
+    @property
+    def n_cfg(self):
+        return self.C.shape[0]
+
+    def advance(self, wts, nsteps, t0, live, stop_on_escape=False):
+        """Run ``nsteps`` steps on the live configurations; return steps done."""
+        done = np.zeros(self.n_cfg, dtype=np.int64)
+        J, m, act_id, q = self.kargs
+        if self.method == "gram":
+            K._gram_run_many(self.Z, self.C, self.G, self.Z0, wts, nsteps, self.lr,
+                             self.y, J, m, act_id, q, self.lid, self.track, t0,
+                             stop_on_escape, live, done)
+        else:
+            K._weight_run_many(self.W, self.C, self.Xpad, self.W0pad, wts, nsteps,
+                               self.lr, self.y, J, m, act_id, q, self.lid,
+                               self.track, t0, stop_on_escape, live, done)
+        return done
+
+    def weights(self, c):
+        """Current weights ``(K, d_c)`` of configuration ``c``."""
+        if self.method == "gram":
+            return self.W0s[c] + self.C[c] @ self.Xps[c]
+        return self.W[c, :, : self.Xps[c].shape[1]].copy()
+
+    def preacts(self):
+        """Training pre-activations ``(n_cfg, K, 2n)``."""
+        if self.method == "gram":
+            return self.Z
+        return np.matmul(self.W, self.Xpad.transpose(0, 2, 1))
+
+    def f_train(self):
+        J, m, act_id, q = self.kargs
+        return K._f_many(np.ascontiguousarray(self.preacts()), J, m, act_id, q)
+
+    def test_setup(self, Xpts):
+        """Precompute what test pre-activations need (``None`` entries skipped)."""
+        self._test = []
+        for c, Xt in enumerate(Xpts):
+            if Xt is None:
+                self._test.append(None)
+            elif self.method == "gram":
+                self._test.append((self.W0s[c] @ Xt.T, self.Xps[c] @ Xt.T))
+            else:
+                self._test.append(Xt)
+
+    def f_test(self, c):
+        t = self._test[c]
+        if t is None:
+            return None
+        J, m, act_id, q = self.kargs
+        if self.method == "gram":
+            Zt = t[0] + self.C[c] @ t[1]
+        else:
+            Zt = self.weights(c) @ t.T
+        return K._f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
+
+    def dist2(self, c):
+        """Exact ``||W - W_0||^2`` of configuration ``c``."""
+        if self.method == "gram":
+            Cc = self.C[c]
+            return float(np.einsum("ik,kl,il->", Cc, self.G[c], Cc))
+        return float(np.sum((self.W[c] - self.W0pad[c]) ** 2))
+
+
+def _choose_method(method, n, ds, n_cfg):
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method != "auto":
+        return method
+    gram_bytes = 8 * (2 * n) ** 2 * n_cfg
+    return "gram" if n <= 2 * min(ds) and gram_bytes <= 2**31 else "weight"
+
+
+# --------------------------------------------------------------------------
+# metrics
+# --------------------------------------------------------------------------
+
+def _loss_acc(f, y, lid):
+    """Mean loss and accuracy (``y f > 0``)."""
+    return float(K._losses(f, y, lid).mean()), float(np.mean(y * f > 0))
+
+
+def _decomposition(C, sig, nsq, J, m):
+    """``gamma (J, m)``, ``rho (J, m, n)`` from patch coefficients ``C (K, 2n)``."""
+    signs = np.repeat([1.0, -1.0][:J], m)
+    gamma = (signs * (C @ sig)).reshape(J, m)
+    rho = (C[:, 1::2] * nsq).reshape(J, m, -1)
+    return gamma, rho
+
+
+def memorization_scores(rho, y):
+    """Per-sample noise memorization ``max_r y_i s_j rho_{j,r,i}``, ``j`` = class of ``y_i``.
+
+    For the CNN this is the largest coefficient of ``xi_i`` in the filters of the
+    sample's own (observed) class; for the linear model ``y_i rho_i``.
+
+    Parameters
+    ----------
+    rho : ndarray (J, m, n)
+    y : ndarray (n,)
+    """
+    rho = np.asarray(rho, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if rho.shape[0] == 1:
+        return (y * rho[0]).max(axis=0)
+    own = np.where(y > 0, 0, 1)
+    return rho[own, :, np.arange(y.size)].max(axis=1)
+
+
+# --------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """Outcome of one training run.
+
+    Attributes
+    ----------
+    W, W0 : ndarray
+        Final and initial weights (model shape).
+    coef : ndarray (J, m, n, 2)
+        ``W - W0 = sum_{i,p} coef[..., i, p] X[i, p]`` filter by filter.
+    gamma : ndarray (J, m)
+        Signal-learning coefficients at the end (THEORY section 8; ``nan`` when
+        ``mu`` is unknown).
+    rho : ndarray (J, m, n)
+        Noise-memorization coefficients at the end.
+    steps : int
+        Steps completed (``< requested`` only when the run diverged).
+    diverged : bool
+        A pre-activation became non-finite or exceeded ``1e100``; the run
+        stopped before that step and every reported number is finite.
+    history : xarray.Dataset
+        Per record step: ``train_loss``, ``train_acc``, ``test_loss``,
+        ``test_acc``, ``test_acc_clean`` (test accuracy against clean labels),
+        ``gamma_max``, ``rho_max``, ``rho_min``, ``dist`` (``||W - W0||``) and,
+        on its own coordinate ``sharpness_step``, ``sharpness``
+        (``lambda_max`` of the training-loss Hessian).
+    """
+
+    W: np.ndarray
+    W0: np.ndarray
+    coef: np.ndarray
+    gamma: np.ndarray
+    rho: np.ndarray
+    steps: int
+    diverged: bool
+    y: np.ndarray = field(repr=False)
+    _records: dict = field(repr=False)
+    _attrs: dict = field(repr=False)
+
+    @property
+    def memorization(self):
+        """Per-sample memorization score (see :func:`memorization_scores`)."""
+        return memorization_scores(self.rho, self.y)
+
+    @cached_property
+    def history(self):
+        import xarray as xr
+
+        r = self._records
+        data = {k: ("step", np.asarray(v)) for k, v in r.items()
+                if k not in ("step", "sharpness_step", "sharpness")}
+        coords = {"step": np.asarray(r["step"], dtype=np.int64)}
+        if "sharpness" in r:
+            data["sharpness"] = ("sharpness_step", np.asarray(r["sharpness"]))
+            coords["sharpness_step"] = np.asarray(r["sharpness_step"], dtype=np.int64)
+        return xr.Dataset(data, coords=coords, attrs=dict(self._attrs))
+
+
+# --------------------------------------------------------------------------
+# public drivers
+# --------------------------------------------------------------------------
+
+def _check_model_data(models, datasets, tests):
+    if isinstance(datasets, SignalNoise):
+        raise ValueError("datasets must be a sequence of SignalNoise (use train() "
+                         "for one data set)")
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("datasets must not be empty")
+    if isinstance(models, TwoPatchModel):
+        models = [models] * len(datasets)
+    models = list(models)
+    if len(models) != len(datasets):
+        raise ValueError(f"model: got {len(models)} models for {len(datasets)} "
+                         "data sets")
+    ref = models[0]
+    for mod in models:
+        if not isinstance(mod, TwoPatchModel):
+            raise ValueError(f"model must be a simlab model, got {type(mod).__name__}")
+        if (mod.J, mod.m, mod.act_id, mod.q) != (ref.J, ref.m, ref.act_id, ref.q):
+            raise ValueError("model: all configurations must share the "
+                             "architecture (classes, m, activation, q)")
+    n = None
+    for k, (mod, data) in enumerate(zip(models, datasets, strict=True)):
+        if not isinstance(data, SignalNoise):
+            raise ValueError(f"data must be SignalNoise instances (entry {k})")
+        if data.d != mod.d:
+            raise ValueError(f"data has d={data.d} but the model expects d={mod.d} "
+                             f"(entry {k})")
+        if n is not None and data.n != n:
+            raise ValueError("data: all configurations must have the same n")
+        n = data.n
+    if tests is None:
+        tests = [None] * len(datasets)
+    elif isinstance(tests, SignalNoise):
+        tests = [tests] * len(datasets)
+    tests = list(tests)
+    if len(tests) != len(datasets):
+        raise ValueError(f"test: got {len(tests)} test sets for {len(datasets)} "
+                         "data sets")
+    for k, (mod, t) in enumerate(zip(models, tests, strict=True)):
+        if t is not None and (not isinstance(t, SignalNoise) or t.d != mod.d):
+            raise ValueError(f"test must be a SignalNoise with d={mod.d} (entry {k})")
+    return models, datasets, tests
+
+
+def _per_config(value, n_cfg, name, check):
+    arr = np.atleast_1d(np.asarray(value, dtype=object))
+    if arr.size == 1:
+        arr = np.repeat(arr, n_cfg)
+    if arr.size != n_cfg:
+        raise ValueError(f"{name} must be a scalar or have one entry per "
+                         f"configuration ({n_cfg}), got {arr.size}")
+    return [check(v, name) for v in arr]
+
+
+def train(model, data, *, lr, steps, test=None, W0=None, sigma0=0.01, batch=None,
+          scheme="without", loss="logistic", seed=0, record_every=None,
+          sharpness_every=None, method="auto"):
+    """Train ``model`` on ``data`` by full-batch GD or minibatch SGD.
+
+    Parameters
+    ----------
+    model : simlab.models.CNN or simlab.models.Linear
+    data : SignalNoise
+        Training set.
+    lr : float
+        Learning rate ``> 0``.
+    steps : int
+        Number of steps ``>= 0``.
+    test : SignalNoise, optional
+        Held-out set for ``test_*`` metrics (``nan`` without it).
+    W0 : ndarray, optional
+        Initial weights; default ``model.init(sigma0, seed)``.
+    sigma0 : float
+        Initialisation scale when ``W0`` is not given.
+    batch : int, optional
+        Minibatch size ``B``; ``None`` is full-batch GD.
+    scheme : {"without", "with", "bernoulli"}
+        Minibatch sampling (THEORY section 2); ignored for GD.
+    loss : {"logistic", "squared"}
+    seed : int
+        Seeds the initialisation (``model.init(sigma0, seed)``) and, through an
+        independent stream, the minibatches.
+    record_every : int, optional
+        Record metrics every this many steps (default ``max(1, steps // 100)``);
+        step 0 and the last step are always recorded.
+    sharpness_every : int, optional
+        Also record ``lambda_max(H)`` every this many steps (Lanczos on
+        Hessian-vector products); off by default.
+    method : {"auto", "gram", "weight"}
+        Exact update form (module docstring); ``auto`` picks ``gram`` when
+        ``n <= 2 d``.
+
+    Returns
+    -------
+    TrainResult
+
+    See Also
+    --------
+    train_many : many configurations in parallel.
+    simlab.dynamics.unlearn.unlearn : descent-ascent from the trained weights.
+
+    Notes
+    -----
+    THEORY section 8 (model, loss, signal/noise decomposition) and section 10
+    (sharpness tracking).
+
+    Examples
+    --------
+    >>> from simlab.data import signal_noise_pair
+    >>> from simlab.models import CNN
+    >>> tr, te = signal_noise_pair(20, 100, 50, mu_norm=5.0, seed=0)
+    >>> res = train(CNN(50, 4), tr, test=te, lr=0.1, steps=50)
+    >>> res.history.train_loss.values[-1] < res.history.train_loss.values[0]
+    True
+    """
+    return train_many(model, [data], tests=None if test is None else [test],
+                      lr=lr, steps=steps, W0=None if W0 is None else [W0],
+                      sigma0=sigma0, batch=batch, scheme=scheme, loss=loss,
+                      seeds=[seed], record_every=record_every,
+                      sharpness_every=sharpness_every, method=method)[0]
+
+
+def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
+               batch=None, scheme="without", loss="logistic", seeds=0,
+               record_every=None, sharpness_every=None, method="auto"):
+    """Train many independent configurations in parallel (``prange`` over them).
+
+    Parameters
+    ----------
+    model : model or sequence of models
+        One model for all, or one per data set (dimensions may differ; the
+        architecture must not).
+    datasets : sequence of SignalNoise
+        Training sets, all with the same ``n``.
+    lr : float or sequence of float
+        One learning rate or one per configuration.
+    tests : SignalNoise or sequence, optional
+        Held-out sets (one per configuration).
+    W0 : sequence of ndarray, optional
+        Initial weights per configuration.
+    seeds : int or sequence of int
+        Per-configuration seeds (a single int is used for every configuration,
+        which gives common initialisations across, e.g., a signal sweep).
+    steps, sigma0, batch, scheme, loss, record_every, sharpness_every, method
+        As in :func:`train`.
+
+    Returns
+    -------
+    list of TrainResult
+        In the order of ``datasets``; identical to separate :func:`train` calls.
+    """
+    models, datasets, tests = _check_model_data(model, datasets, tests)
+    n_cfg = len(datasets)
+    n = datasets[0].n
+    lid = _loss_id(loss)
+    steps = check_int(steps, "steps", low=0)
+    lrs = np.array(_per_config(lr, n_cfg, "lr", lambda v, nm: check_eta(v, nm)))
+    seeds = _per_config(seeds, n_cfg, "seeds", lambda v, nm: check_seed(v, nm))
+    if batch is not None:
+        batch = check_batch(batch, n)
+        scheme = check_scheme(scheme)
+    record_every = (max(1, steps // 100) if record_every is None
+                    else check_int(record_every, "record_every", low=1))
+    if sharpness_every is not None:
+        sharpness_every = check_int(sharpness_every, "sharpness_every", low=1)
+    if W0 is None:
+        W0 = [mod.init(sigma0, s) for mod, s in zip(models, seeds, strict=True)]
+    else:
+        W0 = list(W0)
+        if len(W0) != n_cfg:
+            raise ValueError(f"W0 must hold one array per configuration ({n_cfg})")
+    W0k = [mod._W(w, "W0").copy() for mod, w in zip(models, W0, strict=True)]
+    method = _choose_method(method, n, [m.d for m in models], n_cfg)
+    kargs = models[0]._kargs
+    Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
+    runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, lrs, lid,
+                     method)
+    runner.test_setup([None if t is None else t.X.reshape(2 * t.n, t.d)
+                       for t in tests])
+    sig = [np.full(2 * n, np.nan) if d.mu is None else Xp @ d.mu
+           for d, Xp in zip(datasets, Xps, strict=True)]
+    nsq = [np.einsum("ij,ij->i", d.noise, d.noise) for d in datasets]
+    J, m = kargs[0], kargs[1]
+
+    recs = [_empty_records(sharpness_every is not None) for _ in range(n_cfg)]
+
+    def record(c, t):
+        f = runner.f_train()[c] if fcache is None else fcache[c]
+        r = recs[c]
+        r["step"].append(t)
+        lo, acc = _loss_acc(f, datasets[c].y, lid)
+        r["train_loss"].append(lo)
+        r["train_acc"].append(acc)
+        ft = runner.f_test(c)
+        te = tests[c]
+        if ft is None:
+            r["test_loss"].append(np.nan)
+            r["test_acc"].append(np.nan)
+            r["test_acc_clean"].append(np.nan)
+        else:
+            lo, acc = _loss_acc(ft, te.y, lid)
+            r["test_loss"].append(lo)
+            r["test_acc"].append(acc)
+            r["test_acc_clean"].append(np.nan if te.y_clean is None
+                                       else float(np.mean(te.y_clean * ft > 0)))
+        g, rh = _decomposition(runner.C[c], sig[c], nsq[c], J, m)
+        r["gamma_max"].append(float(g.max()))
+        r["rho_max"].append(float(rh.max()))
+        r["rho_min"].append(float(rh.min()))
+        r["dist"].append(np.sqrt(max(runner.dist2(c), 0.0)))
+
+    def record_sharpness(c, t):
+        Wc = np.ascontiguousarray(runner.weights(c))
+        recs[c]["sharpness_step"].append(t)
+        recs[c]["sharpness"].append(_sharpness(Wc, Xps[c], datasets[c].y, kargs,
+                                               lid, 1e-10, 0))
+
+    rngs = [np.random.default_rng([s, 1]) for s in seeds]
+    live = np.ones(n_cfg, dtype=np.bool_)
+    stopped = np.full(n_cfg, steps, dtype=np.int64)
+    marks = _schedule(steps, record_every, sharpness_every)
+    chunk = max(1, _CHUNK_ENTRIES // (n * n_cfg))
+    t = 0
+    fcache = runner.f_train()
+    for c in range(n_cfg):
+        record(c, 0)
+        if sharpness_every is not None:
+            record_sharpness(c, 0)
+    for mark in marks:
+        while t < mark and live.any():
+            S = min(chunk, mark - t)
+            if batch is None:
+                wts = np.broadcast_to(np.full((1, 1, n), 1.0 / n), (n_cfg, 1, n))
+                wts = np.ascontiguousarray(wts)
+            else:
+                wts = np.stack([batch_weights(r, S, n, batch, scheme) for r in rngs])
+            done = runner.advance(wts, S, t, live)
+            fcache = runner.f_train()
+            for c in np.flatnonzero(live & (done < S)):
+                live[c] = False
+                stopped[c] = t + done[c]
+                record(c, int(stopped[c]))
+            t += S
+        fcache = runner.f_train()
+        for c in np.flatnonzero(live):
+            if mark % record_every == 0 or mark == steps:
+                record(c, mark)
+            if sharpness_every is not None and (mark % sharpness_every == 0
+                                                or mark == steps):
+                record_sharpness(c, mark)
+
+    results = []
+    for c, mod in enumerate(models):
+        g, rh = _decomposition(runner.C[c], sig[c], nsq[c], J, m)
+        attrs = dict(model=repr(mod), lr=float(lrs[c]), steps=steps,
+                     batch=-1 if batch is None else batch,
+                     scheme="gd" if batch is None else scheme, loss=loss,
+                     seed=seeds[c], method=method,
+                     diverged=int(stopped[c] < steps), steps_done=int(stopped[c]))
+        results.append(TrainResult(
+            W=runner.weights(c).reshape(mod.shape), W0=W0k[c].reshape(mod.shape),
+            coef=runner.C[c].reshape(J, m, n, 2).copy(), gamma=g, rho=rh,
+            steps=int(stopped[c]), diverged=bool(stopped[c] < steps),
+            y=datasets[c].y, _records=recs[c], _attrs=attrs))
+    return results
+
+
+def _empty_records(with_sharpness):
+    keys = ["step", "train_loss", "train_acc", "test_loss", "test_acc",
+            "test_acc_clean", "gamma_max", "rho_max", "rho_min", "dist"]
+    if with_sharpness:
+        keys += ["sharpness_step", "sharpness"]
+    return {k: [] for k in keys}
+
+
+def _schedule(steps, record_every, sharpness_every):
+    """Sorted step marks (excluding 0) where something is recorded."""
+    marks = set(range(record_every, steps + 1, record_every))
+    if sharpness_every is not None:
+        marks |= set(range(sharpness_every, steps + 1, sharpness_every))
+    if steps > 0:
+        marks.add(steps)
+    return sorted(marks)
