@@ -133,6 +133,45 @@ def _cmd_threshold(args):
     return 0
 
 
+def _cmd_sweep(args):
+    from .sweep import load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    client = None
+    if args.backend == "dask":
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            client = Client(args.scheduler)
+        else:
+            client = Client(LocalCluster(dashboard_address=None, processes=True))
+    try:
+        ds = run_sweep(spec, args.out, backend=args.backend, client=client,
+                       restart=args.restart, quiet=args.quiet,
+                       batch_size=args.batch_size)
+    finally:
+        if client is not None:
+            client.close()
+    done = int(ds["done"].sum())
+    print(f"{args.out}: {done}/{spec.n_cells} cells done "
+          f"(experiment {spec.experiment}, spec hash {spec.hash()})")
+    return 0
+
+
+def _cmd_plot(args):
+    import xarray as xr
+
+    from .sweep.plot import plot_store
+
+    with xr.open_zarr(args.store) as ds:
+        sel = dict(kv.split("=", 1) for kv in args.sel)
+        fig = plot_store(ds, var=args.var, x=args.x, y=args.y, sel=sel)
+    out = args.output or f"{Path(args.store).with_suffix('')}_{args.var}.png"
+    fig.savefig(out, dpi=130)
+    print(out)
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="simlab", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -142,6 +181,26 @@ def build_parser():
     p.add_argument("--out", default="figures", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_cmd_reproduce)
+    p = sub.add_parser("sweep", help="run or resume a sweep from a TOML spec")
+    p.add_argument("spec", help="sweep spec (TOML)")
+    p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "dask"])
+    p.add_argument("--scheduler", default=None,
+                   help="Dask scheduler address (default: a LocalCluster)")
+    p.add_argument("--restart", action="store_true",
+                   help="overwrite a store that holds a different spec")
+    p.add_argument("--quiet", action="store_true", help="log lines, no bar")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(fn=_cmd_sweep)
+    p = sub.add_parser("plot", help="heatmap or line plot of a sweep store")
+    p.add_argument("store")
+    p.add_argument("--var", required=True, help="metric to draw")
+    p.add_argument("--x", required=True, help="dimension on the x axis")
+    p.add_argument("--y", default=None, help="dimension on the y axis (heatmap)")
+    p.add_argument("--sel", nargs="*", default=[], metavar="DIM=VALUE",
+                   help="fix other dimensions (default: mean over them)")
+    p.add_argument("-o", "--output", default=None)
+    p.set_defaults(fn=_cmd_plot)
     p = sub.add_parser("list", help="list the figure catalogue")
     p.set_defaults(fn=_cmd_list)
     p = sub.add_parser("info", help="versions, threads, CUDA availability")
