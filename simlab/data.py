@@ -27,6 +27,13 @@ __all__ = [
     "FORGET_RULES",
 ]
 
+#: Stream keys: every consumer of a user seed draws from its own stream
+#: (``default_rng([seed, key])``), so equal seeds never give correlated draws
+#: (e.g. an initial filter parallel to ``mu``).
+_TRAIN_STREAM = 0x5D17A
+_TEST_STREAM = 0x7E57
+_FORGET_STREAM = 0xF06E7
+
 #: Forget-set selection rules understood by :func:`select_forget`.
 FORGET_RULES = ("random", "class", "mislabeled", "memorized")
 
@@ -254,7 +261,8 @@ def signal_noise(n, d, *, snr=None, mu_norm=None, sigma_p=1.0, p_flip=0.0, seed=
     """
     n, d, sigma_p, p_flip, seed = _common_checks(n, d, sigma_p, p_flip, seed)
     norm = _signal_norm(snr, mu_norm, sigma_p, d)
-    return _draw(n, d, norm, sigma_p, p_flip, np.random.default_rng(seed))[0]
+    rng = np.random.default_rng([seed, _TRAIN_STREAM])
+    return _draw(n, d, norm, sigma_p, p_flip, rng)[0]
 
 
 def signal_noise_pair(n, n_test, d, *, snr=None, mu_norm=None, sigma_p=1.0,
@@ -272,9 +280,10 @@ def signal_noise_pair(n, n_test, d, *, snr=None, mu_norm=None, sigma_p=1.0,
     n, d, sigma_p, p_flip, seed = _common_checks(n, d, sigma_p, p_flip, seed)
     n_test = check_int(n_test, "n_test", low=1)
     norm = _signal_norm(snr, mu_norm, sigma_p, d)
-    train, u = _draw(n, d, norm, sigma_p, p_flip, np.random.default_rng(seed))
+    train, u = _draw(n, d, norm, sigma_p, p_flip,
+                     np.random.default_rng([seed, _TRAIN_STREAM]))
     test, _ = _draw(n_test, d, norm, sigma_p, p_flip,
-                    np.random.default_rng([seed, 7919]), u=u)
+                    np.random.default_rng([seed, _TEST_STREAM]), u=u)
     return train, test
 
 
@@ -381,7 +390,7 @@ def select_forget(data, n_forget=None, *, rule="random", label=1, scores=None,
     if rule not in FORGET_RULES:
         raise ValueError(f"rule must be one of {FORGET_RULES}, got {rule!r}")
     n = data.n
-    rng = np.random.default_rng(check_seed(seed))
+    rng = np.random.default_rng([check_seed(seed), _FORGET_STREAM])
     if n_forget is not None:
         n_forget = check_int(n_forget, "n_forget", low=1, high=n - 1)
     if rule == "random":

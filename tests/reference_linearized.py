@@ -8,14 +8,14 @@ rescaling (use it on inputs whose norm stays in floating-point range). When
 back onto ``U`` after every step: exactly a no-op, it keeps rounding residue in
 the directions that never move from building up. The only
 things shared with the kernel are the uncompiled random-number and
-batch-drawing bodies of ``simlab.dynamics._step.plain``, so that the same seed
+batch-drawing bodies of ``simlab.dynamics._step`` (uncompiled), so that the same seed
 gives the same batches and the comparison checks the dynamics.
 """
 
 import numpy as np
 
 from simlab.curvature import range_basis, to_dense
-from simlab.dynamics._step import SCHEME_CODES, plain
+from simlab.dynamics import _step
 
 
 def ref_initial_directions(active, trajectories, seed):
@@ -51,7 +51,7 @@ def ref_linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
     U = range_basis(active)
     P = U @ U.T if U.shape[1] < U.shape[0] else None
     states = ref_rng_states(seed, trajectories)
-    code = SCHEME_CODES[scheme]
+    code = _step.SCHEME_CODES[scheme]
     n_r = Hr.shape[0]
     n_f = 0 if Hf is None else Hf.shape[0]
     p = Hr.shape[1]
@@ -74,11 +74,11 @@ def ref_linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
             M_hat = np.zeros((p, p))
             with np.errstate(over="ignore"):   # uint64 wrap-around is intended
                 if use_r:
-                    m = plain.draw_batch(state, code, n_r, batch, batch / n_r,
+                    m = _step.draw_batch(state, code, n_r, batch, batch / n_r,
                                          perm_r, idx)
                     M_hat += (1 - alpha) / batch * Hr[idx[:m]].sum(axis=0)
                 if use_f:
-                    m = plain.draw_batch(state, code, n_f, forget_batch,
+                    m = _step.draw_batch(state, code, n_f, forget_batch,
                                          forget_batch / n_f, perm_f, idx)
                     M_hat -= alpha / forget_batch * Hf[idx[:m]].sum(axis=0)
             delta = delta - eta * M_hat @ delta

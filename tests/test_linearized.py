@@ -19,7 +19,6 @@ import numpy.testing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_linearized import ref_initial_directions, ref_linearized
 from scipy import stats
 
 import simlab
@@ -35,6 +34,8 @@ from simlab.dynamics import _step
 from simlab.dynamics.linearized import _cpu
 from simlab.simulate import LinearizedResult, linearized, linearized_grid
 from simlab.stability import second_moment_operator, spectral_radius
+
+from reference_linearized import ref_initial_directions, ref_linearized
 
 RTOL = 1e-12
 
@@ -115,7 +116,7 @@ def test_xoshiro_reference_vectors():
     s_py = np.array([1, 2, 3, 4], dtype=np.uint64)
     s_jit = s_py.copy()
     with np.errstate(over="ignore"):
-        got_py = [int(_step.plain.rng_next(s_py)) for _ in expected]
+        got_py = [int(_step.rng_next(s_py)) for _ in expected]
     got_jit = [int(_cpu.rng_next(s_jit)) for _ in expected]
     assert got_py == expected
     assert got_jit == expected
@@ -125,7 +126,7 @@ def test_compiled_and_plain_streams_agree():
     state = np.random.SeedSequence(3).generate_state(4, dtype=np.uint64)
     a, b = state.copy(), state.copy()
     with np.errstate(over="ignore"):
-        py = [(_step.plain.rng_uniform(a), _step.plain.rng_below(a, 37))
+        py = [(_step.rng_uniform(a), _step.rng_below(a, 37))
               for _ in range(500)]
     nb = [(_cpu.rng_uniform(b), _cpu.rng_below(b, 37)) for _ in range(500)]
     assert py == nb
@@ -135,13 +136,16 @@ def test_compiled_and_plain_streams_agree():
     assert k.min() >= 0 and k.max() < 37
 
 
+_draw_batch = _cpu.draw_batch
+
+
 @jit
 def _draw_many(state, scheme, n, B, q, draws, out):
     """Test-only kernel: ``draws`` successive batches, one row each (-1 padded)."""
     perm = np.arange(n)
     idx = np.empty(n, dtype=np.int64)
     for d in range(draws):
-        k = _cpu.draw_batch(state, scheme, n, B, q, perm, idx)
+        k = _draw_batch(state, scheme, n, B, q, perm, idx)
         for a in range(k):
             out[d, a] = idx[a]
 
@@ -296,26 +300,32 @@ def test_second_moment_test_detects_wrong_scheme():
 _GAP_RETAIN = np.diag([2.0, 1.0, 0.5]) + 0.1 * random_psd(8, 3, seed=41)
 
 
-@pytest.mark.parametrize(("scheme", "kw"), [
-    ("without", {}),
-    ("with", {}),
-    ("without", {"forget": _GAP_RETAIN[:3], "alpha": 0.1, "forget_batch": 2}),
+@pytest.mark.parametrize(("scheme", "eta", "kw"), [
+    ("without", 1.0, {}),
+    ("with", 1.0, {}),
+    ("without", 1.25, {"forget": _GAP_RETAIN[:3], "alpha": 0.1,
+                       "forget_batch": 2}),
 ])
-def test_ms_growth_matches_spectral_radius(scheme, kw):
+def test_ms_growth_matches_spectral_radius(scheme, eta, kw):
     """ms_growth estimates rho(T).
 
     Split into a deterministic and a statistical part:
 
     * the exact mean curve m(t) = E|delta_t|^2 = mean_k delta_0k^T T^t(I) delta_0k
       (T is self-adjoint) has a least-squares log-slope over the window
-      t in [15, 30] equal to log rho(T) up to (rho_2/rho)^15 < 1e-5 (checked
-      below against the exact eigenvalues of T);
+      t in [15, 30] equal to log rho(T) up to a term of order
+      (rho_2/rho)^15 < 1e-6 (here rho ~ 1.18, rho_2 ~ 0.45);
     * the Monte-Carlo mean at each recorded t is within 5 conditional standard
       errors of m(t) (false-failure rate <= 31 * 5.7e-7 = 2e-5), so
       |log ms_growth - slope(m)| <= sum_k |a_k| max_t |log(m_mc/m)| with a_k the
-      least-squares weights, which is the tolerance asserted.
+      least-squares weights, which is the tolerance asserted (about 1.2e-3 to
+      2.3e-3 here; the observed errors are about 1e-4).
+
+    Bernoulli sampling at B/n = 6/8 is left out on purpose: its random batch
+    size makes |delta_t|^2 so heavy-tailed at t = 30 that the sample standard
+    error is itself unreliable (ms_growth 1.27-1.43 over seeds for rho = 1.36).
     """
-    eta, batch, steps, N = 1.0, 6, 30, N_MC
+    batch, steps, N = 6, 30, N_MC
     res = linearized(_GAP_RETAIN, eta, batch, scheme=scheme, steps=steps,
                      trajectories=N, seed=42, **kw)
     rho = spectral_radius(_GAP_RETAIN, eta, batch, scheme=scheme, **kw)
@@ -335,7 +345,7 @@ def test_ms_growth_matches_spectral_radius(scheme, kw):
     t = res.record_steps[15:].astype(float)
     a = (t - t.mean()) / np.sum((t - t.mean()) ** 2)
     slope_exact = a @ np.log(m[15:])
-    assert abs(slope_exact - math.log(rho)) < 1e-5
+    assert abs(slope_exact - math.log(rho)) < 1e-6
     # Statistical part, with the 5-SE bound propagated through log and the slope.
     rel = Z_MAX * se[15:] / m[15:]
     tol = np.sum(np.abs(a)) * np.max(-np.log1p(-rel))
@@ -395,12 +405,12 @@ def test_gradient_descent_exact_through_renormalization(eta, factor, escape,
 
 def test_stop_on_escape_and_record_every():
     kw = {"scheme": "bernoulli", "steps": 60, "trajectories": 5, "seed": 3}
-    full = linearized(G5, 0.9, 1, **kw)
-    sub = linearized(G5, 0.9, 1, record_every=4, **kw)
+    full = linearized(G5, 1.2, 1, **kw)
+    sub = linearized(G5, 1.2, 1, record_every=4, **kw)
     npt.assert_array_equal(sub.record_steps, np.arange(0, 61, 4))
     npt.assert_array_equal(sub.log_sq_norm, full.log_sq_norm[:, ::4])
     npt.assert_array_equal(sub.escape_step, full.escape_step)
-    stop = linearized(G5, 0.9, 1, stop_on_escape=True, **kw)
+    stop = linearized(G5, 1.2, 1, stop_on_escape=True, **kw)
     npt.assert_array_equal(stop.escape_step, full.escape_step)
     for k, e in enumerate(stop.escape_step):
         if e >= 0:
@@ -444,9 +454,10 @@ def test_full_batch_is_gradient_descent(n, p, rank_one, scheme, c, seed):
     delta = ref_initial_directions(H, 2, seed)
     A = np.eye(p) - eta * Hm
     for t in range(steps + 1):
+        if t:
+            delta = delta @ A.T
         sq = np.einsum("ki,ki->k", delta, delta)
         npt.assert_allclose(np.exp(res.log_sq_norm[:, t]), sq, rtol=1e-9)
-        delta = delta @ A.T
     npt.assert_allclose(res.direction,
                         delta / np.linalg.norm(delta, axis=1, keepdims=True),
                         rtol=1e-8, atol=1e-12)

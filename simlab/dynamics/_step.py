@@ -2,19 +2,27 @@
 
 Everything a trajectory does inside a kernel is written here exactly once, as
 scalar loops over arrays that the caller allocates: no NumPy allocation, no
-Python objects, only ``math`` functions and NumPy scalar casts. :func:`build`
-turns the bodies into a namespace of functions compiled with one decorator:
+Python objects, only ``math`` functions and NumPy scalar casts. The module-level
+functions are plain Python and call one another by name; :func:`build`
+compiles a consistent set of them with one decorator:
 
-* ``build(simlab._jit.jit)`` for the CPU (used by
-  :mod:`simlab.dynamics.linearized`);
+* ``build(jit)`` for the CPU (:mod:`simlab.dynamics.linearized`, with
+  ``simlab._jit.jit``), together with the CPU driver body
+  :func:`simulate_many` (``prange`` over (cell, trajectory) pairs);
 * ``build(numba.cuda.jit(device=True))`` for CUDA device functions;
-* :data:`plain` (``build`` with the identity) runs uncompiled in Python, for
-  tests and debugging. Its uint64 arithmetic wraps like the compiled code but
-  NumPy warns on scalar overflow: call it under ``np.errstate(over="ignore")``.
+* the module-level functions themselves run uncompiled in Python (tests,
+  debugging; ``prange`` is ``range`` here). Their uint64 arithmetic wraps like
+  the compiled code, but NumPy warns on scalar overflow: call them under
+  ``np.errstate(over="ignore")``.
 
-The functions call one another through the closure of :func:`build`, so each
-compilation is self-contained (a CUDA device function can only call device
-functions).
+How :func:`build` works: it copies each function with a private globals dict in
+which every step name is bound to its compiled version, so a CUDA device
+function only ever calls device functions. The copies keep their code object
+and have no closure, so Numba's on-disk cache keys them by this file and their
+bytecode: the cache is valid across processes, and any edit here invalidates
+both the step bodies and the driver (a driver defined in another file would
+keep running stale step code from the cache, because Numba only checks the
+source file of the function it compiles).
 
 Random numbers come from xoshiro256** (Blackman & Vigna, "Scrambled linear
 pseudorandom number generators", ACM TOMS 2021), a counter-free generator on
@@ -23,8 +31,8 @@ four uint64 words. Every operation on the state is integer arithmetic modulo
 promotes ``uint64 op int64`` to float64, so every constant below is an
 ``np.uint64``.
 
-State layout of one cell (one configuration) is described by two small arrays
-built on the host by ``simlab.dynamics.linearized._prepare_cell``:
+One configuration ("cell") is described by two small arrays built on the host
+by ``simlab.dynamics.linearized._prepare_cell``:
 
 ``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one]``
 ``cell_f`` (float64): ``[q_r, q_f, w_r, w_f, eta]`` with ``q = B / n`` (Bernoulli
@@ -32,11 +40,28 @@ keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``
 """
 
 import math
-from types import SimpleNamespace
+import types
 
 import numpy as np
 
-__all__ = ["build", "plain", "SCHEME_CODES", "CELL_INT_FIELDS", "CELL_FLOAT_FIELDS"]
+__all__ = [
+    "CELL_FLOAT_FIELDS",
+    "CELL_INT_FIELDS",
+    "SCHEME_CODES",
+    "STEP_FUNCTIONS",
+    "build",
+    "rng_next",
+    "rng_uniform",
+    "rng_below",
+    "draw_batch",
+    "dot_row",
+    "add_rank_one",
+    "add_dense",
+    "escape_threshold",
+    "linear_step",
+    "run_trajectory",
+    "simulate_many",
+]
 
 #: Integer codes of the sampling schemes used inside kernels.
 SCHEME_CODES = {"bernoulli": 0, "with": 1, "without": 2}
@@ -62,261 +87,338 @@ _TWO_M53 = 2.0**-53
 _SQ_LOW = 1e-200
 _SQ_HIGH = 1e200
 
+# Entries of delta below _FLUSH in magnitude are set to zero (see linear_step).
+# The norm is kept >= 1e-100 by the renormalization, so a flushed entry is more
+# than 180 orders of magnitude below it: the flush changes no recorded quantity,
+# and it keeps the arithmetic out of the subnormal range, which costs ~100 cycles
+# per operation on x86 (1.5x slower overall on the coherence-dial benchmark,
+# where decoupled axes decay independently).
+_FLUSH = 1e-280
+
 _NAN = math.nan
 _NEG_INF = -math.inf
 
+#: Loop used by :func:`simulate_many`; :func:`build` rebinds it to ``prange``.
+prange = range
 
-def build(decorate):
+
+def rng_next(state):
+    """Advance the xoshiro256** ``state`` (uint64[4]) and return a uint64."""
+    s0 = state[0]
+    s1 = state[1]
+    s2 = state[2]
+    s3 = state[3]
+    x = s1 * _U5
+    result = ((x << _U7) | (x >> _U57)) * _U9
+    t = s1 << _U17
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = (s3 << _U45) | (s3 >> _U19)
+    state[0] = s0
+    state[1] = s1
+    state[2] = s2
+    state[3] = s3
+    return result
+
+
+def rng_uniform(state):
+    """Uniform double on ``[0, 1)``: the top 53 bits times ``2**-53``."""
+    return (rng_next(state) >> _U11) * _TWO_M53
+
+
+def rng_below(state, m):
+    """Integer in ``[0, m)`` for ``1 <= m < 2**32``.
+
+    Lemire's multiply-shift on the top 32 bits, in integer arithmetic only; the
+    bias is at most ``m / 2**32`` (below ``1e-8`` for ``m <= 40``).
+    """
+    return np.int64(((rng_next(state) >> _U32) * np.uint64(m)) >> _U32)
+
+
+def draw_batch(state, scheme, n, B, q, perm, idx):
+    """Draw one minibatch of sample indices into ``idx``; return its size.
+
+    ``scheme`` 0 (bernoulli): each of the ``n`` samples is kept when a uniform
+    draw is ``< q = B / n`` (``n`` draws, random size, increasing indices).
+    1 (with): ``B`` draws of ``rng_below(n)``.
+    2 (without): ``B`` swaps of a partial Fisher-Yates shuffle of the persistent
+    permutation ``perm`` (length ``n``); the first ``B`` entries are then a
+    uniform ``B``-subset whatever ``perm`` held before, in ``O(B)`` per step.
+    """
+    if scheme == 0:
+        k = 0
+        for i in range(n):
+            if rng_uniform(state) < q:
+                idx[k] = i
+                k += 1
+        return k
+    if scheme == 1:
+        for j in range(B):
+            idx[j] = rng_below(state, n)
+        return B
+    for j in range(B):
+        r = j + rng_below(state, n - j)
+        tmp = perm[r]
+        perm[r] = perm[j]
+        perm[j] = tmp
+        idx[j] = tmp
+    return B
+
+
+def dot_row(A, i, x, p):
+    """``sum_j A[i, j] x[j]`` (``j < p``) with four interleaved partial sums.
+
+    The fixed split (``j mod 4``, combined as ``(s0 + s1) + (s2 + s3)``) breaks
+    the floating-point dependency chain of a plain loop without ``fastmath``,
+    and is the same order on every backend.
+    """
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    j = 0
+    while j + 4 <= p:
+        s0 += A[i, j] * x[j]
+        s1 += A[i, j + 1] * x[j + 1]
+        s2 += A[i, j + 2] * x[j + 2]
+        s3 += A[i, j + 3] * x[j + 3]
+        j += 4
+    while j < p:
+        s0 += A[i, j] * x[j]
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
+def add_rank_one(G, row0, idx, k, w, delta, acc, p):
+    """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p)."""
+    for a in range(k):
+        i = row0 + idx[a]
+        c = w * dot_row(G, i, delta, p)
+        for j in range(p):
+            acc[j] += c * G[i, j]
+
+
+def add_dense(H, row0, idx, k, w, delta, acc, p):
+    """``acc += w * sum_a H_i delta``, ``i = row0 + idx[a]``: O(k p^2).
+
+    Uses the symmetry of ``H_i``: ``H_i delta = sum_m delta[m] H_i[m, :]``, a
+    sequence of contiguous axpy updates that vectorize (no reduction chain).
+    """
+    for a in range(k):
+        Hi = H[row0 + idx[a]]
+        for m in range(p):
+            c = w * delta[m]
+            for j in range(p):
+                acc[j] += c * Hi[m, j]
+
+
+def escape_threshold(log_thresh):
+    """``exp(log_thresh)``, ``inf`` instead of an overflow."""
+    if log_thresh > 700.0:
+        return math.inf
+    return math.exp(log_thresh)
+
+
+def linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r, w_f, eta,
+                scheme, use_r, use_f, state, perm_r, perm_f, idx, acc, delta):
+    """One step ``delta <- delta - eta [w_r S_r - w_f S_f]``; return ``|delta|^2``.
+
+    ``S_r`` (``S_f``) is the sum of the retain (forget) batch Hessians applied to
+    the old ``delta``; the retain batch is drawn before the forget batch. Rows
+    ``0..n_r-1`` of ``G`` (rank-one) or ``H`` (dense) are retain, then forget.
+    Entries of the new ``delta`` below ``1e-280`` in magnitude are set to zero
+    (subnormal arithmetic is slow; see ``_FLUSH``).
+    """
+    for j in range(p):
+        acc[j] = 0.0
+    if use_r:
+        k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
+        if rank_one:
+            add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
+        else:
+            add_dense(H, 0, idx, k, w_r, delta, acc, p)
+    if use_f:
+        k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
+        if rank_one:
+            add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
+        else:
+            add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
+    sq = 0.0
+    for j in range(p):
+        d = delta[j] - eta * acc[j]
+        if -_FLUSH < d < _FLUSH:
+            d = 0.0
+        delta[j] = d
+        sq += d * d
+    return sq
+
+
+def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
+                   stop_on_escape, state, perm_r, perm_f, idx, acc, delta, rec):
+    """Run one trajectory from ``delta`` (in place); return its summary.
+
+    Parameters are one cell's Hessians and ``cell_i``/``cell_f`` (module
+    docstring), the run settings (``log_K = log escape_factor``), and this
+    trajectory's work arrays: ``state`` (uint64[4]), ``perm_r``/``perm_f``
+    (int64, length >= n), ``idx`` (int64, length >= max(n_r, n_f)), ``acc``
+    (float64[p]), ``delta`` (float64[p]: ``delta_0`` on entry, the final,
+    possibly rescaled ``delta`` on exit) and ``rec`` (float64[n_rec]: receives
+    ``log|delta_t|^2 - log|delta_0|^2`` at ``t = r * record_every``, NaN after
+    the trajectory stopped, ``-inf`` where ``delta`` became zero).
+
+    Returns
+    -------
+    escape_step : int
+        First ``t`` with ``|delta_t|^2 >= K |delta_0|^2``, or -1.
+    steps_run : int
+        Number of steps taken (``< steps`` only when stopped early).
+    log_final : float
+        ``log|delta_T|^2 - log|delta_0|^2``; ``-inf`` if ``delta`` became 0.
+
+    Notes
+    -----
+    ``delta`` is rescaled to unit norm whenever ``|delta|^2`` leaves
+    ``[1e-200, 1e200]``, and the removed factor is accumulated in
+    ``log_scale``, so nothing overflows as long as one step grows the norm by
+    less than about ``1e100``. An exactly zero ``delta`` stops the trajectory.
+    """
+    p = cell_i[0]
+    n_r = cell_i[1]
+    n_f = cell_i[2]
+    B_r = cell_i[3]
+    B_f = cell_i[4]
+    scheme = cell_i[5]
+    use_r = cell_i[6] != 0
+    use_f = cell_i[7] != 0
+    rank_one = cell_i[8] != 0
+    q_r = cell_f[0]
+    q_f = cell_f[1]
+    w_r = cell_f[2]
+    w_f = cell_f[3]
+    eta = cell_f[4]
+    for i in range(n_r):
+        perm_r[i] = i
+    for i in range(n_f):
+        perm_f[i] = i
+    rec[0] = 0.0
+    for r in range(1, rec.shape[0]):
+        rec[r] = _NAN
+    sq = 0.0
+    for j in range(p):
+        sq += delta[j] * delta[j]
+    log_sq0 = math.log(sq)
+    log_scale = 0.0
+    thresh = escape_threshold(log_K + log_sq0)
+    escape_step = -1
+    steps_run = steps
+    countdown = record_every
+    r = 0
+    for t in range(1, steps + 1):
+        sq = linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r,
+                         w_f, eta, scheme, use_r, use_f, state, perm_r, perm_f,
+                         idx, acc, delta)
+        countdown -= 1
+        if sq == 0.0:
+            if countdown == 0:
+                rec[r + 1] = _NEG_INF
+            return escape_step, t, _NEG_INF
+        if sq > _SQ_HIGH or sq < _SQ_LOW:
+            s = 1.0 / math.sqrt(sq)
+            new_sq = 0.0
+            for j in range(p):
+                d = delta[j] * s
+                delta[j] = d
+                new_sq += d * d
+            log_scale += math.log(sq) - math.log(new_sq)
+            sq = new_sq
+            thresh = escape_threshold(log_K + log_sq0 - log_scale)
+        if escape_step < 0 and sq >= thresh:
+            escape_step = t
+        if countdown == 0:
+            r += 1
+            rec[r] = log_scale + math.log(sq) - log_sq0
+            countdown = record_every
+        if stop_on_escape and escape_step >= 0:
+            steps_run = t
+            break
+    return escape_step, steps_run, log_scale + math.log(sq) - log_sq0
+
+
+def simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, record_every,
+                  log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
+                  rec, escape_step, steps_run, log_final):
+    """CPU driver body: ``prange`` over (cell, trajectory) pairs.
+
+    Compiled by ``simlab.dynamics.linearized`` as ``_simulate_many``. Pair ``k``
+    belongs to cell ``pair_cell[k]``; pairs are visited in the order ``order``
+    (a fixed shuffle, so that the static split of ``prange`` over threads gets a
+    mix of cheap and expensive cells). Row ``k`` of ``states``, ``perm_r``,
+    ``perm_f``, ``idx``, ``acc``, ``delta`` and ``rec`` holds the work arrays of
+    :func:`run_trajectory` for pair ``k``; ``escape_step``, ``steps_run`` and
+    ``log_final`` receive its return values. Each pair touches only its own
+    rows, so the result depends neither on the thread count nor on the order.
+    """
+    for i in prange(order.shape[0]):
+        k = order[i]
+        c = pair_cell[k]
+        e, s, f = run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps,
+                                 record_every, log_K, stop_on_escape, states[k],
+                                 perm_r[k], perm_f[k], idx[k], acc[k], delta[k],
+                                 rec[k])
+        escape_step[k] = e
+        steps_run[k] = s
+        log_final[k] = f
+
+
+#: The device-side functions, in dependency order.
+STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch", "dot_row",
+                  "add_rank_one", "add_dense", "escape_threshold", "linear_step",
+                  "run_trajectory")
+
+
+def build(decorate, *, driver=None, prange=None):
     """Compile the step bodies with ``decorate`` and return them in a namespace.
 
     Parameters
     ----------
     decorate : callable
-        ``simlab._jit.jit`` (CPU), ``numba.cuda.jit(device=True)`` (CUDA) or the
-        identity (plain Python).
+        Compiles one function: ``simlab._jit.jit`` (CPU) or
+        ``numba.cuda.jit(device=True)`` (CUDA).
+    driver : callable, optional
+        Compiles :func:`simulate_many` (``simlab._jit.pjit`` on the CPU); the
+        result is the namespace's ``simulate_many``. Omitted: no driver.
+    prange : callable, optional
+        The parallel loop the driver uses (``numba.prange``).
 
     Returns
     -------
     types.SimpleNamespace
-        ``rng_next``, ``rng_uniform``, ``rng_below``, ``draw_batch``,
-        ``add_rank_one``, ``add_dense``, ``escape_threshold``, ``linear_step``,
-        ``run_trajectory``.
+        The compiled functions of :data:`STEP_FUNCTIONS` (and ``simulate_many``).
 
     Notes
     -----
-    ``run_trajectory`` is the body of every driver: the CPU driver
-    ``simlab.dynamics.linearized._simulate_many`` calls it inside ``prange``.
+    Each function is copied with a globals dict shared by the copies, in which
+    every step name is bound to its compiled version (see the module
+    docstring). Compilation stays lazy: nothing compiles until a first call.
     """
-
-    @decorate
-    def rng_next(state):
-        """Advance the xoshiro256** ``state`` (uint64[4]) and return a uint64."""
-        s0 = state[0]
-        s1 = state[1]
-        s2 = state[2]
-        s3 = state[3]
-        x = s1 * _U5
-        result = ((x << _U7) | (x >> _U57)) * _U9
-        t = s1 << _U17
-        s2 ^= s0
-        s3 ^= s1
-        s1 ^= s2
-        s0 ^= s3
-        s2 ^= t
-        s3 = (s3 << _U45) | (s3 >> _U19)
-        state[0] = s0
-        state[1] = s1
-        state[2] = s2
-        state[3] = s3
-        return result
-
-    @decorate
-    def rng_uniform(state):
-        """Uniform double on ``[0, 1)``: the top 53 bits times ``2**-53``."""
-        return (rng_next(state) >> _U11) * _TWO_M53
-
-    @decorate
-    def rng_below(state, m):
-        """Integer in ``[0, m)`` for ``1 <= m < 2**32``.
-
-        Lemire's multiply-shift on the top 32 bits, in integer arithmetic only;
-        the bias is at most ``m / 2**32`` (below ``1e-8`` for ``m <= 40``).
-        """
-        return np.int64(((rng_next(state) >> _U32) * np.uint64(m)) >> _U32)
-
-    @decorate
-    def draw_batch(state, scheme, n, B, q, perm, idx):
-        """Draw one minibatch of sample indices into ``idx``; return its size.
-
-        ``scheme`` 0 (bernoulli): each of the ``n`` samples is kept when a
-        uniform draw is ``< q = B / n`` (``n`` draws, random size).
-        1 (with): ``B`` draws of ``rng_below(n)``.
-        2 (without): ``B`` swaps of a partial Fisher-Yates shuffle of the
-        persistent permutation ``perm`` (length ``n``); the first ``B`` entries
-        are then a uniform ``B``-subset whatever ``perm`` held before, in
-        ``O(B)`` per step.
-        """
-        if scheme == 0:
-            k = 0
-            for i in range(n):
-                if rng_uniform(state) < q:
-                    idx[k] = i
-                    k += 1
-            return k
-        if scheme == 1:
-            for j in range(B):
-                idx[j] = rng_below(state, n)
-            return B
-        for j in range(B):
-            r = j + rng_below(state, n - j)
-            tmp = perm[r]
-            perm[r] = perm[j]
-            perm[j] = tmp
-            idx[j] = tmp
-        return B
-
-    @decorate
-    def add_rank_one(G, row0, idx, k, w, delta, acc, p):
-        """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p)."""
-        for a in range(k):
-            i = row0 + idx[a]
-            c = 0.0
-            for j in range(p):
-                c += G[i, j] * delta[j]
-            c *= w
-            for j in range(p):
-                acc[j] += c * G[i, j]
-
-    @decorate
-    def add_dense(H, row0, idx, k, w, delta, acc, p):
-        """``acc += w * sum_a H_i delta``, ``i = row0 + idx[a]``: O(k p^2)."""
-        for a in range(k):
-            i = row0 + idx[a]
-            for j in range(p):
-                c = 0.0
-                for m in range(p):
-                    c += H[i, j, m] * delta[m]
-                acc[j] += w * c
-
-    @decorate
-    def escape_threshold(log_thresh):
-        """``exp(log_thresh)`` in the current scale, ``inf`` instead of overflow."""
-        if log_thresh > 700.0:
-            return math.inf
-        return math.exp(log_thresh)
-
-    @decorate
-    def linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r, w_f,
-                    eta, scheme, use_r, use_f, state, perm_r, perm_f, idx, acc,
-                    delta):
-        """One step ``delta <- delta - eta [w_r S_r - w_f S_f]``; return ``|delta|^2``.
-
-        ``S_r`` (``S_f``) is the sum of the retain (forget) batch Hessians applied
-        to the old ``delta``; the retain batch is drawn before the forget batch.
-        Rows ``0..n_r-1`` of ``G``/``H`` are retain, ``n_r..n_r+n_f-1`` forget.
-        """
-        for j in range(p):
-            acc[j] = 0.0
-        if use_r:
-            k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
-            if rank_one:
-                add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
-            else:
-                add_dense(H, 0, idx, k, w_r, delta, acc, p)
-        if use_f:
-            k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
-            if rank_one:
-                add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
-            else:
-                add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
-        sq = 0.0
-        for j in range(p):
-            d = delta[j] - eta * acc[j]
-            delta[j] = d
-            sq += d * d
-        return sq
-
-    @decorate
-    def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
-                       stop_on_escape, state, perm_r, perm_f, idx, acc, delta, rec):
-        """Run one trajectory from ``delta`` (in place); return the summary.
-
-        Parameters are one cell's Hessians and ``cell_i``/``cell_f`` (module
-        docstring), the common run settings, and this trajectory's work arrays:
-        ``state`` (uint64[4]), ``perm_r``/``perm_f`` (int64, length >= n),
-        ``idx`` (int64, length >= max(n_r, n_f)), ``acc`` (float64[p]),
-        ``delta`` (float64[p], holds ``delta_0`` on entry and the final,
-        possibly rescaled ``delta`` on exit) and ``rec`` (float64[n_rec],
-        receives ``log|delta_t|^2 - log|delta_0|^2`` at ``t = r * record_every``,
-        NaN after the trajectory stopped).
-
-        Returns
-        -------
-        escape_step : int
-            First ``t`` with ``|delta_t|^2 >= K |delta_0|^2``, or -1.
-        steps_run : int
-            Number of steps taken (``< steps`` only when stopped early).
-        log_final : float
-            ``log|delta_T|^2 - log|delta_0|^2``; ``-inf`` if ``delta`` became 0.
-
-        Notes
-        -----
-        ``delta`` is rescaled to unit norm whenever ``|delta|^2`` leaves
-        ``[1e-200, 1e200]``; the removed factor is accumulated in ``log_scale``,
-        so nothing overflows as long as one step grows the norm by less than
-        about ``1e100``. An exactly zero ``delta`` stops the trajectory.
-        """
-        p = cell_i[0]
-        n_r = cell_i[1]
-        n_f = cell_i[2]
-        B_r = cell_i[3]
-        B_f = cell_i[4]
-        scheme = cell_i[5]
-        use_r = cell_i[6] != 0
-        use_f = cell_i[7] != 0
-        rank_one = cell_i[8] != 0
-        q_r = cell_f[0]
-        q_f = cell_f[1]
-        w_r = cell_f[2]
-        w_f = cell_f[3]
-        eta = cell_f[4]
-        for i in range(n_r):
-            perm_r[i] = i
-        for i in range(n_f):
-            perm_f[i] = i
-        rec[0] = 0.0
-        for r in range(1, rec.shape[0]):
-            rec[r] = _NAN
-        sq = 0.0
-        for j in range(p):
-            sq += delta[j] * delta[j]
-        log_sq0 = math.log(sq)
-        log_scale = 0.0
-        thresh = escape_threshold(log_K + log_sq0)
-        escape_step = -1
-        steps_run = steps
-        countdown = record_every
-        r = 0
-        for t in range(1, steps + 1):
-            sq = linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f,
-                             w_r, w_f, eta, scheme, use_r, use_f, state, perm_r,
-                             perm_f, idx, acc, delta)
-            countdown -= 1
-            if sq == 0.0:
-                if countdown == 0:
-                    rec[r + 1] = _NEG_INF
-                return escape_step, t, _NEG_INF
-            if sq > _SQ_HIGH or sq < _SQ_LOW:
-                s = 1.0 / math.sqrt(sq)
-                new_sq = 0.0
-                for j in range(p):
-                    d = delta[j] * s
-                    delta[j] = d
-                    new_sq += d * d
-                log_scale += math.log(sq) - math.log(new_sq)
-                sq = new_sq
-                thresh = escape_threshold(log_K + log_sq0 - log_scale)
-            if escape_step < 0 and sq >= thresh:
-                escape_step = t
-            if countdown == 0:
-                r += 1
-                rec[r] = log_scale + math.log(sq) - log_sq0
-                countdown = record_every
-            if stop_on_escape and escape_step >= 0:
-                steps_run = t
-                break
-        return escape_step, steps_run, log_scale + math.log(sq) - log_sq0
-
-    return SimpleNamespace(
-        rng_next=rng_next, rng_uniform=rng_uniform, rng_below=rng_below,
-        draw_batch=draw_batch, add_rank_one=add_rank_one, add_dense=add_dense,
-        escape_threshold=escape_threshold, linear_step=linear_step,
-        run_trajectory=run_trajectory)
+    env = dict(globals())
+    out = {}
+    for name in STEP_FUNCTIONS:
+        out[name] = env[name] = decorate(_rebind(globals()[name], env))
+    if driver is not None:
+        if prange is not None:
+            env["prange"] = prange
+        out["simulate_many"] = driver(_rebind(simulate_many, env))
+    return types.SimpleNamespace(**out)
 
 
-def _identity(fn):
-    return fn
-
-
-#: The step bodies as uncompiled Python (reference implementations, debugging).
-plain = build(_identity)
+def _rebind(fn, env):
+    """``fn`` with globals ``env`` (same code, name, defaults and docstring)."""
+    copy = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    copy.__doc__ = fn.__doc__
+    return copy

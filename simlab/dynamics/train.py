@@ -36,6 +36,9 @@ __all__ = ["train", "train_many", "TrainResult", "memorization_scores",
 
 _METHODS = ("auto", "gram", "weight")
 
+#: Stream key of the minibatch draws (one stream per consumer of a seed).
+_BATCH_STREAM = 0xBA7C4
+
 #: Largest number of ``(step, sample)`` weights drawn per segment and config stack.
 _CHUNK_ENTRIES = 4_000_000
 
@@ -124,17 +127,27 @@ class _Runner:
         return self.C.shape[0]
 
     def advance(self, wts, nsteps, t0, live, stop_on_escape=False):
-        """Run ``nsteps`` steps on the live configurations; return steps done."""
+        """Run ``nsteps`` steps on the live configurations; return steps done.
+
+        A single configuration calls the serial kernel directly (no thread
+        launch, and BLAS is not called from inside a parallel region).
+        """
         done = np.zeros(self.n_cfg, dtype=np.int64)
         J, m, act_id, q = self.kargs
         if self.method == "gram":
-            K._gram_run_many(self.Z, self.C, self.G, self.Z0, wts, nsteps, self.lr,
-                             self.y, J, m, act_id, q, self.lid, self.track, t0,
-                             stop_on_escape, live, done)
+            args = (self.Z, self.C, self.G, self.Z0)
+            one, many = K._gram_run, K._gram_run_many
         else:
-            K._weight_run_many(self.W, self.C, self.Xpad, self.W0pad, wts, nsteps,
-                               self.lr, self.y, J, m, act_id, q, self.lid,
-                               self.track, t0, stop_on_escape, live, done)
+            args = (self.W, self.C, self.Xpad, self.W0pad)
+            one, many = K._weight_run, K._weight_run_many
+        if self.n_cfg == 1:
+            if live[0]:
+                done[0] = one(*(a[0] for a in args), wts[0], nsteps, self.lr[0],
+                              self.y[0], J, m, act_id, q, self.lid, self.track[0],
+                              t0, stop_on_escape)
+        else:
+            many(*args, wts, nsteps, self.lr, self.y, J, m, act_id, q, self.lid,
+                 self.track, t0, stop_on_escape, live, done)
         return done
 
     def weights(self, c):
@@ -151,29 +164,50 @@ class _Runner:
 
     def f_train(self):
         J, m, act_id, q = self.kargs
-        return K._f_many(np.ascontiguousarray(self.preacts()), J, m, act_id, q)
+        Z = np.ascontiguousarray(self.preacts())
+        if self.n_cfg == 1:
+            return K._f_all(Z[0], J, m, act_id, q)[None]
+        return K._f_many(Z, J, m, act_id, q)
 
     def test_setup(self, Xpts):
-        """Precompute what test pre-activations need (``None`` entries skipped)."""
+        """Prepare the test pre-activations.
+
+        Gram form: ``Z_t = W_0 X_t^T + C (Xp X_t^T)``; the two products are
+        computed here, before any parallel region, and a record then costs
+        ``K 2n`` per test patch instead of ``K d``. (BLAS calls made right after
+        a ``prange`` region compete with Numba's spinning OpenMP workers.) The
+        weight form, or a test set too large to cache, recomputes ``W X_t^T``.
+        """
         self._test = []
+        n2 = self.C.shape[2]
         for c, Xt in enumerate(Xpts):
             if Xt is None:
                 self._test.append(None)
-            elif self.method == "gram":
-                self._test.append((self.W0s[c] @ Xt.T, self.Xps[c] @ Xt.T))
+            elif self.method == "gram" and 8 * n2 * Xt.shape[0] <= 2**27:
+                self._test.append(("gram", self.W0s[c] @ Xt.T, self.Xps[c] @ Xt.T))
             else:
-                self._test.append(Xt)
+                self._test.append(("direct", Xt))
 
     def f_test(self, c):
         t = self._test[c]
         if t is None:
             return None
         J, m, act_id, q = self.kargs
-        if self.method == "gram":
-            Zt = t[0] + self.C[c] @ t[1]
+        if t[0] == "gram":
+            Zt = t[1] + self.C[c] @ t[2]
         else:
-            Zt = self.weights(c) @ t.T
+            Zt = self.weights(c) @ t[1].T
         return K._f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
+
+    def sep2(self, a, b):
+        """Exact ``||W_b - W_a||^2`` between two configurations on the same data."""
+        if self.method != "gram":
+            return float(np.sum((self.W[b] - self.W[a]) ** 2))
+        D0 = self.W0s[b] - self.W0s[a]
+        P = D0 @ self.Xps[a].T
+        dC = self.C[b] - self.C[a]
+        return float(np.sum(D0 * D0) + 2.0 * np.sum(dC * P)
+                     + np.einsum("ik,kl,il->", dC, self.G[a], dC))
 
     def dist2(self, c):
         """Exact ``||W - W_0||^2`` of configuration ``c``."""
@@ -471,6 +505,7 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
     Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
     runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, lrs, lid,
                      method)
+    marks = _schedule(steps, record_every, sharpness_every)
     runner.test_setup([None if t is None else t.X.reshape(2 * t.n, t.d)
                        for t in tests])
     sig = [np.full(2 * n, np.nan) if d.mu is None else Xp @ d.mu
@@ -511,10 +546,9 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
         recs[c]["sharpness"].append(_sharpness(Wc, Xps[c], datasets[c].y, kargs,
                                                lid, 1e-10, 0))
 
-    rngs = [np.random.default_rng([s, 1]) for s in seeds]
+    rngs = [np.random.default_rng([s, _BATCH_STREAM]) for s in seeds]
     live = np.ones(n_cfg, dtype=np.bool_)
     stopped = np.full(n_cfg, steps, dtype=np.int64)
-    marks = _schedule(steps, record_every, sharpness_every)
     chunk = max(1, _CHUNK_ENTRIES // (n * n_cfg))
     t = 0
     fcache = runner.f_train()
@@ -526,8 +560,7 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
         while t < mark and live.any():
             S = min(chunk, mark - t)
             if batch is None:
-                wts = np.broadcast_to(np.full((1, 1, n), 1.0 / n), (n_cfg, 1, n))
-                wts = np.ascontiguousarray(wts)
+                wts = np.full((n_cfg, 1, n), 1.0 / n)
             else:
                 wts = np.stack([batch_weights(r, S, n, batch, scheme) for r in rngs])
             done = runner.advance(wts, S, t, live)

@@ -22,6 +22,9 @@ __all__ = ["CNN", "TwoPatchModel", "LOSSES"]
 #: Loss names understood by every model method.
 LOSSES = {"logistic": K.LOGISTIC, "squared": K.SQUARED}
 
+#: Stream key of the initialisation (see ``simlab.data``: one stream per consumer).
+_INIT_STREAM = 0x1417
+
 #: Dimension up to which :meth:`TwoPatchModel.sharpness` uses a dense Hessian.
 _DENSE_SHARPNESS_MAX = 400
 
@@ -94,7 +97,7 @@ class TwoPatchModel:
         W : ndarray of shape :attr:`shape`
         """
         sigma0 = check_positive(sigma0, "sigma0", allow_zero=True)
-        rng = np.random.default_rng(check_seed(seed))
+        rng = np.random.default_rng([check_seed(seed), _INIT_STREAM])
         return sigma0 * rng.standard_normal(self.shape)
 
     # ------------------------------------------------------------------ f
