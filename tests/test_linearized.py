@@ -31,7 +31,7 @@ from simlab.curvature import (
     to_dense,
 )
 from simlab.dynamics import _step
-from simlab.dynamics.linearized import _cpu
+from simlab.dynamics import linearized as lin
 from simlab.simulate import LinearizedResult, linearized, linearized_grid
 from simlab.stability import second_moment_operator, spectral_radius
 
@@ -106,6 +106,28 @@ def test_exact_zero_matches_reference_without_warnings():
     npt.assert_array_equal(comp.lyapunov, -np.inf)
 
 
+def test_uncompiled_body_is_bit_identical():
+    """The plain-Python step bodies (the source every backend compiles) give
+    exactly the compiled result: same RNG stream, same arithmetic order."""
+    cell = lin._prepare_cell(G5, 0.4, 2, "without", F3, 1, 0.3)
+    comp = linearized(G5, 0.4, 2, scheme="without", forget=F3, forget_batch=1,
+                      alpha=0.3, steps=20, trajectories=2, seed=9)
+    states = lin._rng_states(9, 2)
+    delta = lin._initial_directions(cell, 2, 9)
+    for k in range(2):
+        rec = np.empty(21)
+        d = delta[k].copy()
+        with np.errstate(over="ignore"):
+            e, steps_run, log_final = _step.run_trajectory(
+                cell["hess"], np.zeros((0, 0, 0)), cell["cell_i"], cell["cell_f"],
+                20, 1, math.log(1e3), False, states[k].copy(), np.empty(5, int),
+                np.empty(3, int), np.empty(5, int), np.empty(3), d, rec)
+        npt.assert_array_equal(rec, comp.log_sq_norm[k])
+        assert e == comp.escape_step[k] and steps_run == 20
+        assert 0.5 * log_final / 20 == comp.lyapunov[k]
+        npt.assert_array_equal(d / np.linalg.norm(d), comp.direction[k])
+
+
 # ------------------------------------------------------------ 2. random numbers
 
 def test_xoshiro_reference_vectors():
@@ -117,7 +139,7 @@ def test_xoshiro_reference_vectors():
     s_jit = s_py.copy()
     with np.errstate(over="ignore"):
         got_py = [int(_step.rng_next(s_py)) for _ in expected]
-    got_jit = [int(_cpu.rng_next(s_jit)) for _ in expected]
+    got_jit = [int(lin._cpu.rng_next(s_jit)) for _ in expected]
     assert got_py == expected
     assert got_jit == expected
 
@@ -128,7 +150,7 @@ def test_compiled_and_plain_streams_agree():
     with np.errstate(over="ignore"):
         py = [(_step.rng_uniform(a), _step.rng_below(a, 37))
               for _ in range(500)]
-    nb = [(_cpu.rng_uniform(b), _cpu.rng_below(b, 37)) for _ in range(500)]
+    nb = [(lin._cpu.rng_uniform(b), lin._cpu.rng_below(b, 37)) for _ in range(500)]
     assert py == nb
     u = np.array([x for x, _ in nb])
     k = np.array([y for _, y in nb])
@@ -136,7 +158,7 @@ def test_compiled_and_plain_streams_agree():
     assert k.min() >= 0 and k.max() < 37
 
 
-_draw_batch = _cpu.draw_batch
+_draw_batch = lin._cpu.draw_batch
 
 
 @jit
