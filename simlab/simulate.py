@@ -2,9 +2,13 @@
 
 ``simlab.simulate.linearized`` runs the linearized SGD / unlearning dynamics of
 THEORY sections 1-4 (implementation in :mod:`simlab.dynamics.linearized`);
-``linearized_grid`` runs many configurations in one compiled call.
+``linearized_grid`` runs many configurations in one compiled call. The
+``gpu_*`` variants run the same step bodies as CUDA kernels (one thread per
+trajectory); importing them compiles nothing and needs no GPU.
 """
 
+from .dynamics.gpu_linearized import gpu_linearized, gpu_linearized_grid
 from .dynamics.linearized import LinearizedResult, linearized, linearized_grid
 
-__all__ = ["LinearizedResult", "linearized", "linearized_grid"]
+__all__ = ["LinearizedResult", "gpu_linearized", "gpu_linearized_grid",
+           "linearized", "linearized_grid"]

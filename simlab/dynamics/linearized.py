@@ -267,8 +267,13 @@ def _ms_growth(log_sq_norm, lyapunov, record_steps):
     return math.exp(slope)
 
 
-def _run(cells, seeds, run):
-    """Run every (cell, trajectory) pair in one call of :func:`_simulate_many`."""
+def _run(cells, seeds, run, driver=None):
+    """Run every (cell, trajectory) pair in one call of ``driver``.
+
+    ``driver`` has the signature of :func:`_simulate_many` (default) and fills
+    the output arrays in place; the CUDA backend passes its kernel launcher.
+    """
+    driver = _simulate_many if driver is None else driver
     T = run["trajectories"]
     steps, every = run["steps"], run["record_every"]
     n_cells = len(cells)
@@ -311,9 +316,9 @@ def _run(cells, seeds, run):
     steps_run = np.empty(n_pairs, dtype=np.int64)
     log_final = np.empty(n_pairs)
     log_K = math.log(run["escape_factor"])
-    _simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
-                   run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
-                   rec, escape_step, steps_run, log_final)
+    driver(G, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
+           run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
+           rec, escape_step, steps_run, log_final)
 
     record_steps = np.arange(n_rec, dtype=np.int64) * every
     results = []
@@ -501,6 +506,13 @@ def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
     >>> [r.params["batch"] for r in res]
     [1, 8, 1, 8]
     """
+    return _grid(configs, steps, trajectories, escape_factor, seed, record_every,
+                 stop_on_escape)
+
+
+def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
+          stop_on_escape, driver=None):
+    """Validate a grid and run it with ``driver`` (shared by every backend)."""
     run = _check_run(steps, trajectories, escape_factor, record_every,
                      stop_on_escape)
     seed = check_seed(seed)
@@ -523,4 +535,4 @@ def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
         cells.append(_prepare_cell(**kw))
         seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
                      if "seed" in cfg else int(auto[c]))
-    return _run(cells, seeds, run)
+    return _run(cells, seeds, run, driver)
