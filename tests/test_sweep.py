@@ -216,3 +216,15 @@ def test_cli_sweep_and_plot(tmp_path):
     assert (tmp_path / "c.png").exists()
     spec.write_text(textwrap.dedent(SPEC).replace("eta = 0.5", "eta = 'x'"))
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "d.zarr")]) == 2
+
+
+def test_shipped_specs_are_valid():
+    from pathlib import Path
+
+    from simlab.sweep import load_spec
+
+    specs = sorted((Path(__import__("simlab").__file__).parent / "sweep" / "specs")
+                   .glob("*.toml"))
+    assert specs
+    for path in specs:
+        assert load_spec(path).n_cells > 0
