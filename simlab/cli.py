@@ -63,7 +63,13 @@ def _cmd_reproduce(args):
         t0 = time.perf_counter()
         print(f"[{name}] running ({'quick' if args.quick else 'full'} size)...",
               flush=True)
-        ds = mod.run(quick=args.quick, seed=args.seed)
+        kw = {}
+        if args.backend != "cpu":
+            if args.backend not in getattr(mod, "BACKENDS", ("cpu",)):
+                raise ValueError(f"experiment {name!r} has no {args.backend!r} "
+                                 f"backend (has {getattr(mod, 'BACKENDS', ('cpu',))})")
+            kw["backend"] = args.backend
+        ds = mod.run(quick=args.quick, seed=args.seed, **kw)
         ds.attrs["quick"] = int(args.quick)
         fig = mod.plot(ds)
         stem = out / name.replace("/", "_")
@@ -180,6 +186,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="reduced size, fast")
     p.add_argument("--out", default="figures", help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
+                   help="simulator backend for experiments that have several")
     p.set_defaults(fn=_cmd_reproduce)
     p = sub.add_parser("sweep", help="run or resume a sweep from a TOML spec")
     p.add_argument("spec", help="sweep spec (TOML)")

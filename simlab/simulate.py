@@ -11,4 +11,18 @@ from .dynamics.gpu_linearized import gpu_linearized, gpu_linearized_grid
 from .dynamics.linearized import LinearizedResult, linearized, linearized_grid
 
 __all__ = ["LinearizedResult", "gpu_linearized", "gpu_linearized_grid",
-           "linearized", "linearized_grid"]
+           "grid_simulator", "linearized", "linearized_grid"]
+
+#: Backend name -> grid simulator (same signature and results).
+_GRID = {"cpu": linearized_grid, "cuda": gpu_linearized_grid}
+
+
+def grid_simulator(backend="cpu"):
+    """The grid simulator of ``backend`` (``"cpu"`` or ``"cuda"``).
+
+    Experiments take the simulator as an argument instead of copying a kernel;
+    this is the lookup they use.
+    """
+    if backend not in _GRID:
+        raise ValueError(f"backend must be one of {sorted(_GRID)}, got {backend!r}")
+    return _GRID[backend]

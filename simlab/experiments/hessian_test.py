@@ -38,13 +38,16 @@ QUICK = dict(FULL, s=[1, 2, 4, 8, 12, 17, 25, 35, 50, 70, 100],
              batch=[1, 2, 3, 5, 8, 12, 17, 24, 33, 49], trajectories=8, steps=400)
 
 
-def _default_simulate():
-    from ..dynamics.linearized import linearized_grid
-
-    return linearized_grid
+BACKENDS = ("cpu", "cuda")
 
 
-def run(quick=False, seed=0, simulate=None, **overrides):
+def _simulator(backend):
+    from ..simulate import grid_simulator
+
+    return grid_simulator(backend)
+
+
+def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     """Compute the heatmap data.
 
     Parameters
@@ -54,7 +57,10 @@ def run(quick=False, seed=0, simulate=None, **overrides):
     seed : int
     simulate : callable, optional
         A grid simulator with the signature of
-        :func:`simlab.dynamics.linearized.linearized_grid` (the backend).
+        :func:`simlab.dynamics.linearized.linearized_grid`; overrides
+        ``backend``.
+    backend : {"cpu", "cuda"}
+        Which simulator to use when ``simulate`` is not given.
     **overrides
         Replace entries of the parameter dict (``n``, ``eta``, ``alpha``,
         ``scheme``, ``s``, ``batch``, ``trajectories``, ``steps``,
@@ -70,7 +76,7 @@ def run(quick=False, seed=0, simulate=None, **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    simulate = _default_simulate() if simulate is None else simulate
+    simulate = _simulator(backend) if simulate is None else simulate
     n, eta, alpha = params["n"], params["eta"], params["alpha"]
     scheme = params["scheme"]
     s_vals = [int(s) for s in params["s"]]

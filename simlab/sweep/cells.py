@@ -18,13 +18,9 @@ SCHEMES = ("bernoulli", "with", "without")
 
 
 def _simulator(backend):
-    if backend == "cuda":
-        from ..dynamics.gpu_linearized import gpu_linearized_grid
+    from ..simulate import grid_simulator
 
-        return gpu_linearized_grid
-    from ..dynamics.linearized import linearized_grid
-
-    return linearized_grid
+    return grid_simulator(backend)
 
 
 _MC_METRICS = ("escape_fraction", "lyapunov_median", "ms_growth_mc")
