@@ -185,6 +185,47 @@ def test_dask_equals_cpu(tmp_path, dask_client):
     xr.testing.assert_identical(cpu.drop_attrs(), dsk.drop_attrs())   # bit-identical
 
 
+def test_dask_worker_killed_mid_sweep(tmp_path, dask_client):
+    """Kill a Dask worker process while the sweep runs: Dask reschedules its
+    batches, no cell is lost, and the store equals an in-process run."""
+    import threading
+
+    store = tmp_path / "killed.zarr"
+    spec = KILL_SPEC.replace("range = [1, 31]", "range = [1, 31, 3]")
+    killed = []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            time.sleep(0.05)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    done = int(xr.open_zarr(store)["done"].sum())
+            except Exception:
+                continue
+            if done >= 2:
+                victim = sorted(dask_client.scheduler_info()["workers"])[0]
+                killed.append((done, victim))
+                try:    # the worker dies mid-call, so the call itself fails
+                    dask_client.run(os._exit, 1, workers=[victim])
+                except Exception:
+                    pass
+                return
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    ds = run_sweep(spec, store, backend="dask", client=dask_client,
+                   batch_size=2).load()
+    thread.join()
+    assert killed and killed[0][0] < 60, "no worker was killed mid-sweep"
+    # the victim is gone (its nanny starts a replacement at a new address)
+    assert killed[0][1] not in dask_client.scheduler_info()["workers"]
+    assert int(ds["done"].sum()) == 60
+    ref = run_sweep(spec, tmp_path / "ref.zarr", batch_size=60).load()
+    xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
+
+
 def test_backend_errors(tmp_path):
     with pytest.raises(ValueError, match="backend"):
         run_sweep(SPEC, tmp_path / "x.zarr", backend="gpu")
