@@ -161,7 +161,7 @@ class SignalNoise:
 
     @property
     def snr(self):
-        """``||mu|| / (sigma_p sqrt(d))`` (``nan`` when ``mu`` or ``sigma_p`` unknown)."""
+        """Signal-to-noise ratio ``||mu|| / (sigma_p sqrt(d))`` (``nan`` if unknown)."""
         if self.mu is None or not np.isfinite(self.sigma_p):
             return float("nan")
         return float(np.linalg.norm(self.mu) / (self.sigma_p * np.sqrt(self.d)))

@@ -8,7 +8,7 @@ cores with a ``prange`` driver. Both use the same Numba step bodies of
 * ``method="gram"``: filters stay in ``W_0 + span(training patches)``, so the
   state is the coefficient matrix ``C`` and the pre-activations ``Z = Z_0 + C G``
   with the patch Gram matrix ``G``; a step costs ``O(m B n)`` whatever ``d``.
-* ``method="weight"``: the plain update of ``W`` (BLAS), ``O(m B d)`` per step.
+* ``method="weight"``: the plain update of ``W``, ``O(m B d)`` per step.
 
 Randomness (initialisation, minibatches) is drawn on the host from explicit
 seeds and passed to the kernels as per-step sample weights, so both methods,
@@ -109,8 +109,8 @@ class _Runner:
         self.track[:, 2] = escape_factor
         self.track[:, 3] = -1.0
         if method == "gram":
-            self.G = np.stack([X @ X.T for X in Xps])
-            self.Z0 = np.stack([W @ X.T for W, X in zip(W0s, Xps, strict=True)])
+            self.G = np.stack([K.abt(X, X) for X in Xps])
+            self.Z0 = np.stack([K.abt(W, X) for W, X in zip(W0s, Xps, strict=True)])
             self.Z = self.Z0.copy()
         else:
             dmax = max(X.shape[1] for X in Xps)
@@ -130,7 +130,7 @@ class _Runner:
         """Run ``nsteps`` steps on the live configurations; return steps done.
 
         A single configuration calls the serial kernel directly (no thread
-        launch, and BLAS is not called from inside a parallel region).
+        launch).
         """
         done = np.zeros(self.n_cfg, dtype=np.int64)
         J, m, act_id, q = self.kargs
@@ -153,7 +153,7 @@ class _Runner:
     def weights(self, c):
         """Current weights ``(K, d_c)`` of configuration ``c``."""
         if self.method == "gram":
-            return self.W0s[c] + self.C[c] @ self.Xps[c]
+            return K.add_ab(self.W0s[c], self.C[c], self.Xps[c])
         return self.W[c, :, : self.Xps[c].shape[1]].copy()
 
     def preacts(self):
@@ -169,22 +169,24 @@ class _Runner:
             return K._f_all(Z[0], J, m, act_id, q)[None]
         return K._f_many(Z, J, m, act_id, q)
 
-    def test_setup(self, Xpts):
-        """Prepare the test pre-activations.
+    def test_setup(self, Xpts, n_records):
+        """Prepare the test pre-activations for ``n_records`` evaluations.
 
-        Gram form: ``Z_t = W_0 X_t^T + C (Xp X_t^T)``; the two products are
-        computed here, before any parallel region, and a record then costs
-        ``K 2n`` per test patch instead of ``K d``. (BLAS calls made right after
-        a ``prange`` region compete with Numba's spinning OpenMP workers.) The
-        weight form, or a test set too large to cache, recomputes ``W X_t^T``.
+        Gram form can cache ``W_0 X_t^T`` and ``Xp X_t^T`` (``(2n + K) d`` per
+        test patch once, then ``K 2n`` per record) instead of recomputing
+        ``W X_t^T`` (``K d`` per record); the cheaper route is taken.
         """
         self._test = []
-        n2 = self.C.shape[2]
+        Kf, n2 = self.C.shape[1], self.C.shape[2]
         for c, Xt in enumerate(Xpts):
             if Xt is None:
                 self._test.append(None)
-            elif self.method == "gram" and 8 * n2 * Xt.shape[0] <= 2**27:
-                self._test.append(("gram", self.W0s[c] @ Xt.T, self.Xps[c] @ Xt.T))
+                continue
+            d = Xt.shape[1]
+            cached = (n2 + Kf) * d + n_records * Kf * n2
+            if self.method == "gram" and cached < n_records * Kf * d:
+                self._test.append(("gram", K.abt(self.W0s[c], Xt),
+                                   K.abt(self.Xps[c], Xt)))
             else:
                 self._test.append(("direct", Xt))
 
@@ -194,9 +196,9 @@ class _Runner:
             return None
         J, m, act_id, q = self.kargs
         if t[0] == "gram":
-            Zt = t[1] + self.C[c] @ t[2]
+            Zt = K.add_ab(t[1], self.C[c], t[2])
         else:
-            Zt = self.weights(c) @ t[1].T
+            Zt = K.abt(self.weights(c), t[1])
         return K._f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
 
     def sep2(self, a, b):
@@ -204,7 +206,7 @@ class _Runner:
         if self.method != "gram":
             return float(np.sum((self.W[b] - self.W[a]) ** 2))
         D0 = self.W0s[b] - self.W0s[a]
-        P = D0 @ self.Xps[a].T
+        P = K.abt(D0, self.Xps[a])
         dC = self.C[b] - self.C[a]
         return float(np.sum(D0 * D0) + 2.0 * np.sum(dC * P)
                      + np.einsum("ik,kl,il->", dC, self.G[a], dC))
@@ -244,7 +246,7 @@ def _decomposition(C, sig, nsq, J, m):
 
 
 def memorization_scores(rho, y):
-    """Per-sample noise memorization ``max_r y_i s_j rho_{j,r,i}``, ``j`` = class of ``y_i``.
+    """Per-sample noise memorization ``max_r y_i s_j rho_{j,r,i}``, ``j`` = own class.
 
     For the CNN this is the largest coefficient of ``xi_i`` in the filters of the
     sample's own (observed) class; for the linear model ``y_i rho_i``.
@@ -440,7 +442,7 @@ def train(model, data, *, lr, steps, test=None, W0=None, sigma0=0.01, batch=None
     >>> from simlab.models import CNN
     >>> tr, te = signal_noise_pair(20, 100, 50, mu_norm=5.0, seed=0)
     >>> res = train(CNN(50, 4), tr, test=te, lr=0.1, steps=50)
-    >>> res.history.train_loss.values[-1] < res.history.train_loss.values[0]
+    >>> bool(res.history.train_loss[-1] < res.history.train_loss[0])
     True
     """
     return train_many(model, [data], tests=None if test is None else [test],
@@ -507,7 +509,7 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
                      method)
     marks = _schedule(steps, record_every, sharpness_every)
     runner.test_setup([None if t is None else t.X.reshape(2 * t.n, t.d)
-                       for t in tests])
+                       for t in tests], len(marks) + 1)
     sig = [np.full(2 * n, np.nan) if d.mu is None else Xp @ d.mu
            for d, Xp in zip(datasets, Xps, strict=True)]
     nsq = [np.einsum("ij,ij->i", d.noise, d.noise) for d in datasets]

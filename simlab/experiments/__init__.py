@@ -16,6 +16,7 @@ import importlib
 REGISTRY = {
     "hessian-test": "simlab.experiments.hessian_test",
     "coherence-bound": "simlab.experiments.coherence_bound",
+    "rmt-coherence": "simlab.experiments.rmt_coherence",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
 }
 

@@ -18,8 +18,12 @@ Training drivers (called by :mod:`simlab.dynamics.train` and
   of the training patches, so ``W_t = W_0 + C_t Xp`` and ``Z_t = Z_0 + C_t G``
   with ``G = Xp Xp^T``. A step touches only ``C`` and ``Z`` and costs
   ``O(K B n)``, independent of ``d``.
-* Weight form (``_weight_run``): the plain update of ``W`` with BLAS products,
-  ``O(K B d)`` per step; preferable when ``n > d``.
+* Weight form (``_weight_run``): the plain update of ``W``, ``O(K B d)`` per
+  step; preferable when ``n > d``.
+
+No kernel calls BLAS: the products are small (``K, 2n << d``) and are written as
+serial loops whose innermost index is contiguous, so they vectorise without
+reassociation (``fastmath`` stays off) and never wait on a BLAS thread pool.
 
 Both also accumulate ``C`` (for the signal/noise decomposition) and track
 ``||W_t - W_0||^2`` for escape detection.
@@ -132,13 +136,84 @@ def _losses(f, y, loss_id):
 
 
 # --------------------------------------------------------------------------
+# small dense products without threaded BLAS
+# --------------------------------------------------------------------------
+
+#: Products ``A B^T`` with at most this many multiply-adds use :func:`_abt`;
+#: larger ones go to BLAS. Threaded BLAS on products this small is dominated by
+#: thread hand-off, and stalls badly when another process holds a core.
+SMALL_PRODUCT = 10_000_000
+
+
+@jit
+def _abt(A, B):
+    """``A @ B.T`` for a short ``A`` ``(na, d)`` and ``B`` ``(nb, d)``, serially.
+
+    The inner loop runs over the ``na`` rows of ``A`` (contiguous in ``A^T``),
+    so it vectorises without reassociating any sum.
+    """
+    na, d = A.shape
+    nb = B.shape[0]
+    At = np.ascontiguousarray(A.T)
+    out = np.zeros((nb, na))
+    for j in range(nb):
+        o = out[j]
+        b = B[j]
+        for k in range(d):
+            bk = b[k]
+            a = At[k]
+            for i in range(na):
+                o[i] += bk * a[i]
+    return np.ascontiguousarray(out.T)
+
+
+@jit
+def _ab(C, X):
+    """``C @ X`` with rows of ``X`` contiguous (vectorised over columns)."""
+    return _add_ab(np.zeros((C.shape[0], X.shape[1])), C, X)
+
+
+@jit
+def _add_ab(W0, C, X):
+    """``W0 + C @ X`` with ``C`` ``(K, k)`` small, rows of ``X`` contiguous."""
+    out = W0.copy()
+    for i in range(C.shape[0]):
+        o = out[i]
+        for k in range(C.shape[1]):
+            c = C[i, k]
+            if c != 0.0:
+                x = X[k]
+                for j in range(X.shape[1]):
+                    o[j] += c * x[j]
+    return out
+
+
+def abt(A, B):
+    """``A @ B.T`` (float64, C-contiguous): serial Numba when small, else BLAS."""
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    B = np.ascontiguousarray(B, dtype=np.float64)
+    if A.shape[0] * B.shape[0] * A.shape[1] <= SMALL_PRODUCT:
+        return _abt(A, B)
+    return A @ B.T
+
+
+def add_ab(W0, C, X):
+    """``W0 + C @ X``: serial Numba when small, else BLAS."""
+    if C.shape[0] * C.shape[1] * X.shape[1] <= SMALL_PRODUCT:
+        return _add_ab(np.ascontiguousarray(W0, dtype=np.float64),
+                       np.ascontiguousarray(C, dtype=np.float64),
+                       np.ascontiguousarray(X, dtype=np.float64))
+    return W0 + C @ X
+
+
+# --------------------------------------------------------------------------
 # model kernels at fixed weights (weight space)
 # --------------------------------------------------------------------------
 
 @jit
 def _preacts(W, Xp):
     """``Z = W Xp^T``, shape ``(K, 2n)``."""
-    return np.dot(W, Xp.T)
+    return _abt(W, Xp)
 
 
 @jit
@@ -190,7 +265,7 @@ def _loss_grad(W, Xp, y, J, m, act_id, q, loss_id):
         loss, dl, _ = _loss_terms(f, y[i], loss_id)
         total += loss
         _grad_coef(Z, i, J, m, act_id, q, dl / n, D, 2 * i)
-    return total / n, np.dot(D, Xp)
+    return total / n, _ab(D, Xp)
 
 
 @jit
@@ -204,7 +279,7 @@ def _hvp(W, Xp, y, V, J, m, act_id, q, loss_id):
     n = y.shape[0]
     K = W.shape[0]
     Z = _preacts(W, Xp)
-    U = np.dot(V, Xp.T)                      # <v_row, x_k>
+    U = _abt(V, Xp)                          # <v_row, x_k>
     A = np.zeros((K, 2 * n))                 # output = A Xp
     g = np.empty((K, 2))
     for i in range(n):
@@ -226,7 +301,7 @@ def _hvp(W, Xp, y, V, J, m, act_id, q, loss_id):
                     for p in range(2):
                         k = 2 * i + p
                         A[row, k] += s * _d2act(Z[row, k], act_id, q) * U[row, k]
-    return np.dot(A, Xp)
+    return _ab(A, Xp)
 
 
 # --------------------------------------------------------------------------
@@ -341,7 +416,7 @@ def _weight_run(W, C, Xp, W0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, trac
         for a in range(na):
             Xb[2 * a] = Xp[2 * active[a]]
             Xb[2 * a + 1] = Xp[2 * active[a] + 1]
-        Zb = np.dot(W, Xb.T)
+        Zb = _abt(W, Xb)
         # _batch_coef expects Z indexed by sample: use a compact weight vector
         wb = np.empty(na)
         yb = np.empty(na)
@@ -353,7 +428,14 @@ def _weight_run(W, C, Xp, W0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, trac
         nb, ok = _batch_coef(Zb, wb, lr, yb, J, m, act_id, q, loss_id, D, idx)
         if not ok:
             return t
-        W -= np.dot(D, Xb)
+        for row in range(K):
+            Wr = W[row]
+            for a in range(2 * na):
+                dv = D[row, a]
+                if dv != 0.0:
+                    x = Xb[a]
+                    for k in range(d):
+                        Wr[k] -= dv * x[k]
         for row in range(K):
             for a in range(na):
                 C[row, 2 * active[a]] -= D[row, 2 * a]

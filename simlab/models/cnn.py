@@ -189,15 +189,7 @@ class TwoPatchModel:
         """Dense Hessian ``(p, p)`` of the mean loss (for small models)."""
         lid = _loss_id(loss)
         Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        p = self.n_params
-        Kd = Wk.shape
-        H = np.empty((p, p))
-        E = np.zeros(p)
-        for a in range(p):
-            E[a] = 1.0
-            H[:, a] = K._hvp(Wk, Xp, yv, E.reshape(Kd), *self._kargs, lid).ravel()
-            E[a] = 0.0
-        return 0.5 * (H + H.T)
+        return _dense_hessian(Wk, Xp, yv, self._kargs, lid)
 
     def per_sample_hessians(self, W, X, y, loss="logistic"):
         """Exact per-sample loss Hessians ``(n, p, p)`` (for small models).
@@ -281,17 +273,23 @@ class TwoPatchModel:
         return gamma, rho
 
 
+def _dense_hessian(Wk, Xp, y, kargs, lid):
+    """Mean-loss Hessian ``(p, p)``, column by column from exact HVPs."""
+    p = Wk.size
+    H = np.empty((p, p))
+    E = np.zeros(p)
+    for a in range(p):
+        E[a] = 1.0
+        H[:, a] = K._hvp(Wk, Xp, y, E.reshape(Wk.shape), *kargs, lid).ravel()
+        E[a] = 0.0
+    return 0.5 * (H + H.T)
+
+
 def _sharpness(Wk, Xp, y, kargs, lid, tol, seed):
     p = Wk.size
     shape = Wk.shape
     if p <= _DENSE_SHARPNESS_MAX:
-        H = np.empty((p, p))
-        E = np.zeros(p)
-        for a in range(p):
-            E[a] = 1.0
-            H[:, a] = K._hvp(Wk, Xp, y, E.reshape(shape), *kargs, lid).ravel()
-            E[a] = 0.0
-        return float(np.linalg.eigvalsh(0.5 * (H + H.T))[-1])
+        return float(np.linalg.eigvalsh(_dense_hessian(Wk, Xp, y, kargs, lid))[-1])
     op = spla.LinearOperator(
         (p, p), dtype=float,
         matvec=lambda v: K._hvp(Wk, Xp, y, np.ascontiguousarray(v).reshape(shape),

@@ -1,6 +1,12 @@
 """Exact theory of the linearized SGD and unlearning dynamics (THEORY 2-6)."""
 
-from .bounds import coherence_bound_lr, coherence_bound_tightness
+from .bounds import (
+    coherence_bound_lr,
+    coherence_bound_tightness,
+    unlearning_bound_lr,
+    unlearning_bound_tightness,
+    unlearning_direction_bound_lr,
+)
 from .operator import (
     build_problem,
     gram_operator,
@@ -29,4 +35,7 @@ __all__ = [
     "second_moment_matrix",
     "second_moment_operator",
     "spectral_radius",
+    "unlearning_bound_lr",
+    "unlearning_bound_tightness",
+    "unlearning_direction_bound_lr",
 ]

@@ -1,5 +1,23 @@
-"""Closed forms derived in ``derivations/`` (THEORY sections 7 and 11)."""
+"""Closed forms derived in ``derivations/`` (THEORY sections 7 and 11).
 
+``simlab.theory.rmt`` holds the random-matrix predictions for the linear model;
+its ``critical_lr``, ``coherence_measure`` and ``block_coherence`` are reached as
+``simlab.theory.rmt.*`` so they do not shadow the exact functions of the same
+names in :mod:`simlab.stability` and :mod:`simlab.coherence`.
+"""
+
+from . import rmt
 from .dial import dial_critical_lr, dial_spectral_radius
+from .rmt import (
+    ascent_curvature,
+    ascent_rate,
+    ascent_rate_limit,
+    crossing_snr,
+    crossing_snr2_limit,
+    sample_linear_model,
+    sharpness,
+)
 
-__all__ = ["dial_critical_lr", "dial_spectral_radius"]
+__all__ = ["ascent_curvature", "ascent_rate", "ascent_rate_limit", "crossing_snr",
+           "crossing_snr2_limit", "dial_critical_lr", "dial_spectral_radius", "rmt",
+           "sample_linear_model", "sharpness"]

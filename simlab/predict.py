@@ -1,0 +1,163 @@
+"""Curvature at trained weights -> coherence blocks and stability verdict.
+
+The bridge between the nonlinear side (:mod:`simlab.models`, trained by
+:mod:`simlab.dynamics.train`) and the exact theory (:mod:`simlab.coherence`,
+:mod:`simlab.stability`). At trained weights the per-sample loss Hessians of
+the ReLU CNN and of the linear model are rank one, ``H_i = h_i h_i^T`` (THEORY
+section 8), so the factors ``h_i`` feed the Gram-reduced operators directly
+(THEORY section 6).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import check_alpha, check_batch, check_eta, check_positive
+from .coherence import BlockCoherence, block_coherence
+from .data import SignalNoise, check_split
+from .models.cnn import TwoPatchModel
+from .stability import critical_lr, net_ascent_curvature, spectral_radius
+
+__all__ = ["curvature_split", "predict_unlearning", "UnlearningPrediction"]
+
+
+def curvature_split(model, W, data, forget, *, retain=None, loss="logistic"):
+    """Rank-one curvature factors of the retain and forget sets at ``W``.
+
+    Parameters
+    ----------
+    model : simlab.models.CNN or simlab.models.Linear
+    W : ndarray
+        Weights (typically ``train(...).W``).
+    data : SignalNoise
+        Training set.
+    forget, retain : array_like of int
+        The split (``retain`` defaults to the complement of ``forget``).
+    loss : {"logistic", "squared"}
+
+    Returns
+    -------
+    retain_factors : ndarray (n_r, p)
+    forget_factors : ndarray (n_f, p)
+    """
+    if not isinstance(model, TwoPatchModel):
+        raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
+    if not isinstance(data, SignalNoise):
+        raise ValueError("data must be a SignalNoise instance")
+    retain, forget = check_split(retain, forget, data.n)
+    F = model.curvature_factors(W, data.X, data.y, loss)
+    return F[retain], F[forget]
+
+
+@dataclass(frozen=True)
+class UnlearningPrediction:
+    """Linear-stability prediction for descent-ascent unlearning at ``W``.
+
+    Attributes
+    ----------
+    coherence : BlockCoherence
+        ``S_rr``, ``S_ff``, ``S_rf`` summary (THEORY section 5).
+    rho : float
+        Spectral radius of the exact unlearning operator ``T_u`` on ``U``.
+    lr_critical : float
+        Smallest ``lr`` with ``rho > 1`` at this ``(alpha, batch, forget_batch,
+        scheme)`` (``0`` when ``kappa_plus > 0``; ``nan`` if undefined).
+    kappa_plus : float
+        Net ascent curvature ``lambda_max(alpha H_f - (1-alpha) H_r)``.
+    sharpness : float
+        ``lambda_max`` of the mean loss Hessian over retain and forget samples.
+    escape_time : float
+        ``log K / log rho`` (``inf`` when ``rho <= 1``).
+    escapes : bool
+        ``rho > 1`` and, when a horizon was given, ``escape_time <= horizon``.
+    alpha, lr, batch, forget_batch, scheme, escape_factor, horizon
+        The inputs.
+    """
+
+    coherence: BlockCoherence
+    rho: float
+    lr_critical: float
+    kappa_plus: float
+    sharpness: float
+    escape_time: float
+    escapes: bool
+    alpha: float
+    lr: float
+    batch: int
+    forget_batch: int
+    scheme: str
+    escape_factor: float
+    horizon: float
+
+
+def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
+                       forget_batch=None, scheme="without", retain=None,
+                       loss="logistic", escape_factor=1e3, horizon=None):
+    """Coherence blocks and predicted escape of unlearning from weights ``W``.
+
+    Parameters
+    ----------
+    model, W, data, forget, retain, loss
+        As in :func:`curvature_split`.
+    alpha, lr, batch, forget_batch, scheme, escape_factor
+        As in :func:`simlab.dynamics.unlearn.unlearn` (same defaults).
+    horizon : int, optional
+        Number of steps of the run to compare with; ``escapes`` then also
+        requires ``escape_time <= horizon``.
+
+    Returns
+    -------
+    UnlearningPrediction
+
+    See Also
+    --------
+    simlab.dynamics.unlearn.unlearn : the nonlinear run this predicts.
+    simlab.stability.spectral_radius, simlab.stability.critical_lr
+
+    Notes
+    -----
+    THEORY sections 3-6 and claim 5 of section 9. For ``q > 1`` CNNs the
+    per-sample Hessians are not rank one and this function refuses them
+    (``curvature_factors`` raises).
+
+    Examples
+    --------
+    >>> from simlab.data import signal_noise
+    >>> from simlab.models import CNN
+    >>> from simlab.dynamics.train import train
+    >>> data = signal_noise(20, 60, snr=0.1, p_flip=0.1, seed=0)
+    >>> model = CNN(60, 4)
+    >>> W = train(model, data, lr=0.1, steps=100).W
+    >>> pred = predict_unlearning(model, W, data, [0, 1, 2], alpha=0.3, lr=0.1,
+    ...                           batch=5, forget_batch=2)
+    >>> bool(pred.rho > 0)
+    True
+    """
+    G_r, G_f = curvature_split(model, W, data, forget, retain=retain, loss=loss)
+    n_r, n_f = G_r.shape[0], G_f.shape[0]
+    alpha = check_alpha(alpha)
+    lr = check_eta(lr, "lr")
+    batch = n_r if batch is None else check_batch(batch, n_r, "batch")
+    if forget_batch is None:
+        forget_batch = n_f if batch == n_r else batch
+    forget_batch = check_batch(forget_batch, n_f, "forget_batch")
+    K = check_positive(escape_factor, "escape_factor")
+    if K <= 1.0:
+        raise ValueError(f"escape_factor must be > 1, got {K}")
+    kw = dict(scheme=scheme, forget=G_f, forget_batch=forget_batch, alpha=alpha)
+    rho = spectral_radius(G_r, lr, batch, **kw)
+    try:
+        lr_crit = critical_lr(G_r, batch, **kw)
+    except ValueError:
+        lr_crit = float("nan")
+    kappa = net_ascent_curvature(G_r, G_f, alpha)
+    F = np.concatenate([G_r, G_f])
+    sharp = float(np.linalg.eigvalsh(F @ F.T)[-1] / F.shape[0])
+    t_esc = float(np.log(K) / np.log(rho)) if rho > 1.0 else float("inf")
+    escapes = rho > 1.0 and (horizon is None or t_esc <= horizon)
+    return UnlearningPrediction(
+        coherence=block_coherence(G_r, G_f), rho=float(rho),
+        lr_critical=float(lr_crit), kappa_plus=float(kappa), sharpness=sharp,
+        escape_time=t_esc, escapes=bool(escapes), alpha=alpha, lr=lr, batch=batch,
+        forget_batch=forget_batch, scheme=scheme, escape_factor=K,
+        horizon=float("inf") if horizon is None else float(horizon))
