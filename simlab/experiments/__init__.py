@@ -18,6 +18,7 @@ REGISTRY = {
     "coherence-bound": "simlab.experiments.coherence_bound",
     "rmt-coherence": "simlab.experiments.rmt_coherence",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
+    "cnn-unlearning": "simlab.experiments.cnn_unlearning",
 }
 
 
