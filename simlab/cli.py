@@ -44,6 +44,7 @@ def _write_manifest(out, done):
             with xr.open_dataset(out / f"{name}.nc") as ds:
                 summary = ds.attrs.get("summary", "")
                 summary += " (quick)" if ds.attrs.get("quick") else ""
+        summary = (summary or "").replace("\n", "<br>").replace("|", "/")
         lines.append(f"| [{name}.png]({name}.png) | `simlab reproduce {name}` | "
                      f"{mod.CLAIM} | {mod.DESCRIPTION} | {summary or 'not run'} |")
     path.write_text("\n".join(lines) + "\n")
