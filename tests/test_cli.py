@@ -76,3 +76,13 @@ def test_coherence_bound_experiment():
     assert ds["ratio"].size == 25
     assert float(ds["ratio"].min()) > 0
     coherence_bound.plot(ds)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("simlab.experiments",
+                                                   fromlist=["REGISTRY"]).REGISTRY))
+def test_every_catalogue_entry_runs_quick(name, tmp_path):
+    """`simlab reproduce NAME --quick` works for every registered figure."""
+    assert cli.main(["reproduce", name, "--quick", "--out", str(tmp_path)]) == 0
+    with xr.open_dataset(tmp_path / f"{name}.nc") as ds:
+        assert ds.attrs["summary"] and ds.attrs["quick"] == 1
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
