@@ -116,6 +116,14 @@ def check_positive(value, name, *, allow_zero=False, allow_inf=False):
     return value
 
 
+def check_escape_factor(value, name="escape_factor"):
+    """Escape factor ``K > 1`` (``inf`` allowed: never escape)."""
+    K = check_positive(value, name, allow_inf=True)
+    if not K > 1.0:
+        raise ValueError(f"{name} must be > 1, got {K}")
+    return K
+
+
 def check_eta(eta, name="eta"):
     """Learning rate: finite and ``> 0``."""
     return check_positive(eta, name)

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_alpha, check_batch, check_eta, check_positive
+from ._validation import (
+    check_alpha,
+    check_batch,
+    check_escape_factor,
+    check_eta,
+)
 from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
 from .models.cnn import TwoPatchModel
@@ -141,9 +146,7 @@ def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
     if forget_batch is None:
         forget_batch = n_f if batch == n_r else batch
     forget_batch = check_batch(forget_batch, n_f, "forget_batch")
-    K = check_positive(escape_factor, "escape_factor")
-    if K <= 1.0:
-        raise ValueError(f"escape_factor must be > 1, got {K}")
+    K = check_escape_factor(escape_factor)
     kw = dict(scheme=scheme, forget=G_f, forget_batch=forget_batch, alpha=alpha)
     rho = spectral_radius(G_r, lr, batch, **kw)
     try:

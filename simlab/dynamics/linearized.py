@@ -24,10 +24,10 @@ from .._jit import jit, pjit, prange
 from .._validation import (
     check_alpha,
     check_batch,
+    check_escape_factor,
     check_eta,
     check_int,
     check_pair,
-    check_positive,
     check_scheme,
     check_seed,
 )
@@ -223,9 +223,7 @@ def _check_run(steps, trajectories, escape_factor, record_every, stop_on_escape)
     steps = check_int(steps, "steps", low=1)
     trajectories = check_int(trajectories, "trajectories", low=1)
     record_every = check_int(record_every, "record_every", low=1)
-    K = check_positive(escape_factor, "escape_factor", allow_inf=True)
-    if not K > 1.0:
-        raise ValueError(f"escape_factor must be > 1, got {K}")
+    K = check_escape_factor(escape_factor)
     if not isinstance(stop_on_escape, bool | np.bool_):
         raise ValueError(f"stop_on_escape must be a bool, got {stop_on_escape!r}")
     return {"steps": steps, "trajectories": trajectories, "escape_factor": K,

@@ -38,6 +38,7 @@ import numpy as np
 from .._validation import (
     check_alpha,
     check_batch,
+    check_escape_factor,
     check_eta,
     check_int,
     check_positive,
@@ -224,9 +225,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
     if forget_batch is None:
         forget_batch = n_f if batch == n_r else batch
     forget_batch = check_batch(forget_batch, n_f, "forget_batch")
-    K = check_positive(escape_factor, "escape_factor")
-    if K <= 1.0:
-        raise ValueError(f"escape_factor must be > 1, got {K}")
+    K = check_escape_factor(escape_factor)
     record_every = (max(1, steps // 100) if record_every is None
                     else check_int(record_every, "record_every", low=1))
     method = _train._choose_method(method, n, [model.d], 1)

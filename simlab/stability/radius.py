@@ -20,7 +20,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config
-from .._validation import check_eta, check_positive
+from .._validation import check_escape_factor, check_eta
 from .operator import (
     OperatorAction,
     build_problem,
@@ -296,9 +296,7 @@ def escape_time(retain, eta, batch, *, scheme="bernoulli", forget=None,
     -----
     THEORY section 4, finite horizon.
     """
-    K = check_positive(escape_factor, "escape_factor")
-    if K <= 1.0:
-        raise ValueError(f"escape_factor must be > 1, got {K}")
+    K = check_escape_factor(escape_factor)
     rho = spectral_radius(retain, eta, batch, scheme=scheme, forget=forget,
                           forget_batch=forget_batch, alpha=alpha)
     return float(np.log(K) / np.log(rho)) if rho > 1.0 else np.inf
