@@ -60,6 +60,7 @@ __all__ = [
     "escape_threshold",
     "linear_step",
     "run_trajectory",
+    "simulate_pair",
     "simulate_many",
 ]
 
@@ -347,36 +348,47 @@ def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
     return escape_step, steps_run, log_scale + math.log(sq) - log_sq0
 
 
+def simulate_pair(k, G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
+                  stop_on_escape, states, perm_r, perm_f, idx, acc, delta, rec,
+                  escape_step, steps_run, log_final):
+    """Run (cell, trajectory) pair ``k`` and store its summary.
+
+    The body shared by the CPU driver (:func:`simulate_many`) and the CUDA
+    kernel (one thread per pair). Row ``k`` of ``states``, ``perm_r``,
+    ``perm_f``, ``idx``, ``acc``, ``delta`` and ``rec`` holds the work arrays of
+    :func:`run_trajectory` for pair ``k``; ``escape_step``, ``steps_run`` and
+    ``log_final`` receive its return values.
+    """
+    c = pair_cell[k]
+    e, s, f = run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps, record_every,
+                             log_K, stop_on_escape, states[k], perm_r[k], perm_f[k],
+                             idx[k], acc[k], delta[k], rec[k])
+    escape_step[k] = e
+    steps_run[k] = s
+    log_final[k] = f
+
+
 def simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, record_every,
                   log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
                   rec, escape_step, steps_run, log_final):
     """CPU driver body: ``prange`` over (cell, trajectory) pairs.
 
-    Compiled by ``simlab.dynamics.linearized`` as ``_simulate_many``. Pair ``k``
-    belongs to cell ``pair_cell[k]``; pairs are visited in the order ``order``
-    (a fixed shuffle, so that the static split of ``prange`` over threads gets a
-    mix of cheap and expensive cells). Row ``k`` of ``states``, ``perm_r``,
-    ``perm_f``, ``idx``, ``acc``, ``delta`` and ``rec`` holds the work arrays of
-    :func:`run_trajectory` for pair ``k``; ``escape_step``, ``steps_run`` and
-    ``log_final`` receive its return values. Each pair touches only its own
-    rows, so the result depends neither on the thread count nor on the order.
+    Compiled by ``simlab.dynamics.linearized`` as ``_simulate_many``. Pairs are
+    visited in the order ``order`` (a fixed shuffle, so that the static split of
+    ``prange`` over threads gets a mix of cheap and expensive cells); each pair
+    touches only its own rows (:func:`simulate_pair`), so the result depends
+    neither on the thread count nor on the order.
     """
     for i in prange(order.shape[0]):
-        k = order[i]
-        c = pair_cell[k]
-        e, s, f = run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps,
-                                 record_every, log_K, stop_on_escape, states[k],
-                                 perm_r[k], perm_f[k], idx[k], acc[k], delta[k],
-                                 rec[k])
-        escape_step[k] = e
-        steps_run[k] = s
-        log_final[k] = f
+        simulate_pair(order[i], G, H, cell_i, cell_f, pair_cell, steps, record_every,
+                      log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
+                      rec, escape_step, steps_run, log_final)
 
 
 #: The device-side functions, in dependency order.
 STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch", "dot_row",
                   "add_rank_one", "add_dense", "escape_threshold", "linear_step",
-                  "run_trajectory")
+                  "run_trajectory", "simulate_pair")
 
 
 def build(decorate, *, driver=None, prange=None):

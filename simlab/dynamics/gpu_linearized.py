@@ -26,17 +26,12 @@ __all__ = ["gpu_linearized", "gpu_linearized_grid"]
 def _kernel_body(G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
                  stop_on_escape, states, perm_r, perm_f, idx, acc, delta, rec,
                  escape_step, steps_run, log_final):
-    """Kernel: thread ``k`` runs pair ``k`` (the CPU driver's loop body)."""
+    """Kernel: thread ``k`` runs pair ``k`` (``_step.simulate_pair``)."""
     k = cuda.grid(1)  # noqa: F821 - bound by _build
     if k < pair_cell.shape[0]:
-        c = pair_cell[k]
-        e, s, f = run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps,  # noqa: F821
-                                 record_every, log_K, stop_on_escape, states[k],
-                                 perm_r[k], perm_f[k], idx[k], acc[k], delta[k],
-                                 rec[k])
-        escape_step[k] = e
-        steps_run[k] = s
-        log_final[k] = f
+        simulate_pair(k, G, H, cell_i, cell_f, pair_cell, steps,  # noqa: F821
+                      record_every, log_K, stop_on_escape, states, perm_r, perm_f,
+                      idx, acc, delta, rec, escape_step, steps_run, log_final)
 
 
 @functools.cache
@@ -52,7 +47,7 @@ def _build():
                            "to run the CUDA kernels on the simulator)")
     dev = _step.build(cuda.jit(device=True))
     env = dict(_kernel_body.__globals__, cuda=cuda,
-               run_trajectory=dev.run_trajectory)
+               simulate_pair=dev.simulate_pair)
     return cuda, cuda.jit(_step._rebind(_kernel_body, env))
 
 
