@@ -91,12 +91,20 @@ class _Runner:
     lid : loss id
     method : "gram" or "weight"
     escape_factor : float
+    driver : callable, optional
+        Replaces the Gram-form stack driver ``K._gram_run_many`` (same
+        arguments), e.g. the CUDA launcher of :mod:`simlab.dynamics.gpu_train`;
+        it then also runs a single configuration.
     """
 
-    def __init__(self, kargs, Xps, ys, W0s, lrs, lid, method, escape_factor=np.inf):
+    def __init__(self, kargs, Xps, ys, W0s, lrs, lid, method, escape_factor=np.inf,
+                 driver=None):
+        if driver is not None and method != "gram":
+            raise ValueError("a custom driver needs method='gram'")
         self.kargs = kargs
         self.lid = lid
         self.method = method
+        self.driver = driver
         self.Xps = Xps
         self.W0s = W0s
         self.y = np.ascontiguousarray(ys, dtype=np.float64)
@@ -136,11 +144,11 @@ class _Runner:
         J, m, act_id, q = self.kargs
         if self.method == "gram":
             args = (self.Z, self.C, self.G, self.Z0)
-            one, many = K._gram_run, K._gram_run_many
+            one, many = K._gram_run, self.driver or K._gram_run_many
         else:
             args = (self.W, self.C, self.Xpad, self.W0pad)
             one, many = K._weight_run, K._weight_run_many
-        if self.n_cfg == 1:
+        if self.n_cfg == 1 and self.driver is None:
             if live[0]:
                 done[0] = one(*(a[0] for a in args), wts[0], nsteps, self.lr[0],
                               self.y[0], J, m, act_id, q, self.lid, self.track[0],
@@ -481,6 +489,16 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
     list of TrainResult
         In the order of ``datasets``; identical to separate :func:`train` calls.
     """
+    return _train_many(model, datasets, lr=lr, steps=steps, tests=tests, W0=W0,
+                       sigma0=sigma0, batch=batch, scheme=scheme, loss=loss,
+                       seeds=seeds, record_every=record_every,
+                       sharpness_every=sharpness_every, method=method)
+
+
+def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
+                loss, seeds, record_every, sharpness_every, method, driver=None):
+    """:func:`train_many`; ``driver`` replaces the Gram-form stack driver (see
+    :class:`_Runner`; only with ``method="gram"``)."""
     models, datasets, tests = _check_model_data(model, datasets, tests)
     n_cfg = len(datasets)
     n = datasets[0].n
@@ -506,7 +524,7 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
     kargs = models[0]._kargs
     Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
     runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, lrs, lid,
-                     method)
+                     method, driver=driver)
     marks = _schedule(steps, record_every, sharpness_every)
     runner.test_setup([None if t is None else t.X.reshape(2 * t.n, t.d)
                        for t in tests], len(marks) + 1)

@@ -355,6 +355,22 @@ def _gram_run(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, track,
     D = np.empty((K, n2))
     active = np.empty(n, dtype=np.int64)
     u = np.empty(n2)
+    return _gram_steps(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id,
+                       track, t0, stop_on_escape, D, active, u)
+
+
+@jit
+def _gram_steps(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, track,
+                t0, stop_on_escape, D, active, u):
+    """Body of :func:`_gram_run` on caller-owned work arrays (no allocation).
+
+    ``D`` ``(K, 2n)``, ``active`` (int64, ``n``) and ``u`` (``2n``) are scratch.
+    This is the per-configuration step body shared by the CPU drivers and the
+    CUDA kernel of :mod:`simlab.dynamics.gpu_train` (which compiles the same
+    Python functions, listed in :data:`GRAM_STEP_FUNCTIONS`, as device
+    functions): plain scalar loops, no NumPy calls.
+    """
+    K, n2 = Z.shape
     S = wts.shape[0]
     for t in range(nsteps):
         w = wts[t] if S > 1 else wts[0]
@@ -364,7 +380,8 @@ def _gram_run(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, track,
         cross = 0.0
         sq = 0.0
         for row in range(K):
-            u[:] = 0.0
+            for col in range(n2):
+                u[col] = 0.0
             for a in range(na):
                 i = active[a]
                 for p in range(2):
@@ -394,6 +411,13 @@ def _track_escape(track, step):
         track[1] = track[0]
     if track[3] < 0 and track[1] > 0.0 and track[0] >= track[2] * track[1]:
         track[3] = step
+
+
+#: The Gram-form step functions, in dependency order: each is a ``@jit``
+#: dispatcher whose ``py_func`` is compiled again as a CUDA device function by
+#: :mod:`simlab.dynamics.gpu_train` (one body, two backends).
+GRAM_STEP_FUNCTIONS = ("_act", "_dact", "_loss_terms", "_f_sample", "_grad_coef",
+                       "_batch_coef", "_track_escape", "_gram_steps")
 
 
 @jit
