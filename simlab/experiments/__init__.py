@@ -17,6 +17,7 @@ REGISTRY = {
     "hessian-test": "simlab.experiments.hessian_test",
     "coherence-bound": "simlab.experiments.coherence_bound",
     "rmt-coherence": "simlab.experiments.rmt_coherence",
+    "cnn-coherence": "simlab.experiments.cnn_coherence",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
     "cnn-unlearning": "simlab.experiments.cnn_unlearning",
 }

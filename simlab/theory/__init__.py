@@ -6,7 +6,7 @@ its ``critical_lr``, ``coherence_measure`` and ``block_coherence`` are reached a
 names in :mod:`simlab.stability` and :mod:`simlab.coherence`.
 """
 
-from . import rmt
+from . import rmt, rmt_cnn
 from .dial import dial_critical_lr, dial_spectral_radius
 from .rmt import (
     ascent_curvature,
@@ -17,7 +17,9 @@ from .rmt import (
     sample_linear_model,
     sharpness,
 )
+from .rmt_cnn import cnn_coherence, cnn_coherence_limits, cnn_summary
 
-__all__ = ["ascent_curvature", "ascent_rate", "ascent_rate_limit", "crossing_snr",
+__all__ = ["ascent_curvature", "cnn_coherence", "cnn_coherence_limits", "cnn_summary",
+           "rmt_cnn", "ascent_rate", "ascent_rate_limit", "crossing_snr",
            "crossing_snr2_limit", "dial_critical_lr", "dial_spectral_radius", "rmt",
            "sample_linear_model", "sharpness"]

@@ -1,0 +1,119 @@
+"""Coherence predictions for the trained ReLU CNN (simlab.theory.rmt_cnn).
+
+1. the exact decomposition of the curvature Gram and the sympy limits
+   (``derivations/rmt_cnn.py``);
+2. prediction vs the exact ``coherence_measure`` of trained CNNs on the seeded
+   grid of ``derivations/rmt_cnn.py`` (deterministic seeds, so each cell
+   reproduces the measured errors): two cells in the fast suite, the whole
+   grid under ``slow``. :data:`TOL` is the measured worst error (over three
+   seed sets, of which the tests replay the first) times 1.25, as stated in
+   :func:`simlab.theory.rmt_cnn.cnn_coherence`.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from simlab.theory import rmt_cnn
+
+import rmt_cnn as D
+
+TOL = {("semi", 200): 0.083, ("semi", 1000): 0.038,
+       ("pred", 200): 0.38, ("pred", 1000): 0.363}
+
+
+def test_tolerances_match_stated_errors():
+    for key, err in rmt_cnn.ERRORS.items():
+        assert TOL[key] == pytest.approx(1.25 * err, abs=0.002)
+
+
+# --------------------------------------------------------------------------
+# 1. derivation
+# --------------------------------------------------------------------------
+
+def test_exact_gram_decomposition():
+    for seed in range(3):
+        assert D.exact_gram_check(seed) < 1e-12
+
+
+def test_two_block_and_limits():
+    assert D.two_block_check() == 0
+    assert D.limits_check() < 1e-12
+
+
+def test_predictive_limits():
+    # signal-learning limit with co -> 0 (no noise overlap), A = m/2
+    n, d, m = 20, 4000, 10
+    st = dataclasses.replace(rmt_cnn.predictive_stats(n, d, m), co_same=0.0,
+                             A=np.full(n, m / 2), xi_sq=np.full(n, d - 1.0))
+    for snr in (0.3, 1.0, 3.0):
+        hi, _ = rmt_cnn.cnn_coherence_limits(n, d, snr)
+        comp = rmt_cnn.cnn_coherence(n, d, snr, m, stats=st)
+        assert comp == pytest.approx(hi, rel=2e-3)
+    # memorization limit (theta = 0), equal diagonal: the limit omits the
+    # second-order (Wigner) correction, here 0.3 % of sigma
+    st = dataclasses.replace(st, co_same=m / 4)
+    _, lo = rmt_cnn.cnn_coherence_limits(n, d, 0.0)
+    comp = rmt_cnn.cnn_coherence(n, d, 0.0, m, stats=st)
+    assert lo < comp < lo + 0.005
+
+
+def test_predictive_shape():
+    for n, d, m in [(20, 200, 5), (40, 1000, 10)]:
+        s = [rmt_cnn.cnn_coherence(n, d, x, m) for x in np.geomspace(0.01, 3, 12)]
+        assert np.all(np.diff(s) >= -1e-12)
+        assert 1.0 <= s[0] < 1.1
+        assert s[-1] <= n / 2 + 1e-9          # classes never align (<= n/2)
+
+
+def test_validation():
+    with pytest.raises(ValueError):
+        rmt_cnn.cnn_coherence(1, 100, 0.1, 5)
+    with pytest.raises(ValueError):
+        rmt_cnn.cnn_coherence(10, 100, -0.1, 5)
+    st = rmt_cnn.predictive_stats(10, 100, 5)
+    with pytest.raises(ValueError):
+        rmt_cnn.cnn_coherence(12, 100, 0.1, 5, stats=st)
+
+
+# --------------------------------------------------------------------------
+# 2. prediction vs trained CNNs
+# --------------------------------------------------------------------------
+
+def _check(n, d, m):
+    snrs = D.GRID["snr"]
+    sim, semi = D.simulate_cell(n, d, m, snrs, D.GRID["seeds"])
+    sim, semi = sim.mean(axis=1), semi.mean(axis=1)
+    pred = np.array([rmt_cnn.cnn_coherence(n, d, s, m) for s in snrs])
+    e_semi = np.abs(semi / sim - 1)
+    e_pred = np.abs(pred / sim - 1)
+    assert e_semi.max() <= TOL[("semi", d)], (n, d, m, e_semi.round(3))
+    assert e_pred.max() <= TOL[("pred", d)], (n, d, m, e_pred.round(3))
+    # qualitative statements that hold for the simulation itself
+    assert sim[-1] > 4 * sim[0]                          # rises with SNR
+    lin = (1 + n * snrs[-1] ** 2) / (1 + snrs[-1] ** 2)  # linear-model limit
+    assert n / 5 < sim[-1] < 0.6 * lin                   # ~ n/2, not ~ n
+    assert sim[0] < 1 + 2.5 * (n / 2) / np.sqrt(d)       # memorization: ~ 1
+
+
+@pytest.mark.parametrize("n,d,m", [(20, 1000, 5), (40, 200, 10)])
+def test_trained_cnn_fast(n, d, m):
+    _check(n, d, m)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", D.GRID["n"])
+@pytest.mark.parametrize("d", D.GRID["d"])
+@pytest.mark.parametrize("m", D.GRID["m"])
+def test_trained_cnn_grid(n, d, m):
+    _check(n, d, m)
+
+
+def test_figure_quick():
+    from simlab.experiments import cnn_coherence as E
+
+    ds = E.run(quick=True)
+    assert "claim 4 (CNN) holds" in ds.attrs["summary"]
+    assert ds.sim_sigma.shape == (2, 5, 2)
+    assert E.plot(ds) is not None
