@@ -320,11 +320,11 @@ def _batch_coef(Z, w, lr, y, J, m, act_id, q, loss_id, D, active):
     for i in range(w.shape[0]):
         if w[i] == 0.0:
             continue
-        big = 0.0
         for row in range(Z.shape[0]):
-            big = max(big, abs(Z[row, 2 * i]), abs(Z[row, 2 * i + 1]))
-        if not big <= FCAP:             # also catches NaN
-            return na, False
+            a = abs(Z[row, 2 * i])
+            b = abs(Z[row, 2 * i + 1])
+            if not (a <= FCAP and b <= FCAP):   # comparisons with NaN are False
+                return na, False
         f = _f_sample(Z, i, J, m, act_id, q)
         _, dl, _ = _loss_terms(f, y[i], loss_id)
         _grad_coef(Z, i, J, m, act_id, q, lr * w[i] * dl, D, 2 * na)
