@@ -43,13 +43,22 @@ QUICK = dict(FULL, steps=300, n_test=300, d=[100, 200, 400, 800, 1600, 3200],
              mu=np.geomspace(0.6, 10.0, 14).round(4).tolist(), seeds=3, bootstrap=0)
 
 
-def _default_train():
+BACKENDS = ("cpu", "cuda")
+
+
+def _default_train(backend="cpu"):
+    if backend == "cuda":
+        from ..dynamics.gpu_train import gpu_train_many
+
+        return gpu_train_many
+    if backend != "cpu":
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     from ..dynamics.train import train_many
 
     return train_many
 
 
-def run(quick=False, seed=0, train=None, **overrides):
+def run(quick=False, seed=0, train=None, backend="cpu", **overrides):
     """Train the CNN over the ``(d, ||mu||)`` grid and fit the boundary.
 
     Parameters
@@ -61,7 +70,9 @@ def run(quick=False, seed=0, train=None, **overrides):
         ``10000 * seed + k``.
     train : callable, optional
         Backend with the signature of
-        :func:`simlab.dynamics.train.train_many`.
+        :func:`simlab.dynamics.train.train_many`; overrides ``backend``.
+    backend : {"cpu", "cuda"}
+        ``train_many`` or ``gpu_train_many`` when ``train`` is not given.
     **overrides
         Replace entries of the parameter dict (``n``, ``m``, ``sigma_p``,
         ``p_flip``, ``sigma0``, ``lr``, ``steps``, ``n_test``, ``d``, ``mu``,
@@ -85,7 +96,7 @@ def run(quick=False, seed=0, train=None, **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    train = _default_train() if train is None else train
+    train = _default_train(backend) if train is None else train
     d_vals = [int(d) for d in params["d"]]
     mu_vals = [float(v) for v in params["mu"]]
     reps = list(range(int(params["seeds"])))

@@ -69,5 +69,15 @@ one_c = train_many(CNN(7, 3), train_sets[:1], lr=1.0, steps=6, batch=2, seeds=3,
 one_g = gpu_train_many(CNN(7, 3), train_sets[:1], lr=1.0, steps=6, batch=2,
                        seeds=3)[0]
 worst["single"] = float(np.max(np.abs(one_c.W - one_g.W)))
+
+# the benign-overfitting figure through --backend cuda, on a tiny grid
+from simlab.experiments import benign_overfitting  # noqa: E402
+
+tiny = dict(d=[12, 16], mu=[0.5, 4.0], seeds=1, steps=8, n_test=10, n=6, m=2,
+            bootstrap=0)
+bo_cpu = benign_overfitting.run(quick=True, backend="cpu", **tiny)
+bo_gpu = benign_overfitting.run(quick=True, backend="cuda", **tiny)
+worst["benign_overfitting"] = float(np.nanmax(np.abs(
+    bo_cpu["test_error_clean"].values - bo_gpu["test_error_clean"].values)))
 print(json.dumps({"worst": worst, "worst_rel": worst_rel,
                   "same_steps": bool(same_steps), "diverged": int(diverged)}))
