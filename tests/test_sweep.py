@@ -269,3 +269,28 @@ def test_shipped_specs_are_valid():
     assert specs
     for path in specs:
         assert load_spec(path).n_cells > 0
+
+
+CNN_SPEC = """
+experiment = "cnn-train"
+seed = 1
+replicates = 2
+[fixed]
+n = 10
+m = 4
+steps = 40
+n_test = 40
+[axes]
+d = { values = [30, 60] }
+mu_norm = { values = [0.5, 5.0] }
+"""
+
+
+def test_cnn_train_cells_do_not_depend_on_batching(tmp_path):
+    """Cells batched together (one train_many call) equal cells run alone; a
+    strong signal is learned (clean test error 0) and a weak one is not."""
+    a = run_sweep(CNN_SPEC, tmp_path / "a.zarr", batch_size=8).load()
+    b = run_sweep(CNN_SPEC, tmp_path / "b.zarr", batch_size=1).load()
+    xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert float(a["test_error_clean"].sel(mu_norm=5.0).max()) == 0.0
+    assert float(a["test_error_clean"].sel(mu_norm=0.5).min()) > 0.2

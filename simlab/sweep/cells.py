@@ -121,10 +121,67 @@ class LinearizedRandom:
     batch_key = LinearizedDial.batch_key
 
 
+class CNNTrain:
+    """Train the two-layer ReLU CNN on signal-plus-noise data (THEORY 8, 9.6).
+
+    One cell = one training run (data and initialisation from the cell seed);
+    metrics are the final clean/noisy test error, train loss, and the largest
+    signal-learning and noise-memorization coefficients. Cells sharing
+    ``(m, steps, n, n_test, sigma0)`` train in one ``train_many`` call (CPU ``prange``
+    over configurations) or one ``gpu_train_many`` launch.
+    """
+
+    PARAMS = {"n": (int, None), "d": (int, None), "m": (int, None),
+              "mu_norm": (float, None), "sigma_p": (float, None),
+              "p_flip": (float, None), "sigma0": (float, None), "lr": (float, None),
+              "steps": (int, None), "n_test": (int, None)}
+    DEFAULTS = {"n": 20, "d": None, "m": 10, "mu_norm": None, "sigma_p": 1.0,
+                "p_flip": 0.1, "sigma0": 0.01, "lr": 0.1, "steps": 300,
+                "n_test": 500}
+    METRICS = ("test_error_clean", "test_error", "train_loss", "gamma_max",
+               "rho_max")
+
+    @staticmethod
+    def evaluate(params_list, seeds, backend="cpu"):
+        from ..data import signal_noise_pair
+        from ..models import CNN
+
+        if backend == "cuda":
+            from ..dynamics.gpu_train import gpu_train_many as train_many
+        else:
+            from ..dynamics.train import train_many
+        models, trains, tests = [], [], []
+        for p, s in zip(params_list, seeds):
+            tr, te = signal_noise_pair(p["n"], p["n_test"], p["d"],
+                                       mu_norm=p["mu_norm"], sigma_p=p["sigma_p"],
+                                       p_flip=p["p_flip"], seed=int(s))
+            models.append(CNN(p["d"], p["m"]))
+            trains.append(tr)
+            tests.append(te)
+        p0 = params_list[0]
+        res = train_many(models, trains, tests=tests,
+                         lr=[p["lr"] for p in params_list], steps=p0["steps"],
+                         sigma0=p0["sigma0"],
+                         seeds=[int(s) for s in seeds], record_every=p0["steps"])
+
+        def last(var):
+            return np.array([r.history[var].values[-1] for r in res])
+
+        return {"test_error_clean": 1.0 - last("test_acc_clean"),
+                "test_error": 1.0 - last("test_acc"),
+                "train_loss": last("train_loss"), "gamma_max": last("gamma_max"),
+                "rho_max": last("rho_max")}
+
+    @staticmethod
+    def batch_key(p):
+        return (p["m"], p["steps"], p["n"], p["n_test"], p["sigma0"])
+
+
 #: Name -> cell experiment class.
 CELL_EXPERIMENTS = {
     "linearized-dial": LinearizedDial,
     "linearized-random": LinearizedRandom,
+    "cnn-train": CNNTrain,
 }
 
 

@@ -79,5 +79,28 @@ bo_cpu = benign_overfitting.run(quick=True, backend="cpu", **tiny)
 bo_gpu = benign_overfitting.run(quick=True, backend="cuda", **tiny)
 worst["benign_overfitting"] = float(np.nanmax(np.abs(
     bo_cpu["test_error_clean"].values - bo_gpu["test_error_clean"].values)))
+
+# the cnn-train sweep cells through the runner's cuda backend
+import tempfile  # noqa: E402
+
+from simlab.sweep import run_sweep  # noqa: E402
+
+spec = """
+experiment = "cnn-train"
+seed = 2
+[fixed]
+n = 6
+m = 2
+steps = 6
+n_test = 8
+[axes]
+d = { values = [10, 14] }
+mu_norm = { values = [0.5, 3.0] }
+"""
+tmp = tempfile.mkdtemp()
+sw_c = run_sweep(spec, f"{tmp}/c.zarr").load()
+sw_g = run_sweep(spec, f"{tmp}/g.zarr", backend="cuda").load()
+worst["sweep_cnn_train"] = max(float(np.nanmax(np.abs(sw_c[v].values - sw_g[v].values)))
+                               for v in ("test_error_clean", "train_loss", "rho_max"))
 print(json.dumps({"worst": worst, "worst_rel": worst_rel,
                   "same_steps": bool(same_steps), "diverged": int(diverged)}))
