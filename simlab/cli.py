@@ -121,7 +121,13 @@ def _cmd_info(args):
 
 def _cmd_threshold(args):
     from .curvature import coherence_dial
-    from .stability import coherence_bound_lr, critical_lr
+    from .stability import (
+        coherence_bound_lr,
+        critical_lr,
+        net_ascent_curvature,
+        unlearning_bound_lr,
+        unlearning_direction_bound_lr,
+    )
     from .theory import dial_critical_lr
 
     H = coherence_dial(args.n, args.s)
@@ -132,11 +138,20 @@ def _cmd_threshold(args):
     closed = dial_critical_lr(args.n, args.s, args.batch, scheme=args.scheme,
                               alpha=args.alpha)
     print(f"coherence dial n={args.n} s={args.s} B={args.batch} "
-          f"scheme={args.scheme} alpha={args.alpha}")
+          f"scheme={args.scheme} alpha={args.alpha} (retain = forget = family)")
     print(f"critical eta (exact operator) {exact:.12g}")
     print(f"critical eta (closed form)    {closed:.12g}")
-    if not args.alpha and args.batch < args.n:
-        print(f"coherence bound (bernoulli)   {coherence_bound_lr(H, args.batch):.12g}")
+    if args.alpha:
+        kappa = net_ascent_curvature(H, H, args.alpha)
+        print(f"net ascent curvature kappa_+  {kappa:.6g}")
+        if args.scheme == "bernoulli":
+            print("unlearning coherence bound   "
+                  f"{unlearning_bound_lr(H, H, args.alpha, args.batch):.12g}")
+        direction = unlearning_direction_bound_lr(H, H, args.alpha, args.batch,
+                                                  scheme=args.scheme)
+        print(f"unlearning direction bound   {direction:.12g}")
+    elif args.batch < args.n and args.scheme == "bernoulli":
+        print(f"coherence bound (Dexter)      {coherence_bound_lr(H, args.batch):.12g}")
     return 0
 
 
