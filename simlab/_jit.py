@@ -28,3 +28,19 @@ def jit(fn=None, **extra):
 def pjit(fn):
     """Compile a ``prange`` driver for the CPU (``parallel=True``)."""
     return numba.njit(**_options(parallel=True))(fn)
+
+
+def cuda_module():
+    """``numba.cuda``, or a ``RuntimeError`` saying what is missing.
+
+    Called lazily by the ``gpu_*`` backends, never at import.
+    """
+    try:
+        from numba import cuda
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise RuntimeError("the CUDA backend needs numba-cuda: "
+                           "pip install 'simlab[cuda]'") from exc
+    if not cuda.is_available():
+        raise RuntimeError("no CUDA device available (set NUMBA_ENABLE_CUDASIM=1 "
+                           "to run the CUDA kernels on the simulator)")
+    return cuda

@@ -17,6 +17,7 @@ import functools
 import math
 
 from .. import config
+from .._jit import cuda_module
 from . import _step
 from .linearized import _grid
 
@@ -37,14 +38,7 @@ def _kernel_body(G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
 @functools.cache
 def _build():
     """Compile the device functions and the kernel (lazily, once)."""
-    try:
-        from numba import cuda
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("the CUDA backend needs numba-cuda: "
-                           "pip install 'simlab[cuda]'") from exc
-    if not cuda.is_available():
-        raise RuntimeError("no CUDA device available (set NUMBA_ENABLE_CUDASIM=1 "
-                           "to run the CUDA kernels on the simulator)")
+    cuda = cuda_module()
     dev = _step.build(cuda.jit(device=True))
     env = dict(_kernel_body.__globals__, cuda=cuda,
                simulate_pair=dev.simulate_pair)

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from .. import config
+from .._jit import cuda_module
 from ..models import _kernels as K
 from . import _step
 from .train import _train_many
@@ -48,14 +49,7 @@ def _kernel_body(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, trac
 @functools.cache
 def _build():
     """Compile the device functions and the kernel (lazily, once)."""
-    try:
-        from numba import cuda
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise RuntimeError("the CUDA backend needs numba-cuda: "
-                           "pip install 'simlab[cuda]'") from exc
-    if not cuda.is_available():
-        raise RuntimeError("no CUDA device available (set NUMBA_ENABLE_CUDASIM=1 "
-                           "to run the CUDA kernels on the simulator)")
+    cuda = cuda_module()
     device = cuda.jit(device=True)
     env = dict(vars(K))
     for name in K.GRAM_STEP_FUNCTIONS:
