@@ -83,6 +83,26 @@ def check_pair(retain, forget):
     return r, f, r1
 
 
+def check_linearized(retain, batch, scheme, forget, forget_batch, alpha):
+    """Validate the arguments shared by the exact operator and the simulator.
+
+    Returns ``(retain, forget, rank_one, batch, forget_batch, scheme, alpha)``;
+    ``forget_batch`` defaults to ``batch`` and is ``None`` without a forget set.
+    """
+    retain, forget, rank_one = check_pair(retain, forget)
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    batch = check_batch(batch, retain.shape[0], "batch")
+    if forget is None:
+        if alpha != 0.0:
+            raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
+        forget_batch = None
+    else:
+        forget_batch = check_batch(batch if forget_batch is None else forget_batch,
+                                   forget.shape[0], "forget_batch")
+    return retain, forget, rank_one, batch, forget_batch, scheme, alpha
+
+
 def check_int(value, name, *, low=None, high=None):
     """Return ``value`` as int, checking ``low <= value <= high``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

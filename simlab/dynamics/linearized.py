@@ -22,13 +22,10 @@ import numpy as np
 
 from .._jit import jit, pjit, prange
 from .._validation import (
-    check_alpha,
-    check_batch,
     check_escape_factor,
     check_eta,
     check_int,
-    check_pair,
-    check_scheme,
+    check_linearized,
     check_seed,
 )
 from .._version import __version__
@@ -172,21 +169,15 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
     ``cell_i``, ``cell_f`` (layout in :mod:`simlab.dynamics._step`) and
     ``params``.
     """
-    retain, forget, rank_one = check_pair(retain, forget)
+    retain, forget, rank_one, batch, B_f, scheme, alpha = check_linearized(
+        retain, batch, scheme, forget, forget_batch, alpha)
     eta = check_eta(eta)
-    scheme = check_scheme(scheme)
-    alpha = check_alpha(alpha)
     n_r = retain.shape[0]
-    batch = check_batch(batch, n_r, "batch")
     if forget is None:
-        if alpha != 0.0:
-            raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
         n_f, B_f = 0, 0
         hess = retain
     else:
         n_f = forget.shape[0]
-        B_f = check_batch(batch if forget_batch is None else forget_batch, n_f,
-                          "forget_batch")
         hess = np.concatenate([retain, forget])
     use_r = alpha < 1.0
     use_f = forget is not None and alpha > 0.0

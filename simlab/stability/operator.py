@@ -34,11 +34,8 @@ import numpy as np
 
 from .. import config
 from .._validation import (
-    check_alpha,
-    check_batch,
     check_eta,
-    check_pair,
-    check_scheme,
+    check_linearized,
 )
 
 __all__ = [
@@ -167,18 +164,9 @@ def build_problem(retain, batch, *, scheme="bernoulli", forget=None,
     ``U``. If every active Hessian is zero, ``U`` is empty and a ``ValueError``
     is raised.
     """
-    retain, forget, rank_one = check_pair(retain, forget)
-    scheme = check_scheme(scheme)
-    alpha = check_alpha(alpha)
+    retain, forget, rank_one, batch, forget_batch, scheme, alpha = check_linearized(
+        retain, batch, scheme, forget, forget_batch, alpha)
     n_r = retain.shape[0]
-    batch = check_batch(batch, n_r, "batch")
-    if forget is None:
-        if alpha != 0.0:
-            raise ValueError("alpha > 0 needs a forget set (forget is None)")
-    else:
-        n_f = forget.shape[0]
-        forget_batch = check_batch(batch if forget_batch is None else forget_batch,
-                                   n_f, "forget_batch")
     sets = []
     if alpha < 1.0:
         sets.append((retain, batch, 1.0 - alpha, 1.0))
