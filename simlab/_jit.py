@@ -1,15 +1,39 @@
-"""The only place where Numba options are set.
+"""The only place where Numba options are set, and the one compile path.
 
-``jit`` compiles a plain-Python function for the CPU with simlab's defaults
-(``nopython``, ``cache`` unless ``SIMLAB_NUMBA_CACHE=0``, ``fastmath=False``);
-``pjit`` does the same with ``parallel=True`` for drivers that use ``prange``.
+Kernels are written once, as plain Python functions that call one another by
+name ("step bodies"), and compiled here for each target:
+
+``jit`` / ``pjit``
+    decorators for CPU-only functions (``nopython``, ``cache`` unless
+    ``SIMLAB_NUMBA_CACHE=0``, ``fastmath=False``, ``nogil``; ``pjit`` adds
+    ``parallel=True`` for drivers that use ``prange``).
+:func:`compile_family`
+    compiles a family of step bodies for ``"cpu"`` (optionally inlined into
+    their callers, and with ``prange`` drivers) or ``"cuda"`` (device
+    functions). Each compiled function is a copy of the body whose globals bind
+    every family name to its compiled version, so a CUDA device function only
+    ever calls device functions and a CPU body only compiled CPU code.
+:func:`cuda_kernel`
+    compiles a CUDA kernel body against a family compiled for ``"cuda"``.
+
+The copies keep their code object and have no closure, so Numba's on-disk cache
+keys a CPU copy by the body's source file and bytecode: the cache is valid
+across processes and any edit to a body invalidates it. The body modules
+themselves import no Numba and run uncompiled in Python (tests, debugging).
 """
+
+import types
 
 import numba
 
 from . import config
 
+__all__ = ["compile_family", "cuda_kernel", "cuda_module", "jit", "pjit", "prange"]
+
 prange = numba.prange
+
+#: The compile targets of :func:`compile_family`.
+TARGETS = ("cpu", "cuda")
 
 
 def _options(**extra):
@@ -18,16 +42,85 @@ def _options(**extra):
     return opts
 
 
-def jit(fn=None, **extra):
-    """Compile ``fn`` for the CPU with simlab's Numba defaults."""
+def jit(fn=None, *, inline=False):
+    """Compile ``fn`` for the CPU with simlab's Numba defaults.
+
+    ``inline=True`` inlines it into its compiled callers at the Numba IR level,
+    which removes the array reference counting of each call in inner loops.
+    """
+    opts = _options(inline="always") if inline else _options()
     if fn is None:
-        return lambda f: numba.njit(**_options(**extra))(f)
-    return numba.njit(**_options(**extra))(fn)
+        return lambda f: numba.njit(**opts)(f)
+    return numba.njit(**opts)(fn)
 
 
 def pjit(fn):
     """Compile a ``prange`` driver for the CPU (``parallel=True``)."""
     return numba.njit(**_options(parallel=True))(fn)
+
+
+def _rebind(fn, env):
+    """``fn`` with globals ``env`` (same code, name, defaults and docstring)."""
+    copy = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__,
+                              fn.__closure__)
+    copy.__qualname__ = fn.__qualname__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+def compile_family(bodies, target, *, inline=False, drivers=()):
+    """Compile plain-Python step bodies for one target.
+
+    Parameters
+    ----------
+    bodies : sequence of functions
+        Plain Python functions that call one another by ``__name__`` (they may
+        come from several modules; each keeps its own module's globals).
+    target : {"cpu", "cuda"}
+        ``"cpu"``: Numba ``njit`` with the defaults of :func:`jit`;
+        ``"cuda"``: ``numba.cuda.jit(device=True)``.
+    inline : bool
+        CPU only: inline the bodies into their callers (``inline="always"``).
+    drivers : sequence of functions
+        CPU only: bodies that loop with ``prange`` over independent work items;
+        compiled with ``parallel=True`` and ``prange`` bound to Numba's.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        ``name -> compiled function`` for every body and driver. Nothing is
+        compiled before a first call.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if target == "cuda":
+        if inline or drivers:
+            raise ValueError("inline and drivers are CPU-only options")
+        decorate = cuda_module().jit(device=True)
+    else:
+        decorate = jit(inline=inline)
+    out = {}
+    envs = []
+    for fn in bodies:
+        env = dict(fn.__globals__)
+        envs.append(env)
+        out[fn.__name__] = decorate(_rebind(fn, env))
+    for fn in drivers:
+        env = dict(fn.__globals__, prange=prange)
+        envs.append(env)
+        out[fn.__name__] = pjit(_rebind(fn, env))
+    for env in envs:            # Numba resolves globals lazily, at first call
+        env.update(out)
+    return types.SimpleNamespace(**out)
+
+
+def cuda_kernel(body, family):
+    """Compile ``body`` as a CUDA kernel calling the device functions ``family``
+    (a namespace from ``compile_family(..., "cuda")``); ``cuda`` is bound in
+    its globals."""
+    cuda = cuda_module()
+    env = dict(body.__globals__, cuda=cuda, **vars(family))
+    return cuda.jit(_rebind(body, env))
 
 
 def cuda_module():

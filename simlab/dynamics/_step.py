@@ -3,26 +3,20 @@
 Everything a trajectory does inside a kernel is written here exactly once, as
 scalar loops over arrays that the caller allocates: no NumPy allocation, no
 Python objects, only ``math`` functions and NumPy scalar casts. The module-level
-functions are plain Python and call one another by name; :func:`build`
-compiles a consistent set of them with one decorator:
+functions are plain Python and call one another by name;
+:func:`simlab._jit.compile_family` compiles them (the one compile path):
 
-* ``build(jit)`` for the CPU (:mod:`simlab.dynamics.linearized`, with
-  ``simlab._jit.jit``), together with the CPU driver body
-  :func:`simulate_many` (``prange`` over (cell, trajectory) pairs);
-* ``build(numba.cuda.jit(device=True))`` for CUDA device functions;
+* for the CPU in :mod:`simlab.dynamics.linearized` (inlined), together with the
+  driver body :func:`simulate_many` (``prange`` over (cell, trajectory) pairs);
+* as CUDA device functions in :mod:`simlab.dynamics.gpu_linearized`;
 * the module-level functions themselves run uncompiled in Python (tests,
   debugging; ``prange`` is ``range`` here). Their uint64 arithmetic wraps like
   the compiled code, but NumPy warns on scalar overflow: call them under
   ``np.errstate(over="ignore")``.
 
-How :func:`build` works: it copies each function with a private globals dict in
-which every step name is bound to its compiled version, so a CUDA device
-function only ever calls device functions. The copies keep their code object
-and have no closure, so Numba's on-disk cache keys them by this file and their
-bytecode: the cache is valid across processes, and any edit here invalidates
-both the step bodies and the driver (a driver defined in another file would
-keep running stale step code from the cache, because Numba only checks the
-source file of the function it compiles).
+The driver lives in this file on purpose: Numba's cache checks only the source
+file of the function it compiles, so a driver defined elsewhere would keep
+running stale step code from the cache after an edit here.
 
 Random numbers come from xoshiro256** (Blackman & Vigna, "Scrambled linear
 pseudorandom number generators", ACM TOMS 2021), a counter-free generator on
@@ -40,16 +34,13 @@ keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``
 """
 
 import math
-import types
 
 import numpy as np
 
 __all__ = [
-    "CELL_FLOAT_FIELDS",
-    "CELL_INT_FIELDS",
     "SCHEME_CODES",
     "STEP_FUNCTIONS",
-    "build",
+    "family",
     "rng_next",
     "rng_uniform",
     "rng_below",
@@ -66,11 +57,6 @@ __all__ = [
 
 #: Integer codes of the sampling schemes used inside kernels.
 SCHEME_CODES = {"bernoulli": 0, "with": 1, "without": 2}
-
-#: Names of the entries of ``cell_i`` and ``cell_f`` (in order).
-CELL_INT_FIELDS = ("p", "n_r", "n_f", "B_r", "B_f", "scheme", "use_r", "use_f",
-                   "rank_one")
-CELL_FLOAT_FIELDS = ("q_r", "q_f", "w_r", "w_f", "eta")
 
 # uint64 constants (Numba freezes module globals as typed constants).
 _U5 = np.uint64(5)
@@ -99,7 +85,7 @@ _FLUSH = 1e-280
 _NAN = math.nan
 _NEG_INF = -math.inf
 
-#: Loop used by :func:`simulate_many`; :func:`build` rebinds it to ``prange``.
+#: Loop used by :func:`simulate_many`; the CPU compile binds it to ``prange``.
 prange = range
 
 
@@ -391,46 +377,7 @@ STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch", "dot_row
                   "run_trajectory", "simulate_pair")
 
 
-def build(decorate, *, driver=None, prange=None):
-    """Compile the step bodies with ``decorate`` and return them in a namespace.
-
-    Parameters
-    ----------
-    decorate : callable
-        Compiles one function: ``simlab._jit.jit`` (CPU) or
-        ``numba.cuda.jit(device=True)`` (CUDA).
-    driver : callable, optional
-        Compiles :func:`simulate_many` (``simlab._jit.pjit`` on the CPU); the
-        result is the namespace's ``simulate_many``. Omitted: no driver.
-    prange : callable, optional
-        The parallel loop the driver uses (``numba.prange``).
-
-    Returns
-    -------
-    types.SimpleNamespace
-        The compiled functions of :data:`STEP_FUNCTIONS` (and ``simulate_many``).
-
-    Notes
-    -----
-    Each function is copied with a globals dict shared by the copies, in which
-    every step name is bound to its compiled version (see the module
-    docstring). Compilation stays lazy: nothing compiles until a first call.
-    """
-    env = dict(globals())
-    out = {}
-    for name in STEP_FUNCTIONS:
-        out[name] = env[name] = decorate(_rebind(globals()[name], env))
-    if driver is not None:
-        if prange is not None:
-            env["prange"] = prange
-        out["simulate_many"] = driver(_rebind(simulate_many, env))
-    return types.SimpleNamespace(**out)
-
-
-def _rebind(fn, env):
-    """``fn`` with globals ``env`` (same code, name, defaults and docstring)."""
-    copy = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__,
-                              fn.__closure__)
-    copy.__qualname__ = fn.__qualname__
-    copy.__doc__ = fn.__doc__
-    return copy
+def family():
+    """The step bodies of :data:`STEP_FUNCTIONS` (plain functions, in order)."""
+    g = globals()
+    return [g[name] for name in STEP_FUNCTIONS]

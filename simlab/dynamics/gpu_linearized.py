@@ -1,8 +1,8 @@
 """CUDA backend of the linearized Monte Carlo: one thread per trajectory.
 
-The step math is :mod:`simlab.dynamics._step`, compiled a second time with
-``numba.cuda.jit(device=True)`` (the CPU backend compiles the same functions
-with ``simlab._jit.jit``). Host-side preparation, validation, seeds and result
+The step math is :mod:`simlab.dynamics._step`, compiled as CUDA device
+functions by :func:`simlab._jit.compile_family` (the CPU backend compiles the
+same functions for the CPU). Host-side preparation, validation, seeds and result
 assembly are those of :mod:`simlab.dynamics.linearized`, so with the same seeds
 the two backends consume identical random streams; the results agree to the
 last bits on the CUDA simulator and up to floating-point contraction (FMA) on a
@@ -17,7 +17,7 @@ import functools
 import math
 
 from .. import config
-from .._jit import cuda_module
+from .._jit import compile_family, cuda_kernel, cuda_module
 from . import _step
 from .linearized import _grid
 
@@ -38,11 +38,8 @@ def _kernel_body(G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
 @functools.cache
 def _build():
     """Compile the device functions and the kernel (lazily, once)."""
-    cuda = cuda_module()
-    dev = _step.build(cuda.jit(device=True))
-    env = dict(_kernel_body.__globals__, cuda=cuda,
-               simulate_pair=dev.simulate_pair)
-    return cuda, cuda.jit(_step._rebind(_kernel_body, env))
+    return cuda_module(), cuda_kernel(_kernel_body,
+                                      compile_family(_step.family(), "cuda"))
 
 
 def _launcher(device_id):

@@ -1,14 +1,12 @@
 """CUDA backend of :func:`simlab.dynamics.train.train_many`: one thread per config.
 
-The step math is the Gram-form body of :mod:`simlab.models._kernels`
-(``_gram_steps`` and the scalar functions it calls, listed in
-``GRAM_STEP_FUNCTIONS``): the plain-Python functions behind the CPU ``@jit``
-dispatchers (their ``py_func``) are compiled a second time with
-``numba.cuda.jit(device=True)``, with globals rebound so that device functions
-only call device functions. Validation, initialisation, minibatch weights
+The step math is the Gram-form body of :mod:`simlab.dynamics._train_step`
+(``gram_steps`` and the scalar bodies of :mod:`simlab.models._body` it calls),
+compiled as CUDA device functions by :func:`simlab._jit.compile_family`, the
+same path that compiles them for the CPU. Validation, initialisation, minibatch weights
 (drawn on the host from the same seeds), records and result assembly are those
 of :func:`~simlab.dynamics.train.train_many`; only the per-segment stack driver
-``_gram_run_many`` (``prange`` over configurations) is replaced by a kernel that
+``gram_run_many`` (``prange`` over configurations) is replaced by a kernel that
 runs configuration ``c`` on thread ``c``. The results therefore agree with the
 CPU backend (``method="gram"``) to the last bit on the CUDA simulator, and up to
 floating-point contraction (FMA) on a real GPU.
@@ -27,40 +25,34 @@ import math
 import numpy as np
 
 from .. import config
-from .._jit import cuda_module
-from ..models import _kernels as K
-from . import _step
+from .._jit import compile_family, cuda_kernel, cuda_module
+from ..models import _body
+from . import _train_step as TS
 from .train import _train_many
 
 __all__ = ["gpu_train_many"]
 
 
-def _kernel_body(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, track,
+def _kernel_body(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, track,
                  t0, stop_on_escape, live, done, D, active, u):
     """Kernel: thread ``c`` advances configuration ``c`` (the loop body of
-    ``_kernels._gram_run_many``, with per-thread work arrays)."""
-    c = cuda.grid(1)  # noqa: F821 - bound by _build
+    ``_train_step.gram_run_many``, with per-thread work arrays)."""
+    c = cuda.grid(1)  # noqa: F821 - bound by cuda_kernel
     if c < Z.shape[0] and live[c]:
-        done[c] = _gram_steps(Z[c], C[c], G[c], Z0[c], wts[c], nsteps,  # noqa: F821
-                              lr[c], y[c], J, m, act_id, q, loss_id, track[c], t0,
-                              stop_on_escape, D[c], active[c], u[c])
+        done[c] = gram_steps(Z[c], C[c], G[c], Z0[c], wts[c], nsteps,  # noqa: F821
+                             eta[c], y[c], J, m, act_id, q, loss_id, track[c], t0,
+                             stop_on_escape, D[c], active[c], u[c])
 
 
 @functools.cache
 def _build():
     """Compile the device functions and the kernel (lazily, once)."""
-    cuda = cuda_module()
-    device = cuda.jit(device=True)
-    env = dict(vars(K))
-    for name in K.GRAM_STEP_FUNCTIONS:
-        env[name] = device(_step._rebind(getattr(K, name).py_func, env))
-    kenv = dict(_kernel_body.__globals__, cuda=cuda,
-                _gram_steps=env["_gram_steps"])
-    return cuda, cuda.jit(_step._rebind(_kernel_body, kenv))
+    device = compile_family(_body.family() + TS.bodies(TS.DEVICE_FUNCTIONS), "cuda")
+    return cuda_module(), cuda_kernel(_kernel_body, device)
 
 
 def _launcher(device_id):
-    """A drop-in for ``_kernels._gram_run_many`` that runs the CUDA kernel.
+    """A drop-in for ``_train_step.gram_run_many`` that runs the CUDA kernel.
 
     One launcher serves one :func:`gpu_train_many` call: ``G``, ``Z0``, ``lr``
     and ``y`` (fixed during a run) are copied to the device once; ``Z``, ``C``,

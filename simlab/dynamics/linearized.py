@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._jit import jit, pjit, prange
+from .._jit import compile_family
 from .._validation import (
     check_escape_factor,
     check_eta,
@@ -35,18 +35,12 @@ from . import _step
 __all__ = ["LinearizedResult", "linearized", "linearized_grid"]
 
 
-def _jit_inline(fn):
-    """Compile a step body for the CPU, inlined into its callers.
-
-    Inlining at the Numba IR level removes the array reference counting of each
-    call in the inner loops (about twice as fast on the coherence-dial
-    benchmark, at twice the compile time).
-    """
-    return jit(fn, inline="always")
-
-
-#: Step bodies and driver compiled for the CPU (lazily, on first call).
-_cpu = _step.build(_jit_inline, driver=pjit, prange=prange)
+#: Step bodies (inlined into their callers at the Numba IR level, which removes
+#: the array reference counting of each call in the inner loops: about twice as
+#: fast on the coherence-dial benchmark, at twice the compile time) and the
+#: driver, compiled for the CPU (lazily, on first call).
+_cpu = compile_family(_step.family(), "cpu", inline=True,
+                      drivers=[_step.simulate_many])
 
 #: The CPU driver ``prange`` over (cell, trajectory) pairs; body in
 #: ``_step.simulate_many``, called by :func:`_run`.

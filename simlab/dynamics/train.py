@@ -2,8 +2,9 @@
 
 :func:`train` runs one configuration, :func:`train_many` a stack of independent
 configurations (data sets, dimensions, learning rates, seeds) in parallel across
-cores with a ``prange`` driver. Both use the same Numba step bodies of
-:mod:`simlab.models._kernels`, in one of two exact forms of the update:
+cores with a ``prange`` driver. Both use the step bodies of
+:mod:`simlab.dynamics._train_step` (compiled here for the CPU), in one of two
+exact forms of the update:
 
 * ``method="gram"``: filters stay in ``W_0 + span(training patches)``, so the
   state is the coefficient matrix ``C`` and the pre-activations ``Z = Z_0 + C G``
@@ -28,7 +29,9 @@ from .._validation import (
     check_seed,
 )
 from ..data import SignalNoise
+from .._jit import compile_family
 from ..models import _kernels as K
+from . import _train_step as TS
 from ..models.cnn import TwoPatchModel, _loss_id, _sharpness
 
 __all__ = ["train", "train_many", "TrainResult", "memorization_scores",
@@ -38,6 +41,10 @@ _METHODS = ("auto", "gram", "weight")
 
 #: Stream key of the minibatch draws (one stream per consumer of a seed).
 _BATCH_STREAM = 0xBA7C4
+
+#: The training step bodies and drivers compiled for the CPU (lazily).
+_cpu = compile_family(TS.bodies(TS.DEVICE_FUNCTIONS + TS.CPU_FUNCTIONS), "cpu",
+                      drivers=TS.bodies(TS.DRIVERS))
 
 #: Largest number of ``(step, sample)`` weights drawn per segment and config stack.
 _CHUNK_ENTRIES = 4_000_000
@@ -92,7 +99,7 @@ class _Runner:
     method : "gram" or "weight"
     escape_factor : float
     driver : callable, optional
-        Replaces the Gram-form stack driver ``K._gram_run_many`` (same
+        Replaces the Gram-form stack driver ``gram_run_many`` (same
         arguments), e.g. the CUDA launcher of :mod:`simlab.dynamics.gpu_train`;
         it then also runs a single configuration.
     """
@@ -144,10 +151,10 @@ class _Runner:
         J, m, act_id, q = self.kargs
         if self.method == "gram":
             args = (self.Z, self.C, self.G, self.Z0)
-            one, many = K._gram_run, self.driver or K._gram_run_many
+            one, many = _cpu.gram_run, self.driver or _cpu.gram_run_many
         else:
             args = (self.W, self.C, self.Xpad, self.W0pad)
-            one, many = K._weight_run, K._weight_run_many
+            one, many = _cpu.weight_run, _cpu.weight_run_many
         if self.n_cfg == 1 and self.driver is None:
             if live[0]:
                 done[0] = one(*(a[0] for a in args), wts[0], nsteps, self.lr[0],
@@ -174,8 +181,8 @@ class _Runner:
         J, m, act_id, q = self.kargs
         Z = np.ascontiguousarray(self.preacts())
         if self.n_cfg == 1:
-            return K._f_all(Z[0], J, m, act_id, q)[None]
-        return K._f_many(Z, J, m, act_id, q)
+            return K.f_all(Z[0], J, m, act_id, q)[None]
+        return _cpu.f_many(Z, J, m, act_id, q)
 
     def test_setup(self, Xpts, n_records):
         """Prepare the test pre-activations for ``n_records`` evaluations.
@@ -207,7 +214,7 @@ class _Runner:
             Zt = K.add_ab(t[1], self.C[c], t[2])
         else:
             Zt = K.abt(self.weights(c), t[1])
-        return K._f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
+        return K.f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
 
     def sep2(self, a, b):
         """Exact ``||W_b - W_a||^2`` between two configurations on the same data."""
@@ -242,7 +249,7 @@ def _choose_method(method, n, ds, n_cfg):
 
 def _loss_acc(f, y, lid):
     """Mean loss and accuracy (``y f > 0``)."""
-    return float(K._losses(f, y, lid).mean()), float(np.mean(y * f > 0))
+    return float(K.losses(f, y, lid).mean()), float(np.mean(y * f > 0))
 
 
 def _decomposition(C, sig, nsq, J, m):

@@ -47,6 +47,7 @@ from .._validation import (
 )
 from ..data import SignalNoise, check_split
 from ..models.cnn import TwoPatchModel, _loss_id
+from ..models import _kernels as K
 from . import train as _train
 
 __all__ = ["unlearn", "UnlearnResult", "membership_auc"]
@@ -260,7 +261,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         if rec["step"] and rec["step"][-1] == t:
             return
         f = runner.f_train()[0]
-        lo = _train.K._losses(f, data.y, lid)
+        lo = K.losses(f, data.y, lid)
         ok = data.y * f > 0
         d2 = max(runner.dist2(0), 0.0)
         rec["step"].append(t)
@@ -283,7 +284,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
             rec["test_acc"].append(np.nan)
             rec["mia_auc"].append(np.nan)
         else:
-            lt = _train.K._losses(ft, test.y, lid)
+            lt = K.losses(ft, test.y, lid)
             rec["test_loss"].append(float(lt.mean()))
             rec["test_acc"].append(float(np.mean(test.y * ft > 0)))
             rec["mia_auc"].append(membership_auc(lo[forget], lt))

@@ -152,7 +152,7 @@ class TwoPatchModel:
                              "use per_sample_hessians for the exact Hessians")
         Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
         f = K._forward(Wk, Xp, *self._kargs)
-        d2 = np.array([K._loss_terms(fi, yi, lid)[2] for fi, yi in zip(f, yv,
+        d2 = np.array([K.loss_terms(fi, yi, lid)[2] for fi, yi in zip(f, yv,
                                                                          strict=True)])
         G = K._per_sample_grads(Wk, Xp, *self._kargs, np.sqrt(d2))
         return G.reshape(yv.shape[0], self.n_params)
@@ -162,7 +162,7 @@ class TwoPatchModel:
         """Per-sample losses, shape ``(n,)``."""
         lid = _loss_id(loss)
         Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        return K._losses(K._forward(Wk, Xp, *self._kargs), yv, lid)
+        return K.losses(K._forward(Wk, Xp, *self._kargs), yv, lid)
 
     def loss(self, W, X, y, loss="logistic"):
         """Mean training loss ``L = (1/n) sum_i l_i``."""
@@ -201,12 +201,12 @@ class TwoPatchModel:
         Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
         n = yv.shape[0]
         f = K._forward(Wk, Xp, *self._kargs)
-        terms = [K._loss_terms(fi, yi, lid) for fi, yi in zip(f, yv, strict=True)]
+        terms = [K.loss_terms(fi, yi, lid) for fi, yi in zip(f, yv, strict=True)]
         G = K._per_sample_grads(Wk, Xp, *self._kargs, np.ones(n)).reshape(n, -1)
         H = np.einsum("i,ij,ik->ijk", [t[2] for t in terms], G, G)
         if self.act_id == K.RELU and self.q > 1:
             Z = Wk @ Xp.T
-            d2 = np.vectorize(lambda z: K._d2act(z, self.act_id, self.q))(Z)
+            d2 = np.vectorize(lambda z: K.d2act(z, self.act_id, self.q))(Z)
             p_blk = self.d
             for i in range(n):
                 for row in range(Wk.shape[0]):
