@@ -25,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from .._provenance import provenance
+from ..dynamics.backends import get_kernel
 
 NAME = "benign-overfitting"
 CLAIM = ("THEORY 9.6: the CNN reproduces the benign/harmful overfitting transition "
@@ -41,21 +42,6 @@ FULL = dict(n=20, m=10, sigma_p=1.0, p_flip=0.1, sigma0=0.01, lr=0.1, steps=1000
 # quick: ~15 s on 2 shared cores; too few seeds for a meaningful bootstrap
 QUICK = dict(FULL, steps=300, n_test=300, d=[100, 200, 400, 800, 1600, 3200],
              mu=np.geomspace(0.6, 10.0, 14).round(4).tolist(), seeds=3, bootstrap=0)
-
-
-BACKENDS = ("cpu", "cuda")
-
-
-def _default_train(backend="cpu"):
-    if backend == "cuda":
-        from ..dynamics.gpu_train import gpu_train_many
-
-        return gpu_train_many
-    if backend != "cpu":
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    from ..dynamics.train import train_many
-
-    return train_many
 
 
 def run(quick=False, seed=0, train=None, backend="cpu", **overrides):
@@ -96,7 +82,7 @@ def run(quick=False, seed=0, train=None, backend="cpu", **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    train = _default_train(backend) if train is None else train
+    train = get_kernel("train_many", backend) if train is None else train
     d_vals = [int(d) for d in params["d"]]
     mu_vals = [float(v) for v in params["mu"]]
     reps = list(range(int(params["seeds"])))

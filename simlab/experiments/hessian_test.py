@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .._provenance import provenance
+from ..dynamics.backends import get_kernel
 from ..curvature import coherence_dial
 from ..stability import spectral_radius
 from ..theory import dial_critical_lr, dial_spectral_radius
@@ -36,15 +37,6 @@ FULL = dict(n=100, eta=0.5, alpha=0.1, scheme="without", s=list(range(1, 101)),
             escape_factor=1e3)
 QUICK = dict(FULL, s=[1, 2, 4, 8, 12, 17, 25, 35, 50, 70, 100],
              batch=[1, 2, 3, 5, 8, 12, 17, 24, 33, 49], trajectories=8, steps=400)
-
-
-BACKENDS = ("cpu", "cuda")
-
-
-def _simulator(backend):
-    from ..simulate import grid_simulator
-
-    return grid_simulator(backend)
 
 
 def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
@@ -76,7 +68,7 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    simulate = _simulator(backend) if simulate is None else simulate
+    simulate = get_kernel("linearized_grid", backend) if simulate is None else simulate
     n, eta, alpha = params["n"], params["eta"], params["alpha"]
     scheme = params["scheme"]
     s_vals = [int(s) for s in params["s"]]

@@ -11,16 +11,11 @@ the same step bodies); the Dask backend ships batches of ``"cpu"`` work.
 import numpy as np
 
 from ..curvature import coherence_dial, random_rank_one
+from ..dynamics.backends import get_kernel
 from ..stability import critical_lr, spectral_radius
 from ..theory import dial_critical_lr, dial_spectral_radius
 
 SCHEMES = ("bernoulli", "with", "without")
-
-
-def _simulator(backend):
-    from ..simulate import grid_simulator
-
-    return grid_simulator(backend)
 
 
 _MC_METRICS = ("escape_fraction", "lyapunov_median", "ms_growth_mc")
@@ -31,7 +26,7 @@ def _simulate(configs, p0, backend):
     (``steps = 0`` skips the simulation: NaN)."""
     if p0["steps"] == 0:
         return {m: np.full(len(configs), np.nan) for m in _MC_METRICS}
-    res = _simulator(backend)(
+    res = get_kernel("linearized_grid", backend)(
         configs, steps=p0["steps"], trajectories=p0["trajectories"],
         escape_factor=p0["escape_factor"], record_every=max(1, p0["steps"] // 50))
     return {
@@ -146,10 +141,7 @@ class CNNTrain:
         from ..data import signal_noise_pair
         from ..models import CNN
 
-        if backend == "cuda":
-            from ..dynamics.gpu_train import gpu_train_many as train_many
-        else:
-            from ..dynamics.train import train_many
+        train_many = get_kernel("train_many", backend)
         models, trains, tests = [], [], []
         for p, s in zip(params_list, seeds):
             tr, te = signal_noise_pair(p["n"], p["n_test"], p["d"],
