@@ -20,7 +20,7 @@ from ._validation import (
 )
 from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
-from .models.cnn import TwoPatchModel
+from .models.two_patch import TwoPatchModel
 from .stability import critical_lr, net_ascent_curvature, spectral_radius
 
 __all__ = ["curvature_split", "predict_unlearning", "UnlearningPrediction"]

@@ -12,7 +12,7 @@ One (S)GD step of the models of :mod:`simlab.models` in two exact forms:
 Both accumulate ``C`` (for the signal/noise decomposition) and track
 ``||W_t - W_0||^2`` for escape detection. The functions of
 :data:`DEVICE_FUNCTIONS` allocate nothing and are compiled, with the scalar
-bodies of :mod:`simlab.models._body`, both for the CPU
+bodies of :mod:`simlab.models.bodies`, both for the CPU
 (:mod:`simlab.dynamics.train`) and as CUDA device functions
 (:mod:`simlab.dynamics.gpu_train`) by :func:`simlab._jit.compile_family`;
 :data:`CPU_FUNCTIONS` and :data:`DRIVERS` (``prange`` over configurations) are
@@ -21,7 +21,7 @@ CPU only. Run uncompiled, the bodies call the CPU-compiled scalar kernels.
 
 import numpy as np
 
-from ..models._kernels import f_all, f_sample, grad_coef, loss_terms, serial_abt
+from ..models.kernels import f_all, f_sample, grad_coef, loss_terms, serial_abt
 
 __all__ = ["CPU_FUNCTIONS", "DEVICE_FUNCTIONS", "DRIVERS", "FCAP", "bodies"]
 

@@ -1,7 +1,7 @@
 """CUDA backend of :func:`simlab.dynamics.train.train_many`: one thread per config.
 
 The step math is the Gram-form body of :mod:`simlab.dynamics._train_step`
-(``gram_steps`` and the scalar bodies of :mod:`simlab.models._body` it calls),
+(``gram_steps`` and the scalar bodies of :mod:`simlab.models.bodies` it calls),
 compiled as CUDA device functions by :func:`simlab._jit.compile_family`, the
 same path that compiles them for the CPU. Validation, initialisation, minibatch weights
 (drawn on the host from the same seeds), records and result assembly are those
@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import config
 from .._jit import compile_family, cuda_kernel, cuda_module
-from ..models import _body
+from ..models import bodies as _body
 from . import _train_step as TS
 from .train import _train_many
 

@@ -27,6 +27,9 @@ from .._validation import (
     check_int,
     check_linearized,
     check_seed,
+    check_size,
+    check_step,
+    sample_curvature,
 )
 from .._version import __version__
 from ..curvature import range_basis
@@ -166,6 +169,8 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
     retain, forget, rank_one, batch, B_f, scheme, alpha = check_linearized(
         retain, batch, scheme, forget, forget_batch, alpha)
     eta = check_eta(eta)
+    check_step(eta, _step_curvature(retain, forget, rank_one, batch, B_f, scheme,
+                                    alpha))
     n_r = retain.shape[0]
     if forget is None:
         n_f, B_f = 0, 0
@@ -203,11 +208,25 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
             "cell_i": cell_i, "cell_f": cell_f, "params": params}
 
 
+def _step_curvature(retain, forget, rank_one, batch, forget_batch, scheme, alpha):
+    """Bound on the curvature one step applies: ``|delta_{t+1}| <= (1 + eta c)
+    |delta_t|`` with ``c = sum_sets w k lambda_max``, ``k = n / B`` for
+    ``"bernoulli"`` (every sample may be drawn, the sum is divided by ``B``)
+    and ``1`` otherwise."""
+    c = 0.0
+    for hs, B, w in ((retain, batch, 1.0 - alpha), (forget, forget_batch, alpha)):
+        if hs is None or w == 0.0:
+            continue
+        k = hs.shape[0] / B if scheme == "bernoulli" else 1.0
+        c += w * k * float(sample_curvature(hs, rank_one).max())
+    return c
+
+
 def _check_run(steps, trajectories, escape_factor, record_every, stop_on_escape):
     """Validate the settings shared by every configuration of a run."""
     steps = check_int(steps, "steps", low=1)
     trajectories = check_int(trajectories, "trajectories", low=1)
-    record_every = check_int(record_every, "record_every", low=1)
+    record_every = check_int(record_every, "record_every", low=1, high=steps)
     K = check_escape_factor(escape_factor)
     if not isinstance(stop_on_escape, bool | np.bool_):
         raise ValueError(f"stop_on_escape must be a bool, got {stop_on_escape!r}")
@@ -271,6 +290,12 @@ def _run(cells, seeds, run, driver=None):
     dn = [c for c in range(n_cells) if not cells[c]["rank_one"]]
     g_rows = max((rows[c] for c in r1), default=0)
     h_rows = max((rows[c] for c in dn), default=0)
+    n_work = (n_cells * T * (n_rec + 2 * p_max + n_r_max + n_f_max
+                             + max(n_r_max, n_f_max) + 8)
+              + n_cells * (g_rows * p_max + h_rows * p_max * p_max))
+    check_size(n_work, f"a linearized run of {n_cells} configuration(s) x "
+                       f"trajectories={T} with {n_rec} recorded steps "
+                       f"(steps={steps}, record_every={every})")
     G = np.zeros((n_cells, g_rows, p_max if r1 else 0))
     H = np.zeros((n_cells, h_rows, *(2 * (p_max if dn else 0,))))
     for c in r1:
@@ -338,7 +363,10 @@ def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
         Retain-set Hessians: dense PSD, or rank-one factors ``g_i`` with
         ``H_i = g_i g_i^T``.
     eta : float
-        Learning rate ``> 0``.
+        Learning rate ``> 0``. Refused when one step could grow ``|delta|`` by
+        more than ``1e50`` (``eta`` times the largest per-sample curvature, times
+        ``n / B`` for ``"bernoulli"``): beyond that float64 overflows, and such
+        a step size diverges in any case.
     batch : int
         Retain batch size ``B_r`` in ``[1, n_r]`` (expected size for
         ``"bernoulli"``).
@@ -363,7 +391,8 @@ def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
     seed : int
         Non-negative seed; the same seed gives bit-identical results.
     record_every : int
-        Record ``log|delta_t|^2`` every this many steps (``>= 1``).
+        Record ``log|delta_t|^2`` every this many steps, in ``[1, steps]`` (at
+        least two recorded points, so that ``ms_growth`` is defined).
     stop_on_escape : bool
         Stop each trajectory at its escape step.
 

@@ -30,9 +30,9 @@ from .._validation import (
 )
 from ..data import SignalNoise
 from .._jit import compile_family
-from ..models import _kernels as K
+from ..models import kernels as K
 from . import _train_step as TS
-from ..models.cnn import TwoPatchModel, _loss_id, _sharpness
+from ..models.two_patch import TwoPatchModel, kernel_sharpness, loss_code
 
 __all__ = ["train", "train_many", "TrainResult", "memorization_scores",
            "batch_weights"]
@@ -509,7 +509,7 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
     models, datasets, tests = _check_model_data(model, datasets, tests)
     n_cfg = len(datasets)
     n = datasets[0].n
-    lid = _loss_id(loss)
+    lid = loss_code(loss)
     steps = check_int(steps, "steps", low=0)
     lrs = np.array(_per_config(lr, n_cfg, "lr", lambda v, nm: check_eta(v, nm)))
     seeds = _per_config(seeds, n_cfg, "seeds", lambda v, nm: check_seed(v, nm))
@@ -570,7 +570,7 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
     def record_sharpness(c, t):
         Wc = np.ascontiguousarray(runner.weights(c))
         recs[c]["sharpness_step"].append(t)
-        recs[c]["sharpness"].append(_sharpness(Wc, Xps[c], datasets[c].y, kargs,
+        recs[c]["sharpness"].append(kernel_sharpness(Wc, Xps[c], datasets[c].y, kargs,
                                                lid, 1e-10, 0))
 
     rngs = [np.random.default_rng([s, _BATCH_STREAM]) for s in seeds]

@@ -46,8 +46,8 @@ from .._validation import (
     check_seed,
 )
 from ..data import SignalNoise, check_split
-from ..models.cnn import TwoPatchModel, _loss_id
-from ..models import _kernels as K
+from ..models.two_patch import TwoPatchModel, loss_code
+from ..models import kernels
 from . import train as _train
 
 __all__ = ["unlearn", "UnlearnResult", "membership_auc"]
@@ -221,7 +221,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
     steps = check_int(steps, "steps", low=0)
     scheme = check_scheme(scheme)
     seed = check_seed(seed)
-    lid = _loss_id(loss)
+    lid = loss_code(loss)
     batch = n_r if batch is None else check_batch(batch, n_r, "batch")
     if forget_batch is None:
         forget_batch = n_f if batch == n_r else batch
@@ -261,7 +261,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         if rec["step"] and rec["step"][-1] == t:
             return
         f = runner.f_train()[0]
-        lo = K.losses(f, data.y, lid)
+        lo = kernels.losses(f, data.y, lid)
         ok = data.y * f > 0
         d2 = max(runner.dist2(0), 0.0)
         rec["step"].append(t)
@@ -284,7 +284,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
             rec["test_acc"].append(np.nan)
             rec["mia_auc"].append(np.nan)
         else:
-            lt = K.losses(ft, test.y, lid)
+            lt = kernels.losses(ft, test.y, lid)
             rec["test_loss"].append(float(lt.mean()))
             rec["test_acc"].append(float(np.mean(test.y * ft > 0)))
             rec["mia_auc"].append(membership_auc(lo[forget], lt))

@@ -183,7 +183,7 @@ def _predict(model, W, data, forget, alpha, lr, batch, fbatch, scheme, K, T):
 def _simulate(model, starts, Xps, ys, lrs, wts_fn, params):
     """Twin runs; returns per trajectory (escaped, final growth)."""
     from ..dynamics import train as _train
-    from ..models.cnn import _loss_id
+    from ..models.two_patch import loss_code
 
     n_traj = len(starts)
     W0s, X2, y2, l2, ref2 = [], [], [], [], np.empty(n_traj)
@@ -196,7 +196,7 @@ def _simulate(model, starts, Xps, ys, lrs, wts_fn, params):
     n = ys[0].shape[0]
     method = _train._choose_method("auto", n, [model.d], 2 * n_traj)
     runner = _train._Runner(model._kargs, X2, np.stack(y2), W0s, np.array(l2),
-                            _loss_id("squared"), method)
+                            loss_code("squared"), method)
     K = float(params["escape_factor"])
     T = int(params["horizon"])
     every = int(params["check_every"])

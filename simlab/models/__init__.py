@@ -5,7 +5,8 @@ Importing this package compiles nothing; kernels compile on first use (and are
 cached on disk).
 """
 
-from .cnn import CNN, LOSSES, TwoPatchModel
+from .cnn import CNN
 from .linear import Linear
+from .two_patch import LOSSES, TwoPatchModel
 
 __all__ = ["CNN", "LOSSES", "Linear", "TwoPatchModel"]

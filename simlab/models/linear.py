@@ -6,8 +6,8 @@ exact because ``f`` is linear in ``w``.
 """
 
 from .._validation import check_int
-from . import _kernels as K
-from .cnn import TwoPatchModel
+from . import kernels as K
+from .two_patch import TwoPatchModel
 
 __all__ = ["Linear"]
 

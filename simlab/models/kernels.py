@@ -12,7 +12,7 @@ samples are stored as ``Xp`` of shape ``(2n, d)`` with row ``k = 2 i + p``;
 pre-activations as ``Z`` of shape ``(K, 2n)`` with ``Z[row, k] = <w_row, x_k>``.
 
 The scalar pieces (activation, loss terms, ``f_i`` and its gradient) are plain
-bodies in :mod:`simlab.models._body`, compiled here for the CPU; the training
+bodies in :mod:`simlab.models.bodies`, compiled here for the CPU; the training
 step bodies that use them live in :mod:`simlab.dynamics._train_step`.
 
 No kernel calls BLAS: the products are small (``K, 2n << d``) and are written as
@@ -24,8 +24,8 @@ reassociation (``fastmath`` stays off) and never wait on a BLAS thread pool.
 import numpy as np
 
 from .._jit import compile_family, jit
-from . import _body
-from ._body import IDENTITY, LOGISTIC, RELU, SQUARED
+from . import bodies as _body
+from .bodies import IDENTITY, LOGISTIC, RELU, SQUARED
 
 # --------------------------------------------------------------------------
 # scalar pieces: plain bodies in _body.py, compiled here for the CPU

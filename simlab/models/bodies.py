@@ -1,13 +1,13 @@
 """Plain-Python scalar bodies of the two-patch models (one source, two targets).
 
 The activation, loss terms, per-sample output and its pre-activation gradient,
-written as scalar loops: :mod:`simlab.models._kernels` compiles them for the CPU
+written as scalar loops: :mod:`simlab.models.kernels` compiles them for the CPU
 (forward, gradients, HVPs) and :mod:`simlab.dynamics.gpu_train` compiles them,
 together with the training step of :mod:`simlab.dynamics._train_step`, as CUDA
 device functions, both through :func:`simlab._jit.compile_family`. No Numba
 here: the functions also run uncompiled in Python.
 
-Conventions (see :mod:`simlab.models._kernels`): ``Z`` is ``(K, 2n)`` with
+Conventions (see :mod:`simlab.models.kernels`): ``Z`` is ``(K, 2n)`` with
 ``Z[row, 2i + p] = <w_row, x_{i,p}>``, ``row = j m + r``.
 """
 
