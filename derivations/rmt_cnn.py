@@ -125,7 +125,8 @@ def simulate_cell(nn, dd, mm, snrs, seeds, *, seed0=SEED0, train=None):
     from simlab.data import signal_noise
     from simlab.dynamics.train import train_many
     from simlab.models import CNN
-    from simlab.theory.rmt_cnn import cnn_coherence, cnn_summary
+    from simlab.predict import cnn_summary
+    from simlab.theory.rmt_cnn import cnn_coherence
     tr = dict(TRAIN, **(train or {}))
     model = CNN(dd, mm)
     cfg = [(sv, k) for sv in snrs for k in range(seeds)]

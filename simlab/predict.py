@@ -22,8 +22,9 @@ from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
 from .models.two_patch import TwoPatchModel
 from .stability import critical_lr, net_ascent_curvature, spectral_radius
+from .theory.rmt_cnn import CNNCoherenceStats
 
-__all__ = ["curvature_split", "predict_unlearning", "UnlearningPrediction"]
+__all__ = ["UnlearningPrediction", "cnn_summary", "curvature_split", "predict_unlearning"]
 
 
 def curvature_split(model, W, data, forget, *, retain=None, loss="logistic"):
@@ -164,3 +165,52 @@ def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
         escape_time=t_esc, escapes=bool(escapes), alpha=alpha, lr=lr, batch=batch,
         forget_batch=forget_batch, scheme=scheme, escape_factor=K,
         horizon=float("inf") if horizon is None else float(horizon))
+
+
+def cnn_summary(model, W, data):
+    """Measure :class:`CNNCoherenceStats` of ``model`` at weights ``W``.
+
+    Parameters
+    ----------
+    model : simlab.models.CNN
+        ReLU CNN with ``q = 1``.
+    W : ndarray (2, m, d)
+    data : simlab.data.SignalNoise
+        Must carry ``mu`` and ``sigma_p``.
+
+    Returns
+    -------
+    simlab.theory.rmt_cnn.CNNCoherenceStats
+        The input of :func:`simlab.theory.rmt_cnn.cnn_coherence` (``stats=``).
+
+    Examples
+    --------
+    >>> from simlab.data import signal_noise
+    >>> from simlab.models import CNN
+    >>> data = signal_noise(6, 50, snr=0.5, seed=0)
+    >>> model = CNN(50, 3)
+    >>> st = cnn_summary(model, model.init(0.1, seed=0), data)
+    >>> st.A.shape, sum(st.n_signal)
+    ((6,), 6.0)
+    """
+    if model.q != 1:
+        raise ValueError("cnn_summary needs the ReLU CNN (q = 1)")
+    if data.mu is None:
+        raise ValueError("data.mu is unknown")
+    W = np.asarray(W, dtype=float).reshape(2 * model.m, model.d)
+    y, xi = data.y, data.noise
+    sp2 = data.sigma_p**2 if np.isfinite(data.sigma_p) else 1.0
+    pos = float(np.sum(W @ data.mu > 0))
+    a = (W @ xi.T > 0).astype(float)                   # (2m, n)
+    co = a.T @ a
+    n = y.size
+    same = (y[:, None] == y[None, :]) & ~np.eye(n, dtype=bool)
+    cross = y[:, None] != y[None, :]
+    z = y * model.forward(W.reshape(model.shape), data.X)
+    s = 1.0 / (1.0 + np.exp(-z))
+    return CNNCoherenceStats(
+        y=y.copy(), lpp=s * (1.0 - s), A=a.sum(axis=0),
+        xi_sq=np.einsum("ij,ij->i", xi, xi) / sp2,
+        n_signal=(pos, float(2 * model.m) - pos),
+        co_same=float(co[same].mean()) if same.any() else 0.0,
+        co_cross=float(co[cross].mean()) if cross.any() else 0.0)

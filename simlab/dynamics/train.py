@@ -526,9 +526,9 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
         W0 = list(W0)
         if len(W0) != n_cfg:
             raise ValueError(f"W0 must hold one array per configuration ({n_cfg})")
-    W0k = [mod._W(w, "W0").copy() for mod, w in zip(models, W0, strict=True)]
+    W0k = [mod.kernel_weights(w, "W0").copy() for mod, w in zip(models, W0, strict=True)]
     method = _choose_method(method, n, [m.d for m in models], n_cfg)
-    kargs = models[0]._kargs
+    kargs = models[0].kernel_args
     Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
     runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, lrs, lid,
                      method, driver=driver)

@@ -50,7 +50,7 @@ from ..models.two_patch import TwoPatchModel, loss_code
 from ..models import kernels
 from . import train as _train
 
-__all__ = ["unlearn", "UnlearnResult", "membership_auc"]
+__all__ = ["TwinRun", "UnlearnResult", "membership_auc", "unlearn", "unlearn_twins"]
 
 #: Stream keys of the retain and forget minibatch draws.
 _RETAIN_STREAM = 0x4E7A1
@@ -212,7 +212,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         raise ValueError(f"data has d={data.d} but the model expects d={model.d}")
     if test is not None and (not isinstance(test, SignalNoise) or test.d != model.d):
         raise ValueError(f"test must be a SignalNoise with d={model.d}")
-    Wk = model._W(W).copy()
+    Wk = model.kernel_weights(W).copy()
     n = data.n
     retain, forget = check_split(retain, forget, n)
     n_r, n_f = retain.size, forget.size
@@ -242,7 +242,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         starts.append(Wk + delta0)
         ref2 = float(np.sum(delta0 * delta0))
     n_run = len(starts)
-    runner = _train._Runner(model._kargs, [Xp] * n_run, np.repeat(data.y[None], n_run,
+    runner = _train._Runner(model.kernel_args, [Xp] * n_run, np.repeat(data.y[None], n_run,
                                                                   axis=0),
                             starts, np.full(n_run, lr), lid, method,
                             escape_factor=K if perturbation is None else np.inf)
@@ -337,3 +337,136 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         steps=t, escaped=esc >= 0, escape_step=esc, diverged=diverge_step >= 0,
         diverge_step=diverge_step, ref_dist=float(np.sqrt(ref)),
         _records=rec, _attrs=attrs)
+
+
+@dataclass(frozen=True, eq=False)
+class TwinRun:
+    """One twin pair of :func:`unlearn_twins`.
+
+    Descent-ascent unlearning of ``data`` from ``W`` and from ``W + delta``
+    with the same minibatches (retain: all samples not in ``forget_idx``).
+
+    Attributes
+    ----------
+    data : SignalNoise
+    W : ndarray, shape ``model.shape``
+        Start of the reference run (the trained weights).
+    delta : ndarray, shape ``model.shape``
+        Perturbation of the twin (nonzero).
+    forget_idx : ndarray of int
+    alpha, eta : float
+        Ascent weight and learning rate.
+    batch, forget_batch : int
+        Retain and forget minibatch sizes.
+    rng : numpy.random.Generator
+        Draws this pair's minibatches (retain then forget weights per segment
+        of ``check_every`` steps).
+    """
+
+    data: SignalNoise
+    W: np.ndarray
+    delta: np.ndarray
+    forget_idx: np.ndarray
+    alpha: float
+    eta: float
+    batch: int
+    forget_batch: int
+    rng: np.random.Generator
+
+
+def unlearn_twins(model, runs, *, horizon, scheme="without", escape_factor=1e3,
+                  check_every=10, loss="squared", method="auto"):
+    """Escape of many twin unlearning runs in one compiled call.
+
+    Every :class:`TwinRun` is unlearned twice on the real network, from ``W``
+    and from ``W + delta``, with the same minibatches; all ``2 len(runs)``
+    configurations advance together (``prange`` over them). A pair has escaped
+    at the first check step ``t <= horizon`` with
+    ``||W'_t - W_t||^2 >= escape_factor ||delta||^2``, or when either twin
+    diverges numerically (a pre-activation non-finite or above ``1e100``);
+    escaped pairs stop. This is the finite-horizon escape criterion of THEORY
+    section 4 measured on the real network (a typical-behaviour question when
+    scored by the majority of pairs).
+
+    Parameters
+    ----------
+    model : simlab.models.CNN or simlab.models.Linear
+    runs : sequence of TwinRun
+        Pairs on data sets with the same ``n`` (any parameters per pair).
+    horizon : int
+        Number of steps ``T``.
+    scheme : {"without", "with", "bernoulli"}
+    escape_factor : float
+    check_every : int
+        Steps between separation checks.
+    loss : {"squared", "logistic"}
+    method : {"auto", "gram", "weight"}
+
+    Returns
+    -------
+    escaped : ndarray of bool, shape ``(len(runs),)``
+    growth : ndarray of float, shape ``(len(runs),)``
+        ``||W'_t - W_t||^2 / ||delta||^2`` at escape or at the horizon
+        (``inf`` after a numerical blow-up).
+    """
+    if not isinstance(model, TwoPatchModel):
+        raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
+    if len(runs) == 0:
+        raise ValueError("runs must not be empty")
+    T = check_int(horizon, "horizon", low=1)
+    every = check_int(check_every, "check_every", low=1)
+    scheme = check_scheme(scheme)
+    K = check_escape_factor(escape_factor)
+    lid = loss_code(loss)
+    n = runs[0].data.n
+    W0s, Xps, ys, etas, ref2, splits = [], [], [], [], [], []
+    for r in runs:
+        if not isinstance(r.data, SignalNoise) or r.data.n != n:
+            raise ValueError(f"every run needs a SignalNoise data set with n={n}")
+        W = model.kernel_weights(r.W)
+        delta = model.kernel_weights(r.delta, "delta")
+        ref = float(np.sum(delta * delta))
+        if ref == 0.0:
+            raise ValueError("delta must be nonzero")
+        retain, forget = check_split(None, r.forget_idx, n)
+        splits.append((retain, forget,
+                       check_batch(r.batch, retain.size, "batch"),
+                       check_batch(r.forget_batch, forget.size, "forget_batch"),
+                       check_alpha(r.alpha)))
+        Xp = r.data.X.reshape(2 * n, model.d)
+        W0s += [W, W + delta]
+        Xps += [Xp, Xp]
+        ys += [r.data.y, r.data.y]
+        eta = check_eta(r.eta)
+        etas += [eta, eta]
+        ref2.append(ref)
+    k = len(runs)
+    method = _train._choose_method(method, n, [model.d], 2 * k)
+    runner = _train._Runner(model.kernel_args, Xps, np.stack(ys), W0s,
+                            np.array(etas), lid, method)
+    live = np.ones(2 * k, dtype=np.bool_)
+    escaped = np.zeros(k, dtype=bool)
+    growth = np.full(k, np.nan)
+    t = 0
+    while t < T and live.any():
+        S = min(every, T - t)
+        wts = np.zeros((2 * k, S, n))
+        for j, (r, (retain, forget, B, Bf, alpha)) in enumerate(
+                zip(runs, splits, strict=True)):
+            wts[2 * j][:, retain] = (1.0 - alpha) * _train.batch_weights(
+                r.rng, S, retain.size, B, scheme)
+            wts[2 * j][:, forget] = -alpha * _train.batch_weights(
+                r.rng, S, forget.size, Bf, scheme)
+            wts[2 * j + 1] = wts[2 * j]
+        done = runner.advance(wts, S, t, live)
+        t += S
+        for j in np.flatnonzero(live[0::2] | live[1::2]):
+            if done[2 * j] < S or done[2 * j + 1] < S:      # numerical blow-up
+                escaped[j] = True
+                growth[j] = np.inf
+            else:
+                growth[j] = max(runner.sep2(2 * j, 2 * j + 1), 0.0) / ref2[j]
+                escaped[j] = growth[j] >= K
+            if escaped[j]:
+                live[2 * j: 2 * j + 2] = False
+    return escaped, growth

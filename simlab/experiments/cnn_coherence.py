@@ -25,6 +25,7 @@ from ..coherence import coherence_measure
 from ..data import signal_noise
 from ..dynamics.train import train_many
 from ..models import CNN
+from ..predict import cnn_summary
 from ..theory import rmt_cnn
 
 NAME = "cnn-coherence"
@@ -56,7 +57,7 @@ def _simulate(n, d, m, snrs, seeds, params):
     for c, (dat, r) in enumerate(zip(data, res, strict=True)):
         sim[c] = coherence_measure(model.curvature_factors(r.W, dat.X, dat.y))
         semi[c] = rmt_cnn.cnn_coherence(n, d, cfg[c][0], m,
-                                        stats=rmt_cnn.cnn_summary(model, r.W, dat))
+                                        stats=cnn_summary(model, r.W, dat))
     shape = (len(snrs), len(seeds))
     return sim.reshape(shape), semi.reshape(shape)
 

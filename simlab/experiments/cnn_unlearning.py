@@ -180,47 +180,6 @@ def _predict(model, W, data, forget, alpha, lr, batch, fbatch, scheme, K, T):
             t_start)
 
 
-def _simulate(model, starts, Xps, ys, lrs, wts_fn, params):
-    """Twin runs; returns per trajectory (escaped, final growth)."""
-    from ..dynamics import train as _train
-    from ..models.two_patch import loss_code
-
-    n_traj = len(starts)
-    W0s, X2, y2, l2, ref2 = [], [], [], [], np.empty(n_traj)
-    for k, (w, delta) in enumerate(starts):
-        W0s += [w, w + delta]
-        X2 += [Xps[k]] * 2
-        y2 += [ys[k]] * 2
-        l2 += [lrs[k]] * 2
-        ref2[k] = float(np.sum(delta * delta))
-    n = ys[0].shape[0]
-    method = _train._choose_method("auto", n, [model.d], 2 * n_traj)
-    runner = _train._Runner(model._kargs, X2, np.stack(y2), W0s, np.array(l2),
-                            loss_code("squared"), method)
-    K = float(params["escape_factor"])
-    T = int(params["horizon"])
-    every = int(params["check_every"])
-    live = np.ones(2 * n_traj, dtype=np.bool_)
-    escaped = np.zeros(n_traj, dtype=bool)
-    growth = np.full(n_traj, np.nan)
-    t = 0
-    while t < T and live.any():
-        S = min(every, T - t)
-        wts = np.repeat(wts_fn(S), 2, axis=0)
-        done = runner.advance(wts, S, t, live)
-        t += S
-        for k in np.flatnonzero(live[0::2] | live[1::2]):
-            if done[2 * k] < S or done[2 * k + 1] < S:      # numerical blow-up
-                escaped[k] = True
-                growth[k] = np.inf
-            else:
-                growth[k] = max(runner.sep2(2 * k, 2 * k + 1), 0.0) / ref2[k]
-                escaped[k] = growth[k] >= K
-            if escaped[k]:
-                live[2 * k: 2 * k + 2] = False
-    return escaped, growth
-
-
 def run(quick=False, seed=0, **overrides):
     """Train, predict and unlearn on the three grids.
 
@@ -257,11 +216,10 @@ def run(quick=False, seed=0, **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    from ..dynamics.train import batch_weights
+    from ..dynamics.unlearn import TwinRun, unlearn_twins
 
     n, n_f = int(params["n"]), int(params["n_forget"])
     forget = np.arange(n_f)
-    retain = np.arange(n_f, n)
     n_r = n - n_f
     K, T = float(params["escape_factor"]), int(params["horizon"])
     scheme = params["scheme"]
@@ -286,11 +244,10 @@ def run(quick=False, seed=0, **overrides):
         v = {k: np.empty(shape) for k in ("frac", "ms", "rho", "kappa", "tesc",
                                           "tstart")}
         pred = np.empty(shape, dtype=bool)
-        starts, Xps, ys, lrs, fns = [], [], [], [], []
+        runs = []
         for c_i, (_, _, cell) in enumerate(cells):
             s = float(cell["snr"])
             data, res = minima[s]
-            W = model._W(res.W)
             alpha = float(cell["alpha"])
             B = int(cell["batch"])
             Bf = max(1, int(round(B * n_f / n_r)))
@@ -300,27 +257,17 @@ def run(quick=False, seed=0, **overrides):
              v["tstart"][idx]) = _predict(model, res.W, data, forget, alpha, lr, B, Bf,
                                    scheme, K, T)
             F = model.curvature_factors(res.W, data.X, data.y, "squared")
-            Xp = data.X.reshape(2 * n, model.d)
             for k in range(n_traj):
                 rng = np.random.default_rng([seed, _STREAM, p_i, c_i, k])
-                delta = (rng.standard_normal(n) @ F).reshape(W.shape)
-                delta *= params["eps"] * np.linalg.norm(W) / np.linalg.norm(delta)
-                starts.append((W, delta))
-                Xps.append(Xp)
-                ys.append(data.y)
-                lrs.append(lr)
+                delta = (rng.standard_normal(n) @ F).reshape(model.shape)
+                delta *= params["eps"] * np.linalg.norm(res.W) / np.linalg.norm(delta)
+                runs.append(TwinRun(data=data, W=res.W, delta=delta, forget_idx=forget,
+                                    alpha=alpha, eta=lr, batch=B, forget_batch=Bf,
+                                    rng=rng))
 
-                def draw(S, rng=rng, alpha=alpha, B=B, Bf=Bf):
-                    w = np.zeros((S, n))
-                    w[:, retain] = (1.0 - alpha) * batch_weights(rng, S, n_r, B,
-                                                                 scheme)
-                    w[:, forget] = -alpha * batch_weights(rng, S, n_f, Bf, scheme)
-                    return w
-                fns.append(draw)
-
-        escaped, growth = _simulate(
-            model, starts, Xps, ys, lrs,
-            lambda S, fns=fns: np.stack([f(S) for f in fns]), params)
+        escaped, growth = unlearn_twins(
+            model, runs, horizon=T, scheme=scheme, escape_factor=K,
+            check_every=int(params["check_every"]))
         escaped = escaped.reshape(shape + (n_traj,))
         growth = growth.reshape(shape + (n_traj,))
         v["frac"] = escaped.mean(axis=-1)

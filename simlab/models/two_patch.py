@@ -65,10 +65,11 @@ class TwoPatchModel:
         return int(np.prod(self.shape))
 
     @property
-    def _kargs(self):
+    def kernel_args(self):
+        """``(J, m, act_id, q)``: the model's arguments to the Numba kernels."""
         return self.J, self.m, self.act_id, self.q
 
-    def _W(self, W, name="W"):
+    def kernel_weights(self, W, name="W"):
         """Validated weights as a C-contiguous ``(J*m, d)`` array."""
         arr = as_float_array(W, name)
         if arr.shape != self.shape:
@@ -108,16 +109,16 @@ class TwoPatchModel:
     # ------------------------------------------------------------------ f
     def forward(self, W, X):
         """Network output ``f(W, x_i)`` for every sample, shape ``(n,)``."""
-        return K._forward(self._W(W), self._X(X), *self._kargs)
+        return K._forward(self.kernel_weights(W), self._X(X), *self.kernel_args)
 
     def per_sample_grads(self, W, X):
         """Gradients ``grad_W f(W, x_i)``, shape ``(n, p)`` (C order of ``W``).
 
         For ReLU the derivative at a kink (``<w, x_p> = 0``) is taken as 0.
         """
-        Wk, Xp = self._W(W), self._X(X)
+        Wk, Xp = self.kernel_weights(W), self._X(X)
         n = Xp.shape[0] // 2
-        G = K._per_sample_grads(Wk, Xp, *self._kargs, np.ones(n))
+        G = K._per_sample_grads(Wk, Xp, *self.kernel_args, np.ones(n))
         return G.reshape(n, self.n_params)
 
     def curvature_factors(self, W, X, y, loss="logistic", *, gauss_newton=False):
@@ -155,19 +156,19 @@ class TwoPatchModel:
             raise ValueError("curvature_factors is exact only for q = 1: for q > 1 "
                              "pass gauss_newton=True for the Gauss-Newton part or "
                              "use per_sample_hessians for the exact Hessians")
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        f = K._forward(Wk, Xp, *self._kargs)
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        f = K._forward(Wk, Xp, *self.kernel_args)
         d2 = np.array([K.loss_terms(fi, yi, lid)[2] for fi, yi in zip(f, yv,
                                                                          strict=True)])
-        G = K._per_sample_grads(Wk, Xp, *self._kargs, np.sqrt(d2))
+        G = K._per_sample_grads(Wk, Xp, *self.kernel_args, np.sqrt(d2))
         return G.reshape(yv.shape[0], self.n_params)
 
     # ------------------------------------------------------------------ loss
     def losses(self, W, X, y, loss="logistic"):
         """Per-sample losses, shape ``(n,)``."""
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        return K.losses(K._forward(Wk, Xp, *self._kargs), yv, lid)
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        return K.losses(K._forward(Wk, Xp, *self.kernel_args), yv, lid)
 
     def loss(self, W, X, y, loss="logistic"):
         """Mean training loss ``L = (1/n) sum_i l_i``."""
@@ -176,8 +177,8 @@ class TwoPatchModel:
     def loss_grad(self, W, X, y, loss="logistic"):
         """``(L, grad_W L)`` with the gradient shaped like ``W``."""
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        val, g = K._loss_grad(Wk, Xp, yv, *self._kargs, lid)
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        val, g = K._loss_grad(Wk, Xp, yv, *self.kernel_args, lid)
         return float(val), self._out(g)
 
     def hvp(self, W, X, y, v, loss="logistic"):
@@ -186,15 +187,15 @@ class TwoPatchModel:
         Includes the ``l' grad^2 f`` term, which is nonzero only for ``q > 1``.
         """
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        V = self._W(v, "v")
-        return self._out(K._hvp(Wk, Xp, yv, V, *self._kargs, lid))
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        V = self.kernel_weights(v, "v")
+        return self._out(K._hvp(Wk, Xp, yv, V, *self.kernel_args, lid))
 
     def hessian(self, W, X, y, loss="logistic"):
         """Dense Hessian ``(p, p)`` of the mean loss (for small models)."""
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        return _dense_hessian(Wk, Xp, yv, self._kargs, lid)
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        return _dense_hessian(Wk, Xp, yv, self.kernel_args, lid)
 
     def per_sample_hessians(self, W, X, y, loss="logistic"):
         """Exact per-sample loss Hessians ``(n, p, p)`` (for small models).
@@ -203,11 +204,11 @@ class TwoPatchModel:
         over filters and vanishes for ReLU and the linear model.
         """
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
         n = yv.shape[0]
-        f = K._forward(Wk, Xp, *self._kargs)
+        f = K._forward(Wk, Xp, *self.kernel_args)
         terms = [K.loss_terms(fi, yi, lid) for fi, yi in zip(f, yv, strict=True)]
-        G = K._per_sample_grads(Wk, Xp, *self._kargs, np.ones(n)).reshape(n, -1)
+        G = K._per_sample_grads(Wk, Xp, *self.kernel_args, np.ones(n)).reshape(n, -1)
         H = np.einsum("i,ij,ik->ijk", [t[2] for t in terms], G, G)
         if self.act_id == K.RELU and self.q > 1:
             Z = Wk @ Xp.T
@@ -237,8 +238,8 @@ class TwoPatchModel:
             Seed of the Lanczos start vector.
         """
         lid = loss_code(loss)
-        Wk, (Xp, yv) = self._W(W), self._Xy(X, y)
-        return kernel_sharpness(Wk, Xp, yv, self._kargs, lid, tol, check_seed(seed))
+        Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
+        return kernel_sharpness(Wk, Xp, yv, self.kernel_args, lid, tol, check_seed(seed))
 
     # ------------------------------------------------------------------ theory
     def decompose(self, W, W0, data):
@@ -267,7 +268,7 @@ class TwoPatchModel:
         if data.d != self.d:
             raise ValueError(f"data has d={data.d} but the model expects "
                              f"d={self.d}")
-        delta = self._W(W) - self._W(W0, "W0")
+        delta = self.kernel_weights(W) - self.kernel_weights(W0, "W0")
         xi = data.noise
         basis = np.column_stack([data.mu / (data.mu @ data.mu),
                                  (xi / np.einsum("ij,ij->i", xi, xi)[:, None]).T])

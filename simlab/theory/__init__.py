@@ -17,9 +17,9 @@ from .rmt import (
     sample_linear_model,
     sharpness,
 )
-from .rmt_cnn import cnn_coherence, cnn_coherence_limits, cnn_summary
+from .rmt_cnn import cnn_coherence, cnn_coherence_limits
 
-__all__ = ["ascent_curvature", "cnn_coherence", "cnn_coherence_limits", "cnn_summary",
+__all__ = ["ascent_curvature", "cnn_coherence", "cnn_coherence_limits",
            "rmt_cnn", "ascent_rate", "ascent_rate_limit", "crossing_snr",
            "crossing_snr2_limit", "dial_critical_lr", "dial_spectral_radius", "rmt",
            "sample_linear_model", "sharpness"]

@@ -18,7 +18,7 @@ class (``a^s_{jr,i} = 1[y_i <w_jr, mu> > 0]``), so ``N^s_ik = N_{y_i}
 difference from the linear model (THEORY 11), where ``|K_ik|`` does not depend
 on the labels.
 
-Trained-network statistics (measured by :func:`cnn_summary`; GD, ``lr = 0.1``,
+Trained-network statistics (measured by :func:`simlab.predict.cnn_summary`; GD, ``lr = 0.1``,
 200 steps, ``sigma_0 = 0.01``, ``sigma_p = 1``, ``n in {20, 40}``,
 ``d in {200, 1000}``, ``m in {5, 10}``, ``SNR in [0.01, 1]``): in every run
 each class's own filters end aligned with ``j mu`` (``N_{+1} = N_{-1} = m``,
@@ -59,7 +59,6 @@ from .rmt import folded_normal_moments
 
 __all__ = [
     "CNNCoherenceStats",
-    "cnn_summary",
     "predictive_stats",
     "cnn_coherence",
     "cnn_coherence_limits",
@@ -100,54 +99,6 @@ class CNNCoherenceStats:
     n_signal: tuple
     co_same: float
     co_cross: float
-
-
-def cnn_summary(model, W, data):
-    """Measure :class:`CNNCoherenceStats` of ``model`` at weights ``W``.
-
-    Parameters
-    ----------
-    model : simlab.models.CNN
-        ReLU CNN with ``q = 1``.
-    W : ndarray (2, m, d)
-    data : simlab.data.SignalNoise
-        Must carry ``mu`` and ``sigma_p``.
-
-    Returns
-    -------
-    CNNCoherenceStats
-
-    Examples
-    --------
-    >>> from simlab.data import signal_noise
-    >>> from simlab.models import CNN
-    >>> data = signal_noise(6, 50, snr=0.5, seed=0)
-    >>> model = CNN(50, 3)
-    >>> st = cnn_summary(model, model.init(0.1, seed=0), data)
-    >>> st.A.shape, sum(st.n_signal)
-    ((6,), 6.0)
-    """
-    if model.q != 1:
-        raise ValueError("cnn_summary needs the ReLU CNN (q = 1)")
-    if data.mu is None:
-        raise ValueError("data.mu is unknown")
-    W = np.asarray(W, dtype=float).reshape(2 * model.m, model.d)
-    y, xi = data.y, data.noise
-    sp2 = data.sigma_p**2 if np.isfinite(data.sigma_p) else 1.0
-    pos = float(np.sum(W @ data.mu > 0))
-    a = (W @ xi.T > 0).astype(float)                   # (2m, n)
-    co = a.T @ a
-    n = y.size
-    same = (y[:, None] == y[None, :]) & ~np.eye(n, dtype=bool)
-    cross = y[:, None] != y[None, :]
-    z = y * model.forward(W.reshape(model.shape), data.X)
-    s = 1.0 / (1.0 + np.exp(-z))
-    return CNNCoherenceStats(
-        y=y.copy(), lpp=s * (1.0 - s), A=a.sum(axis=0),
-        xi_sq=np.einsum("ij,ij->i", xi, xi) / sp2,
-        n_signal=(pos, float(2 * model.m) - pos),
-        co_same=float(co[same].mean()) if same.any() else 0.0,
-        co_cross=float(co[cross].mean()) if cross.any() else 0.0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -277,7 +228,7 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
     m : int
         Filters per class.
     stats : CNNCoherenceStats, optional
-        Measured statistics of the trained network (:func:`cnn_summary`):
+        Measured statistics of the trained network (:func:`simlab.predict.cnn_summary`):
         the *semi-empirical* form. ``None`` uses :func:`predictive_stats`:
         the *fully predictive* form.
 
@@ -305,7 +256,7 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
     worst over three disjoint seed sets, ``derivations/rmt_cnn.py
     --errors``), worst ``|pred / sim - 1|`` (:data:`ERRORS`):
 
-    - *semi-empirical* (``stats`` from :func:`cnn_summary`): 6.6 % at
+    - *semi-empirical* (``stats`` from :func:`simlab.predict.cnn_summary`): 6.6 % at
       ``d = 200`` (worst at ``n = 40, m = 10``, low SNR, where the noise
       co-activations are least homogeneous across pairs) and 3.0 % at
       ``d = 1000`` (under 0.5 % for ``SNR >= 0.46``). Quantitative
