@@ -47,8 +47,8 @@ def _kernel_body(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, tra
 @functools.cache
 def _build():
     """Compile the device functions and the kernel (lazily, once)."""
-    device = compile_family(_body.family() + TS.bodies(TS.DEVICE_FUNCTIONS), "cuda")
-    return cuda_module(), cuda_kernel(_kernel_body, device)
+    dev = compile_family(_body.family() + TS.bodies(TS.DEVICE_FUNCTIONS), "cuda")
+    return cuda_module(), cuda_kernel(_kernel_body, dev)
 
 
 def _launcher(device_id):

@@ -38,12 +38,8 @@ from . import _step
 __all__ = ["LinearizedResult", "linearized", "linearized_grid"]
 
 
-#: Step bodies (inlined into their callers at the Numba IR level, which removes
-#: the array reference counting of each call in the inner loops: about twice as
-#: fast on the coherence-dial benchmark, at twice the compile time) and the
-#: driver, compiled for the CPU (lazily, on first call).
-_cpu = compile_family(_step.family(), "cpu", inline=True,
-                      drivers=[_step.simulate_many])
+#: Step bodies and the driver, compiled for the CPU (lazily, on first call).
+_cpu = compile_family(_step.family(), "cpu", drivers=[_step.simulate_many])
 
 #: The CPU driver ``prange`` over (cell, trajectory) pairs; body in
 #: ``_step.simulate_many``, called by :func:`_run`.
