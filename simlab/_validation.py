@@ -171,3 +171,61 @@ def check_seed(seed, name="seed"):
     if seed is None:
         raise ValueError(f"{name} must be an explicit non-negative integer")
     return check_int(seed, name, low=0)
+
+
+def check_perturbation_law(cov, samples, p, *, required=False):
+    """Validate the law of ``delta_0`` given by its second moment.
+
+    Parameters
+    ----------
+    cov : array_like, shape (p, p), or None
+        ``perturbation_cov``: ``E[delta_0 delta_0^T]``, real, finite, symmetric
+        PSD (to ``config.PSD_RTOL`` relative to its largest entry), not zero.
+    samples : array_like, shape (k, p), or None
+        ``perturbation_samples``: rows ``d_j`` with second moment
+        ``(1/k) sum_j d_j d_j^T``; real, finite, not all zero.
+    p : int
+        Parameter dimension.
+    required : bool
+        Refuse ``cov = samples = None``.
+
+    Returns
+    -------
+    kind : {"cov", "samples"} or None
+    arr : ndarray or None
+        ``cov`` symmetrized, or ``samples``, as float64.
+    """
+    if cov is not None and samples is not None:
+        raise ValueError("give perturbation_cov or perturbation_samples, not both")
+    if cov is None and samples is None:
+        if required:
+            raise ValueError("a perturbation law is needed: pass perturbation_cov "
+                             "(p, p) or perturbation_samples (k, p)")
+        return None, None
+    name = "perturbation_cov" if cov is not None else "perturbation_samples"
+    x = cov if cov is not None else samples
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} must be real, got a complex array")
+    arr = as_float_array(x, name, ndim=2)
+    if cov is not None:
+        if arr.shape != (p, p):
+            raise ValueError(f"{name} must have shape {(p, p)} (the parameter "
+                             f"dimension of the Hessians), got {arr.shape}")
+        scale = np.abs(arr).max()
+        asym = np.abs(arr - arr.T).max()
+        if asym > config.PSD_RTOL * scale:
+            raise ValueError(f"{name} must be symmetric (max |S - S^T| = {asym:.3g})")
+        arr = 0.5 * (arr + arr.T)
+        lam_min = np.linalg.eigvalsh(arr)[0]
+        if lam_min < -config.PSD_RTOL * scale:
+            raise ValueError(f"{name} must be positive semi-definite: eigenvalue "
+                             f"{lam_min:.3g}")
+        if np.trace(arr) <= 0.0:
+            raise ValueError(f"{name} is zero: E||delta_0||^2 must be > 0")
+        return "cov", arr
+    if arr.shape[0] < 1 or arr.shape[1] != p:
+        raise ValueError(f"{name} must have shape (k, {p}) with k >= 1 (rows are "
+                         f"perturbations in parameter space), got {arr.shape}")
+    if not np.any(arr):
+        raise ValueError(f"{name} is zero: E||delta_0||^2 must be > 0")
+    return "samples", arr

@@ -15,21 +15,27 @@ from .operator import (
     second_moment_operator,
 )
 from .radius import (
+    asymptotic_escape_time,
     critical_lr,
     escape_time,
+    gaussian_span_moment,
     mean_lower_bound,
+    mean_square_growth,
     net_ascent_curvature,
     spectral_radius,
 )
 
 __all__ = [
+    "asymptotic_escape_time",
     "build_problem",
     "coherence_bound_lr",
     "coherence_bound_tightness",
     "critical_lr",
     "escape_time",
+    "gaussian_span_moment",
     "gram_operator",
     "mean_lower_bound",
+    "mean_square_growth",
     "net_ascent_curvature",
     "scheme_coefficients",
     "second_moment_matrix",

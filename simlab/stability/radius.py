@@ -15,12 +15,19 @@ every ``eta > 0`` diverges.
 """
 
 import numpy as np
+import scipy.integrate
 import scipy.linalg
 import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config
-from .._validation import check_escape_factor, check_eta
+from .._validation import (
+    as_float_array,
+    check_escape_factor,
+    check_eta,
+    check_int,
+    check_perturbation_law,
+)
 from .operator import (
     OperatorAction,
     build_problem,
@@ -32,12 +39,16 @@ __all__ = [
     "spectral_radius",
     "critical_lr",
     "escape_time",
+    "asymptotic_escape_time",
+    "mean_square_growth",
+    "gaussian_span_moment",
     "mean_lower_bound",
     "net_ascent_curvature",
 ]
 
 _METHODS_RHO = ("auto", "dense", "lanczos", "power")
 _METHODS_LR = ("auto", "geneig", "secular", "bisect")
+_METHODS_ESC = ("auto", "forward", "spectral")
 
 
 def _problem(retain, batch, scheme, forget, forget_batch, alpha):
@@ -283,14 +294,27 @@ def _critical_secular(prob, batch):
                                        hi * (1 - 1e-12), xtol=1e-15, rtol=1e-13))
 
 
-def escape_time(retain, eta, batch, *, scheme="bernoulli", forget=None,
-                forget_batch=None, alpha=0.0, escape_factor=1e3):
-    """Predicted escape time ``log K / log rho(T)`` (``inf`` when ``rho <= 1``).
+def asymptotic_escape_time(retain, eta, batch, *, scheme="without", forget=None,
+                           forget_batch=None, alpha=0.0, escape_factor=1e3):
+    """Asymptotic escape time ``log K / log rho(T)`` (``inf`` when ``rho <= 1``).
+
+    The time at which ``E||delta_t||^2`` reaches ``K E||delta_0||^2`` when
+    ``delta_0`` lies in the top (PSD) eigenmatrix of ``T``, where
+    ``E||delta_t||^2 = rho^t E||delta_0||^2`` exactly; for a general start it is
+    the large-``K`` asymptote of the first passage. For the first passage from
+    an actual law of ``delta_0`` use :func:`escape_time` with a perturbation law.
 
     Parameters
     ----------
+    retain, eta, batch, scheme, forget, forget_batch, alpha
+        As in :func:`spectral_radius`.
     escape_factor : float
-        ``K > 1``: escape means ``E||delta_t||^2 >= K E||delta_0||^2``.
+        ``K > 1`` (``inf`` allowed: never escapes).
+
+    Returns
+    -------
+    float
+        ``log K / log rho`` (not rounded up to a step count).
 
     Notes
     -----
@@ -300,6 +324,351 @@ def escape_time(retain, eta, batch, *, scheme="bernoulli", forget=None,
     rho = spectral_radius(retain, eta, batch, scheme=scheme, forget=forget,
                           forget_batch=forget_batch, alpha=alpha)
     return float(np.log(K) / np.log(rho)) if rho > 1.0 else np.inf
+
+
+def escape_time(retain, eta, batch, *, scheme="without", forget=None,
+                forget_batch=None, alpha=0.0, escape_factor=1e3,
+                perturbation_cov=None, perturbation_samples=None, horizon=None,
+                method="auto"):
+    """Mean-square escape time: first ``t`` with ``E||delta_t||^2 >= K E||delta_0||^2``.
+
+    With a perturbation law (``perturbation_cov`` or ``perturbation_samples``)
+    this is the exact first-passage time
+
+        t_esc = min { 1 <= t <= horizon : E||delta_t||^2 >= K E||delta_0||^2 },
+
+    ``inf`` if there is none, with ``E[delta_t delta_t^T] = T^t(Sigma_0)`` computed
+    by applying ``T`` forward from ``Sigma_0 = E[delta_0 delta_0^T]``. Without a
+    law it returns the asymptotic predictor ``log K / log rho(T)`` of
+    :func:`asymptotic_escape_time` (unchanged behaviour).
+
+    Parameters
+    ----------
+    retain, eta, batch, scheme, forget, forget_batch, alpha
+        As in :func:`spectral_radius`.
+    escape_factor : float
+        ``K > 1`` (``inf`` allowed: never escapes).
+    perturbation_cov : array_like, shape (p, p), optional
+        ``Sigma_0 = E[delta_0 delta_0^T]`` in parameter space: real, finite,
+        symmetric PSD, nonzero. Only its second moment matters (the dynamics is
+        linear and the batches are independent of ``delta_0``); its scale does
+        not (the criterion is a ratio).
+    perturbation_samples : array_like, shape (k, p), optional
+        Rows ``d_j`` defining ``Sigma_0 = (1/k) sum_j d_j d_j^T``: ``k`` sampled
+        perturbations (empirical second moment), or any factor of ``Sigma_0``
+        such as the output of :func:`gaussian_span_moment`. Cheaper than
+        ``perturbation_cov`` for large ``p``. Give at most one of the two.
+    horizon : int, optional
+        Largest ``t`` searched (``>= 1``); required with a perturbation law,
+        refused without one.
+    method : {"auto", "forward", "spectral"}
+        ``forward`` applies ``T`` matrix-free (``O(N r^2)`` per step for rank-one
+        families, ``O(N r^3)`` dense) until the crossing or the horizon, and
+        stops early once ``rho(T) <= 1`` and the self-adjoint bound
+        ``tr Y_s <= sqrt(r) ||Y_t||_F`` (``s >= t``) rules a crossing out.
+        ``spectral`` diagonalizes the dense ``r^2 x r^2`` matrix of ``T`` once
+        (``O(r^6)``) and evaluates ``tr T^t(Sigma_U) = sum_j c_j lam_j^t`` in
+        blocks of ``t``, skipping the steps where a monotone upper bound stays
+        below the threshold: the cheap route for long horizons. ``auto`` takes
+        ``spectral`` when ``r <= config.DENSE_MAX_DIM`` and
+        ``horizon > 4 r^2``, ``forward`` otherwise.
+
+    Returns
+    -------
+    float
+        With a law: the first-passage step (an integer value) or ``inf``.
+        Without: ``log K / log rho`` or ``inf``.
+
+    See Also
+    --------
+    asymptotic_escape_time : ``log K / log rho(T)``.
+    mean_square_growth : the whole curve ``E||delta_t||^2 / E||delta_0||^2``.
+    gaussian_span_moment : the law of the Gaussian ``delta_0`` used by the
+        experiments.
+    simlab.simulate.linearized : Monte-Carlo trajectories of the same dynamics.
+
+    Notes
+    -----
+    THEORY sections 4 and 6. Which predictor is which: the first passage from
+    the law is the *mean-square* finite-horizon criterion for that start; the
+    asymptotic ``log K / log rho`` assumes ``delta_0`` in the top eigenmatrix of
+    ``T`` and is what the first passage approaches for large ``K`` (a random
+    start has only part of its mass there, so it usually escapes later). Both
+    are mean-square statements; a typical trajectory can behave differently
+    (THEORY section 4, "Mean-square versus typical behaviour").
+
+    Components outside ``U = range(sum_i H_i)``: with ``Q`` an orthonormal
+    basis of ``U`` and ``Q_perp`` of its complement, every step acts inside
+    ``U`` only, so ``delta_t = Q Phi_t Q^T delta_0 + Q_perp Q_perp^T delta_0``
+    and
+
+        E||delta_t||^2 = tr T_U^t(Q^T Sigma_0 Q) + tr(Q_perp^T Sigma_0 Q_perp).
+
+    The outside mass stays constant and counts on both sides of the criterion;
+    the cross block ``Q^T Sigma_0 Q_perp`` does not enter the norm. ``T_U`` acts
+    on ``r x r`` matrices in the coordinates of
+    :func:`simlab.stability.build_problem` (Gram coordinates, ``r <= N``, for
+    rank-one families).
+
+    Examples
+    --------
+    Identical samples make every minibatch the full batch, so ``E||delta_t||^2``
+    grows by exactly ``(1 - 1.5 * 2)^2 = 4`` per step: ``4^5 = 1024 >= 10^3``.
+
+    >>> import numpy as np
+    >>> from simlab.curvature import coherence_dial
+    >>> H = coherence_dial(4, 4)                        # p = 1, lambda = 2
+    >>> escape_time(H, 1.5, 2, perturbation_cov=np.eye(1), horizon=100)
+    5.0
+    >>> round(escape_time(H, 1.5, 2), 4)                # log(1e3) / log(4)
+    4.9829
+    """
+    K = check_escape_factor(escape_factor)
+    if method not in _METHODS_ESC:
+        raise ValueError(f"method must be one of {_METHODS_ESC}, got {method!r}")
+    if perturbation_cov is None and perturbation_samples is None:
+        if horizon is not None:
+            raise ValueError("horizon applies to the first passage from a "
+                             "perturbation law: pass perturbation_cov or "
+                             "perturbation_samples (without a law escape_time "
+                             "returns log K / log rho)")
+        return asymptotic_escape_time(retain, eta, batch, scheme=scheme,
+                                      forget=forget, forget_batch=forget_batch,
+                                      alpha=alpha, escape_factor=K)
+    eta = check_eta(eta)
+    if horizon is None:
+        raise ValueError("horizon (an int >= 1) is required with a perturbation law")
+    horizon = check_int(horizon, "horizon", low=1)
+    prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
+    Y0, tr_out = _perturbation_start(prob, perturbation_cov, perturbation_samples)
+    if np.isinf(K):
+        return np.inf
+    r = prob.dim
+    if method == "auto":
+        method = ("spectral" if r <= config.DENSE_MAX_DIM and horizon > 4 * r * r
+                  else "forward")
+    run = _first_passage_spectral if method == "spectral" else _first_passage_forward
+    return run(prob, eta, Y0, K - tr_out, horizon)
+
+
+def mean_square_growth(retain, eta, batch, *, steps, scheme="without", forget=None,
+                       forget_batch=None, alpha=0.0, perturbation_cov=None,
+                       perturbation_samples=None):
+    """``E||delta_t||^2 / E||delta_0||^2`` for ``t = 0, ..., steps``, exactly.
+
+    Parameters
+    ----------
+    retain, eta, batch, scheme, forget, forget_batch, alpha
+        As in :func:`spectral_radius`.
+    steps : int
+        Last step ``>= 1``.
+    perturbation_cov, perturbation_samples
+        The law of ``delta_0`` as in :func:`escape_time` (exactly one).
+
+    Returns
+    -------
+    ndarray, shape (steps + 1,)
+        Starts at 1; ``inf`` after an overflow.
+
+    See Also
+    --------
+    escape_time : the first step at which this reaches ``K``.
+
+    Notes
+    -----
+    THEORY sections 2-4; the mass of ``delta_0`` outside ``U`` is constant
+    (see :func:`escape_time`). Cost ``O(steps N r^2)`` for rank-one families.
+    """
+    eta = check_eta(eta)
+    steps = check_int(steps, "steps", low=1)
+    prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
+    Y0, tr_out = _perturbation_start(prob, perturbation_cov, perturbation_samples)
+    act = OperatorAction(prob)
+    Y = act.W.T @ Y0 @ act.W
+    out = np.empty(steps + 1)
+    out[0] = np.trace(Y) + tr_out
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(1, steps + 1):
+            Y = act.operator(eta, Y)
+            out[t] = np.trace(Y) + tr_out
+    out[~np.isfinite(out)] = np.inf
+    return out
+
+
+def _perturbation_start(prob, cov, samples):
+    """The law of ``delta_0`` split along ``U``, scaled to ``E||delta_0||^2 = 1``.
+
+    Returns ``Y0 = Q^T Sigma_0 Q`` in the coordinates of ``prob`` (basis ``Q``)
+    and the constant mass outside ``U``, ``tr_out = 1 - tr Y0``.
+    """
+    Q = prob.basis
+    kind, law = check_perturbation_law(cov, samples, Q.shape[0], required=True)
+    law = law / np.abs(law).max()           # squares below stay finite
+    if kind == "cov":
+        tr0 = float(np.trace(law))
+        Y0 = Q.T @ law @ Q
+    else:
+        k = law.shape[0]
+        tr0 = float(np.sum(law * law)) / k
+        A = law @ Q
+        Y0 = A.T @ A / k
+    Y0 = 0.5 * (Y0 + Y0.T) / tr0
+    return Y0, max(1.0 - float(np.trace(Y0)), 0.0)
+
+
+#: Forward steps between the checks of the early stop in ``_first_passage_forward``.
+_STOP_CHECK_EVERY = 256
+#: Largest block of steps evaluated at once by ``_first_passage_spectral``.
+_SPECTRAL_BLOCK = 4096
+
+
+def _first_passage_forward(prob, eta, Y0, target, horizon):
+    """First ``t <= horizon`` with ``tr T^t(Y0) >= target``, applying ``T``."""
+    act = OperatorAction(prob)
+    Y = act.W.T @ Y0 @ act.W
+    contracting = None
+    root_r = np.sqrt(prob.dim)
+    for t in range(1, horizon + 1):
+        Y = act.operator(eta, Y)
+        if np.trace(Y) >= target:
+            return float(t)
+        if t % _STOP_CHECK_EVERY == 0:
+            if contracting is None:
+                contracting = _radius(prob, eta) <= 1.0
+            # T is self-adjoint with ||T^s Y||_F <= rho^s ||Y||_F on symmetric Y,
+            # so for s >= t: tr Y_s <= sqrt(r) ||Y_s||_F <= sqrt(r) ||Y_t||_F.
+            if contracting and root_r * np.linalg.norm(Y) < target:
+                return np.inf
+    return np.inf
+
+
+def _first_passage_spectral(prob, eta, Y0, target, horizon):
+    """Same as :func:`_first_passage_forward` from the eigendecomposition of ``T``.
+
+    ``tr T^t(Y0) = sum_j c_j lam_j^t`` with ``c_j = <v_j, I> <v_j, Y0>``. For
+    ``s >= t`` it is at most ``g_t(s) = sum_{|lam|>1} |c| |lam|^s +
+    sum_{|lam|<=1} |c| |lam|^t``, non-decreasing in ``s``: the steps before
+    ``g_t`` reaches ``target`` are skipped, the rest evaluated in blocks.
+    """
+    r = prob.dim
+    lam, V = scipy.linalg.eigh(operator_matrix(prob, eta))
+    c = (V.T @ np.eye(r).ravel()) * (V.T @ Y0.ravel())
+    lam, c = lam[c != 0.0], c[c != 0.0]
+    if c.size == 0:
+        return np.inf
+    a, ac = np.abs(lam), np.abs(c)
+    up = a > 1.0
+    log_up = np.log(a[up])
+    log_max = float(log_up.max()) if up.any() else 0.0
+
+    def bound(s, t):
+        with np.errstate(over="ignore"):
+            return float(ac[~up] @ a[~up] ** t + ac[up] @ np.exp(s * log_up))
+
+    t = 1
+    while t <= horizon:
+        s = t
+        if bound(t, t) < target:
+            if not up.any() or bound(horizon, t) < target:
+                return np.inf
+            lo, hi = t, horizon            # bound(lo) < target <= bound(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if bound(mid, t) < target:
+                    lo = mid
+                else:
+                    hi = mid
+            s = hi
+        # Block small enough that no term can overflow before the crossing.
+        room = 600.0 - np.log(max(bound(s, s), 1.0))
+        span = _SPECTRAL_BLOCK if log_max == 0.0 else int(
+            min(_SPECTRAL_BLOCK, max(1.0, room / log_max)))
+        ts = np.arange(s, min(s + span, horizon + 1))
+        vals = np.power(lam[None, :], ts[:, None]) @ c
+        hit = np.flatnonzero(vals >= target)
+        if hit.size:
+            return float(ts[hit[0]])
+        t = int(ts[-1]) + 1
+    return np.inf
+
+
+def gaussian_span_moment(factors, *, normalized=True):
+    """Second moment of a Gaussian perturbation in the span of ``factors``.
+
+    The law used by the experiments: ``delta_0 = sum_j c_j f_j`` with
+    ``c ~ N(0, I_k)`` over the rows ``f_j`` of ``factors`` (e.g. the curvature
+    factors ``h_i`` of :mod:`simlab.experiments.cnn_unlearning`), then, with
+    ``normalized=True``, rescaled to a fixed norm (``||delta_0|| = eps ||w*||``
+    there; the scale does not matter for escape).
+
+    Parameters
+    ----------
+    factors : array_like, shape (k, p)
+        Rows spanning the perturbation. For the per-filter law of
+        :func:`simlab.dynamics.unlearn.unlearn` (``delta_0 = Z X_p`` with ``Z``
+        ``(m, 2n)`` Gaussian, flattened row-major) pass
+        ``np.kron(np.eye(m), X_p)``.
+    normalized : bool
+        ``True``: the law of ``delta_0 / ||delta_0||`` (trace 1). ``False``: the
+        unscaled Gaussian, ``Sigma_0 = F^T F``.
+
+    Returns
+    -------
+    ndarray, shape (r, p)
+        Rows ``A`` with ``Sigma_0 = A^T A / r`` (``r`` = numerical rank of
+        ``factors``): pass as ``perturbation_samples=A`` to :func:`escape_time`.
+
+    Notes
+    -----
+    With ``F = U S V^T`` and ``mu_i = s_i^2``, ``delta_0 = V S z`` with
+    ``z ~ N(0, I_r)``, so ``E[u u^T] = V diag(w) V^T`` for ``u = delta_0 /
+    ||delta_0||``, where (from ``1/q = int_0^inf exp(-x q) dx`` and the Gaussian
+    moment generating function)
+
+        w_i = mu_i int_0^inf (1 + 2 x mu_i)^(-1) prod_j (1 + 2 x mu_j)^(-1/2) dx,
+
+    integrated numerically (``sum_i w_i = 1`` exactly; checked to ``1e-9``).
+    Normalizing shifts weight from the large-``mu`` directions to the small
+    ones compared with ``F^T F / tr(F^T F)``; both coincide when the nonzero
+    ``mu_i`` are equal.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = gaussian_span_moment(np.diag([1.0, 2.0**-0.5]))
+    >>> np.round(A.T @ A / len(A), 6)       # w = (2 - sqrt 2, sqrt 2 - 1)
+    array([[0.585786, 0.      ],
+           [0.      , 0.414214]])
+    """
+    if np.iscomplexobj(factors):
+        raise ValueError("factors must be real, got a complex array")
+    F = as_float_array(factors, "factors", ndim=2)
+    if F.size == 0 or not np.any(F):
+        raise ValueError(f"factors must hold at least one nonzero row, got shape "
+                         f"{F.shape}")
+    _, s, Vt = np.linalg.svd(F, full_matrices=False)
+    keep = s**2 > config.RANGE_RTOL * s[0] ** 2
+    s, Vt = s[keep], Vt[keep]
+    r = s.size
+    if not normalized:
+        w = s**2
+    elif r == 1:
+        w = np.ones(1)
+    else:
+        mu = (s / s[0]) ** 2
+
+        def integrand(x):
+            log_mgf = -0.5 * np.sum(np.log1p(2.0 * x * mu))
+            return mu / (1.0 + 2.0 * x * mu) * np.exp(log_mgf)
+
+        w, _ = scipy.integrate.quad_vec(integrand, 0.0, np.inf, epsabs=0.0,
+                                        epsrel=1e-12)
+        total = float(w.sum())
+        if abs(total - 1.0) > 1e-9:     # pragma: no cover - quadrature failure
+            raise RuntimeError(f"quadrature of the normalized weights lost accuracy "
+                               f"(sum {total!r} != 1)")
+        w = w / total
+    return np.sqrt(r * w)[:, None] * Vt
 
 
 def mean_lower_bound(retain, eta, batch, *, scheme="bernoulli", forget=None,
