@@ -2,7 +2,7 @@
 
 Two workloads, in the paper setting of THEORY section 8 / the benign-overfitting
 experiment (``n = 20``, ``m = 10``, ``sigma_p = 1``, ``p_flip = 0.1``,
-``sigma_0 = 0.01``, ``lr = 0.1``, full-batch GD, logistic loss, float64):
+``sigma_0 = 0.01``, ``eta = 0.1``, full-batch GD, logistic loss, float64):
 
 1. **One configuration**, ``d in {200, 500, 1000}``, 300 GD steps:
    :func:`simlab.dynamics.train.train` (default Gram form, and the weight-space
@@ -101,15 +101,15 @@ def worker_simlab(args):
     out = {"single": {}, "single_weight": {}}
     t0 = time.perf_counter()
     tr, te = signal_noise_pair(N, 10, 50, mu_norm=2.0, p_flip=P_FLIP, seed=0)
-    train(CNN(50, M), tr, test=te, lr=LR, steps=3)
-    train(CNN(50, M), tr, lr=LR, steps=3, method="weight")
-    train_many(CNN(50, M), [tr, tr], tests=[te, te], lr=LR, steps=3)
+    train(CNN(50, M), tr, test=te, eta=LR, steps=3)
+    train(CNN(50, M), tr, eta=LR, steps=3, method="weight")
+    train_many(CNN(50, M), [tr, tr], tests=[te, te], eta=LR, steps=3)
     out["warmup_s"] = time.perf_counter() - t0
     weights = {}
     for d in args.dims:
         tr, _ = signal_noise_pair(N, 10, d, mu_norm=2.0, p_flip=P_FLIP, seed=0)
         model = CNN(d, M)
-        kw = dict(lr=LR, steps=args.steps, sigma0=SIGMA0, seed=0,
+        kw = dict(eta=LR, steps=args.steps, sigma0=SIGMA0, seed=0,
                   record_every=args.steps)
         out["single"][d] = _best(args.repeats, train, model, tr, **kw)
         out["single_weight"][d] = _best(args.repeats, train, model, tr,
@@ -118,7 +118,7 @@ def worker_simlab(args):
         weights[d] = (res.W0.tolist(), res.W.tolist())
     models, datas, tests, sd = _sweep_data(args.quick)
     t0 = time.perf_counter()
-    res = train_many(models, datas, tests=tests, lr=LR, steps=args.steps,
+    res = train_many(models, datas, tests=tests, eta=LR, steps=args.steps,
                      sigma0=SIGMA0, seeds=sd, record_every=args.steps)
     out["sweep_s"] = time.perf_counter() - t0
     out["sweep_configs"] = len(datas)

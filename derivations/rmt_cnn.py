@@ -38,7 +38,7 @@ snr2 = sp.symbols("SNR2", positive=True)
 #: grid of the error measurement
 GRID = dict(n=(20, 40), d=(200, 1000), m=(5, 10),
             snr=tuple(np.geomspace(0.01, 1.0, 7).round(4).tolist()), seeds=3)
-TRAIN = dict(lr=0.1, steps=200, sigma0=0.01)
+TRAIN = dict(eta=0.1, steps=200, sigma0=0.01)
 SEED0 = 1000
 
 

@@ -27,7 +27,7 @@ from .theory.rmt_cnn import CNNCoherenceStats
 __all__ = ["UnlearningPrediction", "cnn_summary", "curvature_split", "predict_unlearning"]
 
 
-def curvature_split(model, W, data, forget, *, retain=None, loss="logistic"):
+def curvature_split(model, W, data, forget_idx, *, retain_idx=None, loss="logistic"):
     """Rank-one curvature factors of the retain and forget sets at ``W``.
 
     Parameters
@@ -37,8 +37,8 @@ def curvature_split(model, W, data, forget, *, retain=None, loss="logistic"):
         Weights (typically ``train(...).W``).
     data : SignalNoise
         Training set.
-    forget, retain : array_like of int
-        The split (``retain`` defaults to the complement of ``forget``).
+    forget_idx, retain_idx : array_like of int
+        The split (``retain_idx`` defaults to the complement of ``forget_idx``).
     loss : {"logistic", "squared"}
 
     Returns
@@ -50,7 +50,7 @@ def curvature_split(model, W, data, forget, *, retain=None, loss="logistic"):
         raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
     if not isinstance(data, SignalNoise):
         raise ValueError("data must be a SignalNoise instance")
-    retain, forget = check_split(retain, forget, data.n)
+    retain, forget = check_split(retain_idx, forget_idx, data.n)
     F = model.curvature_factors(W, data.X, data.y, loss)
     return F[retain], F[forget]
 
@@ -65,8 +65,8 @@ class UnlearningPrediction:
         ``S_rr``, ``S_ff``, ``S_rf`` summary (THEORY section 5).
     rho : float
         Spectral radius of the exact unlearning operator ``T_u`` on ``U``.
-    lr_critical : float
-        Smallest ``lr`` with ``rho > 1`` at this ``(alpha, batch, forget_batch,
+    critical_lr : float
+        Smallest ``eta`` with ``rho > 1`` at this ``(alpha, batch, forget_batch,
         scheme)`` (``0`` when ``kappa_plus > 0``; ``nan`` if undefined).
     kappa_plus : float
         Net ascent curvature ``lambda_max(alpha H_f - (1-alpha) H_r)``.
@@ -76,19 +76,19 @@ class UnlearningPrediction:
         ``log K / log rho`` (``inf`` when ``rho <= 1``).
     escapes : bool
         ``rho > 1`` and, when a horizon was given, ``escape_time <= horizon``.
-    alpha, lr, batch, forget_batch, scheme, escape_factor, horizon
+    alpha, eta, batch, forget_batch, scheme, escape_factor, horizon
         The inputs.
     """
 
     coherence: BlockCoherence
     rho: float
-    lr_critical: float
+    critical_lr: float
     kappa_plus: float
     sharpness: float
     escape_time: float
     escapes: bool
     alpha: float
-    lr: float
+    eta: float
     batch: int
     forget_batch: int
     scheme: str
@@ -96,16 +96,16 @@ class UnlearningPrediction:
     horizon: float
 
 
-def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
-                       forget_batch=None, scheme="without", retain=None,
+def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
+                       forget_batch=None, scheme="without", retain_idx=None,
                        loss="logistic", escape_factor=1e3, horizon=None):
     """Coherence blocks and predicted escape of unlearning from weights ``W``.
 
     Parameters
     ----------
-    model, W, data, forget, retain, loss
+    model, W, data, forget_idx, retain_idx, loss
         As in :func:`curvature_split`.
-    alpha, lr, batch, forget_batch, scheme, escape_factor
+    alpha, eta, batch, forget_batch, scheme, escape_factor
         As in :func:`simlab.dynamics.unlearn.unlearn` (same defaults).
     horizon : int, optional
         Number of steps of the run to compare with; ``escapes`` then also
@@ -133,27 +133,28 @@ def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
     >>> from simlab.dynamics.train import train
     >>> data = signal_noise(20, 60, snr=0.1, p_flip=0.1, seed=0)
     >>> model = CNN(60, 4)
-    >>> W = train(model, data, lr=0.1, steps=100).W
-    >>> pred = predict_unlearning(model, W, data, [0, 1, 2], alpha=0.3, lr=0.1,
+    >>> W = train(model, data, eta=0.1, steps=100).W
+    >>> pred = predict_unlearning(model, W, data, [0, 1, 2], alpha=0.3, eta=0.1,
     ...                           batch=5, forget_batch=2)
     >>> bool(pred.rho > 0)
     True
     """
-    G_r, G_f = curvature_split(model, W, data, forget, retain=retain, loss=loss)
+    G_r, G_f = curvature_split(model, W, data, forget_idx, retain_idx=retain_idx,
+                               loss=loss)
     n_r, n_f = G_r.shape[0], G_f.shape[0]
     alpha = check_alpha(alpha)
-    lr = check_eta(lr, "lr")
+    eta = check_eta(eta, "eta")
     batch = n_r if batch is None else check_batch(batch, n_r, "batch")
     if forget_batch is None:
         forget_batch = n_f if batch == n_r else batch
     forget_batch = check_batch(forget_batch, n_f, "forget_batch")
     K = check_escape_factor(escape_factor)
     kw = dict(scheme=scheme, forget=G_f, forget_batch=forget_batch, alpha=alpha)
-    rho = spectral_radius(G_r, lr, batch, **kw)
+    rho = spectral_radius(G_r, eta, batch, **kw)
     try:
-        lr_crit = critical_lr(G_r, batch, **kw)
+        eta_crit = critical_lr(G_r, batch, **kw)
     except ValueError:
-        lr_crit = float("nan")
+        eta_crit = float("nan")
     kappa = net_ascent_curvature(G_r, G_f, alpha)
     F = np.concatenate([G_r, G_f])
     sharp = float(np.linalg.eigvalsh(F @ F.T)[-1] / F.shape[0])
@@ -161,8 +162,8 @@ def predict_unlearning(model, W, data, forget, *, alpha, lr, batch=None,
     escapes = rho > 1.0 and (horizon is None or t_esc <= horizon)
     return UnlearningPrediction(
         coherence=block_coherence(G_r, G_f), rho=float(rho),
-        lr_critical=float(lr_crit), kappa_plus=float(kappa), sharpness=sharp,
-        escape_time=t_esc, escapes=bool(escapes), alpha=alpha, lr=lr, batch=batch,
+        critical_lr=float(eta_crit), kappa_plus=float(kappa), sharpness=sharp,
+        escape_time=t_esc, escapes=bool(escapes), alpha=alpha, eta=eta, batch=batch,
         forget_batch=forget_batch, scheme=scheme, escape_factor=K,
         horizon=float("inf") if horizon is None else float(horizon))
 

@@ -62,8 +62,8 @@ def test_prediction_matches_predict_unlearning():
 
     data = signal_noise(12, 40, snr=0.1, seed=3)
     model = CNN(40, 4)
-    W = train(model, data, lr=0.1, steps=800, loss="squared", sigma0=0.1).W
-    kw = dict(alpha=0.05, lr=0.1, batch=4, forget_batch=1)
+    W = train(model, data, eta=0.1, steps=800, loss="squared", sigma0=0.1).W
+    kw = dict(alpha=0.05, eta=0.1, batch=4, forget_batch=1)
     ref = predict_unlearning(model, W, data, [0, 1, 2], loss="squared",
                              escape_factor=1e3, horizon=50, **kw)
     rho, kappa, t_esc, pred, _ = cu._predict(model, W, data, [0, 1, 2], 0.05, 0.1,

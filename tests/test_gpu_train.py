@@ -49,7 +49,7 @@ def test_gpu_train_without_device_is_a_clear_error():
 
     data = signal_noise(4, 5, mu_norm=2.0, seed=0)
     with pytest.raises(RuntimeError, match="CUDA"):
-        gpu_train_many(CNN(5, 2), [data], lr=0.1, steps=3)
+        gpu_train_many(CNN(5, 2), [data], eta=0.1, steps=3)
 
 
 def test_gpu_train_refuses_weight_method():
@@ -59,4 +59,4 @@ def test_gpu_train_refuses_weight_method():
 
     data = signal_noise(4, 5, mu_norm=2.0, seed=0)
     with pytest.raises(ValueError, match="Gram"):
-        gpu_train_many(CNN(5, 2), [data], lr=0.1, steps=3, method="weight")
+        gpu_train_many(CNN(5, 2), [data], eta=0.1, steps=3, method="weight")

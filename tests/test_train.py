@@ -42,12 +42,12 @@ def ref_dloss(f, y, loss):
     return -y / (1.0 + np.exp(y * f))
 
 
-def ref_run(model, W0, X, y, lr, wts, loss):
+def ref_run(model, W0, X, y, eta, wts, loss):
     W = W0.copy()
     for w in wts:
         g = np.einsum("i,i...->...", w * ref_dloss(ref_f(model, W, X), y, loss),
                       ref_grad_f(model, W, X))
-        W = W - lr * g
+        W = W - eta * g
     return W
 
 
@@ -60,10 +60,10 @@ CASE_IDS = ["relu-logistic", "relu2-squared", "linear-squared", "linear-logistic
 @pytest.mark.parametrize("model, loss", CASES, ids=CASE_IDS)
 def test_gd_matches_numpy_reference(model, loss, method):
     data = signal_noise(12, 40, snr=0.3, p_flip=0.2, seed=1)
-    lr = 0.05 if loss == "squared" else 0.2
-    res = train(model, data, lr=lr, steps=200, loss=loss, method=method, seed=2,
+    eta = 0.05 if loss == "squared" else 0.2
+    res = train(model, data, eta=eta, steps=200, loss=loss, method=method, seed=2,
                 sigma0=0.1, record_every=50)
-    ref = ref_run(model, res.W0, data.X, data.y, lr,
+    ref = ref_run(model, res.W0, data.X, data.y, eta,
                   np.full((200, 12), 1.0 / 12), loss)
     assert not res.diverged
     npt.assert_allclose(res.W, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
@@ -73,7 +73,7 @@ def test_gd_matches_numpy_reference(model, loss, method):
 def test_sgd_matches_numpy_reference(scheme):
     model = CNN(30, 3)
     data = signal_noise(10, 30, snr=0.3, p_flip=0.2, seed=3)
-    res = train(model, data, lr=0.2, steps=150, batch=3, scheme=scheme, seed=5,
+    res = train(model, data, eta=0.2, steps=150, batch=3, scheme=scheme, seed=5,
                 sigma0=0.1, record_every=40)
     rng = np.random.default_rng([5, _BATCH_STREAM])
     wts = batch_weights(rng, 150, 10, 3, scheme)
@@ -84,7 +84,7 @@ def test_sgd_matches_numpy_reference(scheme):
 def test_methods_and_records_agree():
     model = CNN(25, 3)
     tr, te = signal_noise_pair(16, 40, 25, snr=0.5, p_flip=0.1, seed=0)
-    kw = dict(lr=0.1, steps=120, batch=4, scheme="with", seed=1, test=te)
+    kw = dict(eta=0.1, steps=120, batch=4, scheme="with", seed=1, test=te)
     a = train(model, tr, method="gram", record_every=1, **kw)
     b = train(model, tr, method="weight", record_every=37, **kw)
     npt.assert_allclose(a.W, b.W, rtol=0, atol=1e-12 * np.abs(a.W).max())
@@ -103,11 +103,11 @@ def test_train_many_equals_train():
         datas.append(tr)
         tests.append(te)
         models.append(CNN(d, 3))
-    lrs, seeds = [0.05, 0.1, 0.2], [0, 1, 2]
-    many = train_many(models, datas, tests=tests, lr=lrs, steps=80, seeds=seeds,
+    etas, seeds = [0.05, 0.1, 0.2], [0, 1, 2]
+    many = train_many(models, datas, tests=tests, eta=etas, steps=80, seeds=seeds,
                       batch=5, record_every=20)
     for k in range(3):
-        one = train(models[k], datas[k], test=tests[k], lr=lrs[k], steps=80,
+        one = train(models[k], datas[k], test=tests[k], eta=etas[k], steps=80,
                     seed=seeds[k], batch=5, record_every=20)
         npt.assert_allclose(many[k].W, one.W, rtol=0, atol=1e-14)
         npt.assert_allclose(many[k].history.test_loss, one.history.test_loss,
@@ -117,7 +117,7 @@ def test_train_many_equals_train():
 def test_history_decomposition_and_sharpness():
     model = CNN(40, 4)
     tr, te = signal_noise_pair(12, 50, 40, mu_norm=3.0, p_flip=0.2, seed=4)
-    res = train(model, tr, test=te, lr=0.1, steps=60, record_every=20,
+    res = train(model, tr, test=te, eta=0.1, steps=60, record_every=20,
                 sharpness_every=30)
     h = res.history
     npt.assert_array_equal(h.step, [0, 20, 40, 60])
@@ -152,7 +152,7 @@ def test_memorization_scores():
 def test_divergence_stops_cleanly():
     model = Linear(30)
     data, test = signal_noise_pair(10, 20, 30, snr=1.0, seed=0)
-    res = train(model, data, test=test, lr=50.0, steps=2000, loss="squared",
+    res = train(model, data, test=test, eta=50.0, steps=2000, loss="squared",
                 record_every=100)
     assert res.diverged and res.steps < 2000
     assert res.history.step.values[-1] == res.steps
@@ -164,7 +164,7 @@ def test_divergence_stops_cleanly():
 def test_zero_steps_and_no_test():
     model = CNN(10, 2)
     data = signal_noise(5, 10, snr=1.0, seed=0)
-    res = train(model, data, lr=0.1, steps=0)
+    res = train(model, data, eta=0.1, steps=0)
     npt.assert_array_equal(res.W, res.W0)
     assert res.history.step.values.tolist() == [0]
     assert np.isnan(res.history.test_loss.values[0])
@@ -189,7 +189,7 @@ def test_batch_weights(scheme):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(lr=0.0), "lr"), (dict(lr=-1.0), "lr"), (dict(steps=-1), "steps"),
+    (dict(eta=0.0), "eta"), (dict(eta=-1.0), "eta"), (dict(steps=-1), "steps"),
     (dict(batch=11), "batch"), (dict(batch=0), "batch"),
     (dict(scheme="random", batch=2), "scheme"), (dict(loss="hinge"), "loss"),
     (dict(method="gpu"), "method"), (dict(seed=-2), "seed"),
@@ -199,7 +199,7 @@ def test_batch_weights(scheme):
 def test_bad_input(kwargs, match):
     model = CNN(10, 3)
     data = signal_noise(10, 10, snr=1.0, seed=0)
-    args = dict(lr=0.1, steps=5)
+    args = dict(eta=0.1, steps=5)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         train(model, data, **args)
@@ -208,16 +208,16 @@ def test_bad_input(kwargs, match):
 def test_bad_data():
     data = signal_noise(10, 10, snr=1.0, seed=0)
     with pytest.raises(ValueError, match="d=10"):
-        train(CNN(12, 3), data, lr=0.1, steps=5)
+        train(CNN(12, 3), data, eta=0.1, steps=5)
     with pytest.raises(ValueError, match="test"):
-        train(CNN(10, 3), data, lr=0.1, steps=5, test=signal_noise(5, 11, snr=1.0))
+        train(CNN(10, 3), data, eta=0.1, steps=5, test=signal_noise(5, 11, snr=1.0))
     with pytest.raises(ValueError, match="same n"):
-        train_many(CNN(10, 3), [data, signal_noise(8, 10, snr=1.0)], lr=0.1,
+        train_many(CNN(10, 3), [data, signal_noise(8, 10, snr=1.0)], eta=0.1,
                    steps=5)
     with pytest.raises(ValueError, match="architecture"):
-        train_many([CNN(10, 3), CNN(10, 2)], [data, data], lr=0.1, steps=5)
-    with pytest.raises(ValueError, match="lr"):
-        train_many(CNN(10, 3), [data, data], lr=[0.1, 0.2, 0.3], steps=5)
+        train_many([CNN(10, 3), CNN(10, 2)], [data, data], eta=0.1, steps=5)
+    with pytest.raises(ValueError, match="eta"):
+        train_many(CNN(10, 3), [data, data], eta=[0.1, 0.2, 0.3], steps=5)
 
 
 def test_benign_overfitting_smoke(tmp_path):

@@ -24,7 +24,7 @@ from test_train import ref_run  # the plain NumPy (S)GD reference
 def trained():
     model = CNN(40, 4)
     tr, te = signal_noise_pair(16, 60, 40, mu_norm=2.0, p_flip=0.2, seed=7)
-    res = train(model, tr, test=te, lr=0.2, steps=150)
+    res = train(model, tr, test=te, eta=0.2, steps=150)
     return model, tr, te, res.W
 
 
@@ -43,7 +43,7 @@ def _ref_weights(seed, steps, n, retain, forget, alpha, batch, fbatch, scheme):
 def test_matches_numpy_reference(trained, scheme, batch, fbatch, method):
     model, tr, te, W = trained
     retain, forget = select_forget(tr, 4, seed=1)
-    res = unlearn(model, W, tr, forget, alpha=0.3, lr=0.2, batch=batch,
+    res = unlearn(model, W, tr, forget, alpha=0.3, eta=0.2, batch=batch,
                   forget_batch=fbatch, steps=80, scheme=scheme, seed=3, test=te,
                   method=method, record_every=25)
     B = retain.size if batch is None else batch
@@ -58,15 +58,15 @@ def test_matches_numpy_reference(trained, scheme, batch, fbatch, method):
 def test_alpha_zero_is_training_on_retain(trained):
     model, tr, te, W = trained
     retain, forget = select_forget(tr, rule="mislabeled")
-    res = unlearn(model, W, tr, forget, alpha=0.0, lr=0.1, steps=50)
-    ref = train(model, tr.subset(retain), W0=W, lr=0.1, steps=50)
+    res = unlearn(model, W, tr, forget, alpha=0.0, eta=0.1, steps=50)
+    ref = train(model, tr.subset(retain), W0=W, eta=0.1, steps=50)
     npt.assert_allclose(res.W, ref.W, rtol=0, atol=1e-12 * np.abs(ref.W).max())
 
 
 def test_history_and_escape_bookkeeping(trained):
     model, tr, te, W = trained
     _, forget = select_forget(tr, rule="mislabeled")
-    res = unlearn(model, W, tr, forget, alpha=0.5, lr=0.5, batch=4, forget_batch=1,
+    res = unlearn(model, W, tr, forget, alpha=0.5, eta=0.5, batch=4, forget_batch=1,
                   steps=150, test=te, record_every=1)
     h = res.history
     for var in h.data_vars:
@@ -79,7 +79,7 @@ def test_history_and_escape_bookkeeping(trained):
     # the ascent destroys the fit of the forget set and its membership signal
     assert h.forget_acc.values[-1] < h.forget_acc.values[0]
     assert h.mia_auc.values[-1] <= min(0.5, h.mia_auc.values[0])
-    stopped = unlearn(model, W, tr, forget, alpha=0.5, lr=0.5, batch=4,
+    stopped = unlearn(model, W, tr, forget, alpha=0.5, eta=0.5, batch=4,
                       forget_batch=1, steps=150, stop_on_escape=True)
     assert stopped.steps == res.escape_step and not stopped.diverged
     npt.assert_allclose(stopped.history.dist.values[-1],
@@ -89,7 +89,7 @@ def test_history_and_escape_bookkeeping(trained):
 def test_divergence_is_reported_not_nan():
     model = Linear(20)
     tr, te = signal_noise_pair(12, 20, 20, snr=1.0, seed=0)
-    res = unlearn(model, np.zeros(20), tr, [0, 1], alpha=0.5, lr=20.0, steps=3000,
+    res = unlearn(model, np.zeros(20), tr, [0, 1], alpha=0.5, eta=20.0, steps=3000,
                   loss="squared", test=te, record_every=50)
     assert res.diverged and res.diverge_step == res.steps < 3000
     assert res.escaped
@@ -100,12 +100,12 @@ def test_divergence_is_reported_not_nan():
 
 
 def test_twin_separation_is_the_linearized_dynamics():
-    """Linear model + squared loss: W' - W evolves exactly by (I - lr M_t)."""
+    """Linear model + squared loss: W' - W evolves exactly by (I - eta M_t)."""
     model = Linear(25)
     tr = signal_noise(10, 25, snr=0.5, seed=2)
     W = np.zeros(25)
     retain, forget = np.arange(3, 10), np.arange(3)
-    res = unlearn(model, W, tr, forget, alpha=0.2, lr=0.01, batch=3,
+    res = unlearn(model, W, tr, forget, alpha=0.2, eta=0.01, batch=3,
                   forget_batch=1, steps=40, loss="squared", perturbation=1e-3,
                   seed=4, record_every=10)
     Xp = tr.X.reshape(20, 25)
@@ -137,7 +137,7 @@ def test_membership_auc():
 def test_prediction_matches_stability_core(trained):
     model, tr, te, W = trained
     _, forget = select_forget(tr, rule="mislabeled")
-    pred = predict_unlearning(model, W, tr, forget, alpha=0.2, lr=0.3, batch=4,
+    pred = predict_unlearning(model, W, tr, forget, alpha=0.2, eta=0.3, batch=4,
                               forget_batch=1, scheme="with", horizon=500)
     G_r, G_f = curvature_split(model, W, tr, forget)
     rho = spectral_radius(G_r, 0.3, 4, scheme="with", forget=G_f, forget_batch=1,
@@ -148,36 +148,36 @@ def test_prediction_matches_stability_core(trained):
     npt.assert_allclose(pred.sharpness, model.sharpness(W, tr.X, tr.y), rtol=1e-8)
     assert pred.escapes == (pred.rho > 1 and pred.escape_time <= 500)
     if pred.kappa_plus > 0:
-        assert pred.lr_critical == 0.0 and pred.rho > 1
+        assert pred.critical_lr == 0.0 and pred.rho > 1
     assert pred.coherence.S.shape == (tr.n, tr.n)
     assert 1.0 <= pred.coherence.sigma <= tr.n
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(forget=[0, 99]), "forget"),
-    (dict(forget=[0, 1], retain=[1, 2, 3]), "overlap"),
+    (dict(forget_idx=[0, 99]), "forget"),
+    (dict(forget_idx=[0, 1], retain_idx=[1, 2, 3]), "overlap"),
     (dict(alpha=1.5), "alpha"),
     (dict(forget_batch=5), "forget_batch"),
     (dict(batch=0), "batch"),
     (dict(escape_factor=1.0), "escape_factor"),
     (dict(scheme="shuffle"), "scheme"),
-    (dict(lr=-0.1), "lr"),
+    (dict(eta=-0.1), "eta"),
     (dict(perturbation=0.0), "perturbation"),
     (dict(W=np.zeros((2, 4, 41))), "W"),
 ])
 def test_bad_input(trained, kwargs, match):
     model, tr, te, W = trained
-    args = dict(W=W, forget=[0, 1], alpha=0.3, lr=0.1, steps=5, batch=2)
+    args = dict(W=W, forget_idx=[0, 1], alpha=0.3, eta=0.1, steps=5, batch=2)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        unlearn(model, args.pop("W"), tr, args.pop("forget"), **args)
+        unlearn(model, args.pop("W"), tr, args.pop("forget_idx"), **args)
 
 
 def test_prediction_bad_input(trained):
     model, tr, te, W = trained
     with pytest.raises(ValueError, match="forget"):
-        predict_unlearning(model, W, tr, [100], alpha=0.1, lr=0.1)
+        predict_unlearning(model, W, tr, [100], alpha=0.1, eta=0.1)
     with pytest.raises(ValueError, match="alpha"):
-        predict_unlearning(model, W, tr, [1], alpha=-0.1, lr=0.1)
+        predict_unlearning(model, W, tr, [1], alpha=-0.1, eta=0.1)
     with pytest.raises(ValueError, match="q = 1"):
-        predict_unlearning(CNN(40, 4, q=2), W, tr, [1], alpha=0.1, lr=0.1)
+        predict_unlearning(CNN(40, 4, q=2), W, tr, [1], alpha=0.1, eta=0.1)

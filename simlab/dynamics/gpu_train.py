@@ -54,7 +54,7 @@ def _build():
 def _launcher(device_id):
     """A drop-in for ``_train_step.gram_run_many`` that runs the CUDA kernel.
 
-    One launcher serves one :func:`gpu_train_many` call: ``G``, ``Z0``, ``lr``
+    One launcher serves one :func:`gpu_train_many` call: ``G``, ``Z0``, ``eta``
     and ``y`` (fixed during a run) are copied to the device once; ``Z``, ``C``,
     the segment's weights and the tracking arrays go in and out per segment
     (the host records metrics between segments).
@@ -68,11 +68,11 @@ def _launcher(device_id):
             hit = const[id(a)] = (a, cuda.to_device(np.ascontiguousarray(a)))
         return hit[1]
 
-    def launch(Z, C, G, Z0, wts, nsteps, lr, y, J, m, act_id, q, loss_id, track,
+    def launch(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, track,
                t0, stop_on_escape, live, done):
         cuda.select_device(device_id)
         n_cfg, Kf, n2 = Z.shape
-        dG, dZ0, dlr, dy = (on_device(a) for a in (G, Z0, lr, y))
+        dG, dZ0, deta, dy = (on_device(a) for a in (G, Z0, eta, y))
         dZ, dC, dw, dtrack, dlive, ddone = (
             cuda.to_device(np.ascontiguousarray(a))
             for a in (Z, C, wts, track, live, done))
@@ -81,7 +81,7 @@ def _launcher(device_id):
         du = cuda.device_array((n_cfg, n2))
         tpb = config.THREADS_PER_BLOCK
         kernel[math.ceil(n_cfg / tpb), tpb](
-            dZ, dC, dG, dZ0, dw, nsteps, dlr, dy, J, m, act_id, q, loss_id, dtrack,
+            dZ, dC, dG, dZ0, dw, nsteps, deta, dy, J, m, act_id, q, loss_id, dtrack,
             t0, bool(stop_on_escape), dlive, ddone, dD, dact, du)
         for host, dev in ((Z, dZ), (C, dC), (track, dtrack), (done, ddone)):
             dev.copy_to_host(host)
@@ -89,7 +89,7 @@ def _launcher(device_id):
     return launch
 
 
-def gpu_train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
+def gpu_train_many(model, datasets, *, eta, steps, tests=None, W0=None, sigma0=0.01,
                    batch=None, scheme="without", loss="logistic", seeds=0,
                    record_every=None, sharpness_every=None, method="auto",
                    device_id=0):
@@ -107,7 +107,7 @@ def gpu_train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.
         method="gram")``. ``"weight"`` raises ``ValueError``.
     device_id : int
         CUDA device to run on.
-    model, datasets, lr, steps, tests, W0, sigma0, batch, scheme, loss, seeds, \
+    model, datasets, eta, steps, tests, W0, sigma0, batch, scheme, loss, seeds, \
 record_every, sharpness_every
         As in :func:`~simlab.dynamics.train.train_many`.
 
@@ -123,7 +123,7 @@ record_every, sharpness_every
     if method not in ("auto", "gram"):
         raise ValueError("gpu_train_many runs the Gram form only: method must be "
                          f"'auto' or 'gram', got {method!r}")
-    return _train_many(model, datasets, lr=lr, steps=steps, tests=tests, W0=W0,
+    return _train_many(model, datasets, eta=eta, steps=steps, tests=tests, W0=W0,
                        sigma0=sigma0, batch=batch, scheme=scheme, loss=loss,
                        seeds=seeds, record_every=record_every,
                        sharpness_every=sharpness_every, method="gram",

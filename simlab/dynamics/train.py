@@ -94,7 +94,7 @@ class _Runner:
     Xps : list of (2n, d_c) training patches
     ys : (n_cfg, n) labels used by the loss
     W0s : list of (K, d_c) starting weights
-    lrs : (n_cfg,) learning rates
+    etas : (n_cfg,) learning rates
     lid : loss id
     method : "gram" or "weight"
     escape_factor : float
@@ -104,7 +104,7 @@ class _Runner:
         it then also runs a single configuration.
     """
 
-    def __init__(self, kargs, Xps, ys, W0s, lrs, lid, method, escape_factor=np.inf,
+    def __init__(self, kargs, Xps, ys, W0s, etas, lid, method, escape_factor=np.inf,
                  driver=None):
         if driver is not None and method != "gram":
             raise ValueError("a custom driver needs method='gram'")
@@ -115,7 +115,7 @@ class _Runner:
         self.Xps = Xps
         self.W0s = W0s
         self.y = np.ascontiguousarray(ys, dtype=np.float64)
-        self.lr = np.ascontiguousarray(lrs, dtype=np.float64)
+        self.eta = np.ascontiguousarray(etas, dtype=np.float64)
         n_cfg = len(Xps)
         Kf = W0s[0].shape[0]
         n2 = Xps[0].shape[0]
@@ -157,11 +157,11 @@ class _Runner:
             one, many = _cpu.weight_run, _cpu.weight_run_many
         if self.n_cfg == 1 and self.driver is None:
             if live[0]:
-                done[0] = one(*(a[0] for a in args), wts[0], nsteps, self.lr[0],
+                done[0] = one(*(a[0] for a in args), wts[0], nsteps, self.eta[0],
                               self.y[0], J, m, act_id, q, self.lid, self.track[0],
                               t0, stop_on_escape)
         else:
-            many(*args, wts, nsteps, self.lr, self.y, J, m, act_id, q, self.lid,
+            many(*args, wts, nsteps, self.eta, self.y, J, m, act_id, q, self.lid,
                  self.track, t0, stop_on_escape, live, done)
         return done
 
@@ -399,7 +399,7 @@ def _per_config(value, n_cfg, name, check):
     return [check(v, name) for v in arr]
 
 
-def train(model, data, *, lr, steps, test=None, W0=None, sigma0=0.01, batch=None,
+def train(model, data, *, eta, steps, test=None, W0=None, sigma0=0.01, batch=None,
           scheme="without", loss="logistic", seed=0, record_every=None,
           sharpness_every=None, method="auto"):
     """Train ``model`` on ``data`` by full-batch GD or minibatch SGD.
@@ -409,7 +409,7 @@ def train(model, data, *, lr, steps, test=None, W0=None, sigma0=0.01, batch=None
     model : simlab.models.CNN or simlab.models.Linear
     data : SignalNoise
         Training set.
-    lr : float
+    eta : float
         Learning rate ``> 0``.
     steps : int
         Number of steps ``>= 0``.
@@ -456,18 +456,18 @@ def train(model, data, *, lr, steps, test=None, W0=None, sigma0=0.01, batch=None
     >>> from simlab.data import signal_noise_pair
     >>> from simlab.models import CNN
     >>> tr, te = signal_noise_pair(20, 100, 50, mu_norm=5.0, seed=0)
-    >>> res = train(CNN(50, 4), tr, test=te, lr=0.1, steps=50)
+    >>> res = train(CNN(50, 4), tr, test=te, eta=0.1, steps=50)
     >>> bool(res.history.train_loss[-1] < res.history.train_loss[0])
     True
     """
     return train_many(model, [data], tests=None if test is None else [test],
-                      lr=lr, steps=steps, W0=None if W0 is None else [W0],
+                      eta=eta, steps=steps, W0=None if W0 is None else [W0],
                       sigma0=sigma0, batch=batch, scheme=scheme, loss=loss,
                       seeds=[seed], record_every=record_every,
                       sharpness_every=sharpness_every, method=method)[0]
 
 
-def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
+def train_many(model, datasets, *, eta, steps, tests=None, W0=None, sigma0=0.01,
                batch=None, scheme="without", loss="logistic", seeds=0,
                record_every=None, sharpness_every=None, method="auto"):
     """Train many independent configurations in parallel (``prange`` over them).
@@ -479,7 +479,7 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
         architecture must not).
     datasets : sequence of SignalNoise
         Training sets, all with the same ``n``.
-    lr : float or sequence of float
+    eta : float or sequence of float
         One learning rate or one per configuration.
     tests : SignalNoise or sequence, optional
         Held-out sets (one per configuration).
@@ -496,13 +496,13 @@ def train_many(model, datasets, *, lr, steps, tests=None, W0=None, sigma0=0.01,
     list of TrainResult
         In the order of ``datasets``; identical to separate :func:`train` calls.
     """
-    return _train_many(model, datasets, lr=lr, steps=steps, tests=tests, W0=W0,
+    return _train_many(model, datasets, eta=eta, steps=steps, tests=tests, W0=W0,
                        sigma0=sigma0, batch=batch, scheme=scheme, loss=loss,
                        seeds=seeds, record_every=record_every,
                        sharpness_every=sharpness_every, method=method)
 
 
-def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
+def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme,
                 loss, seeds, record_every, sharpness_every, method, driver=None):
     """:func:`train_many`; ``driver`` replaces the Gram-form stack driver (see
     :class:`_Runner`; only with ``method="gram"``)."""
@@ -511,7 +511,7 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
     n = datasets[0].n
     lid = loss_code(loss)
     steps = check_int(steps, "steps", low=0)
-    lrs = np.array(_per_config(lr, n_cfg, "lr", lambda v, nm: check_eta(v, nm)))
+    etas = np.array(_per_config(eta, n_cfg, "eta", lambda v, nm: check_eta(v, nm)))
     seeds = _per_config(seeds, n_cfg, "seeds", lambda v, nm: check_seed(v, nm))
     if batch is not None:
         batch = check_batch(batch, n)
@@ -530,7 +530,7 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
     method = _choose_method(method, n, [m.d for m in models], n_cfg)
     kargs = models[0].kernel_args
     Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
-    runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, lrs, lid,
+    runner = _Runner(kargs, Xps, np.stack([d.y for d in datasets]), W0k, etas, lid,
                      method, driver=driver)
     marks = _schedule(steps, record_every, sharpness_every)
     runner.test_setup([None if t is None else t.X.reshape(2 * t.n, t.d)
@@ -608,7 +608,7 @@ def _train_many(model, datasets, *, lr, steps, tests, W0, sigma0, batch, scheme,
     results = []
     for c, mod in enumerate(models):
         g, rh = _decomposition(runner.C[c], sig[c], nsq[c], J, m)
-        attrs = dict(model=repr(mod), lr=float(lrs[c]), steps=steps,
+        attrs = dict(model=repr(mod), eta=float(etas[c]), steps=steps,
                      batch=-1 if batch is None else batch,
                      scheme="gd" if batch is None else scheme, loss=loss,
                      seed=seeds[c], method=method,

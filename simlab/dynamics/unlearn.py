@@ -3,7 +3,7 @@
 Starting from trained weights ``W``, every step descends on a retain minibatch
 and ascends on an independent forget minibatch,
 
-    W <- W - lr [ (1-alpha) (1/B_r) sum_{i in batch_r} grad l_i
+    W <- W - eta [ (1-alpha) (1/B_r) sum_{i in batch_r} grad l_i
                   - alpha (1/B_f) sum_{j in batch_f} grad l_j ],
 
 on the real network (not linearized), with the same Numba step bodies and
@@ -24,7 +24,7 @@ same minibatches; the run has escaped at the first record step with
 ``||W'_t - W_t||^2 >= K ||delta_0||^2``. The twin separation removes the drift
 and measures the homogeneous growth that ``rho(T)`` predicts, as long as the
 twins stay on the same side of every ReLU kink: when one twin crosses a kink a
-step before the other, the separation jumps by ``O(lr * gradient)`` for a step,
+step before the other, the separation jumps by ``O(eta * gradient)`` for a step,
 so ``eps`` must not be tiny for ReLU networks. Divergence (a pre-activation
 non-finite or above ``1e100``) stops the run before the offending step, so every
 reported number is finite.
@@ -133,8 +133,8 @@ class UnlearnResult:
                           attrs=dict(self._attrs))
 
 
-def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
-            steps, scheme="without", seed=0, escape_factor=1e3, retain=None,
+def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=None,
+            steps, scheme="without", seed=0, escape_factor=1e3, retain_idx=None,
             test=None, loss="logistic", record_every=None, stop_on_escape=False,
             perturbation=None, method="auto"):
     """Descent-ascent unlearning from trained weights ``W`` (THEORY section 3).
@@ -146,11 +146,11 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         Starting (trained) weights.
     data : SignalNoise
         The training set the model was trained on.
-    forget : array_like of int
+    forget_idx : array_like of int
         Indices of the forget set.
     alpha : float
         Ascent weight in ``[0, 1]``.
-    lr : float
+    eta : float
         Learning rate ``> 0``.
     batch : int, optional
         Retain batch size ``B_r`` (default: the whole retain set).
@@ -166,7 +166,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         Seeds the retain and forget minibatch streams (independent).
     escape_factor : float
         ``K > 1`` of the escape criterion (module docstring).
-    retain : array_like of int, optional
+    retain_idx : array_like of int, optional
         Retain indices (default: all samples not in ``forget``).
     test : SignalNoise, optional
         Held-out data for ``test_*`` metrics and the membership AUC.
@@ -199,8 +199,8 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
     >>> from simlab.dynamics.train import train
     >>> tr, te = signal_noise_pair(20, 100, 50, mu_norm=5.0, seed=0)
     >>> model = CNN(50, 4)
-    >>> W = train(model, tr, lr=0.1, steps=100).W
-    >>> res = unlearn(model, W, tr, [0, 1], alpha=0.5, lr=0.1, steps=20, test=te)
+    >>> W = train(model, tr, eta=0.1, steps=100).W
+    >>> res = unlearn(model, W, tr, [0, 1], alpha=0.5, eta=0.1, steps=20, test=te)
     >>> float(res.history.dist[0]), res.steps
     (0.0, 20)
     """
@@ -214,10 +214,10 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
         raise ValueError(f"test must be a SignalNoise with d={model.d}")
     Wk = model.kernel_weights(W).copy()
     n = data.n
-    retain, forget = check_split(retain, forget, n)
+    retain, forget = check_split(retain_idx, forget_idx, n)
     n_r, n_f = retain.size, forget.size
     alpha = check_alpha(alpha)
-    lr = check_eta(lr, "lr")
+    eta = check_eta(eta, "eta")
     steps = check_int(steps, "steps", low=0)
     scheme = check_scheme(scheme)
     seed = check_seed(seed)
@@ -244,7 +244,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
     n_run = len(starts)
     runner = _train._Runner(model.kernel_args, [Xp] * n_run, np.repeat(data.y[None], n_run,
                                                                   axis=0),
-                            starts, np.full(n_run, lr), lid, method,
+                            starts, np.full(n_run, eta), lid, method,
                             escape_factor=K if perturbation is None else np.inf)
     marks = _train._schedule(steps, record_every, None)
     runner.test_setup([None if test is None else test.X.reshape(2 * test.n, test.d)]
@@ -324,7 +324,7 @@ def unlearn(model, W, data, forget, *, alpha, lr, batch=None, forget_batch=None,
             if stop_on_escape and escaped_at() >= 0:
                 break
     esc = escaped_at()
-    attrs = dict(model=repr(model), alpha=alpha, lr=lr, batch=batch,
+    attrs = dict(model=repr(model), alpha=alpha, eta=eta, batch=batch,
                  forget_batch=forget_batch, scheme=scheme, loss=loss, seed=seed,
                  escape_factor=K, n_retain=n_r, n_forget=n_f, method=method,
                  criterion="displacement" if perturbation is None else "twin",

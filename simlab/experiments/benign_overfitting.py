@@ -8,7 +8,7 @@ when ``n ||mu||^4 >= C sigma_p^4 d`` and harmfully (test error ``>= p + c``) whe
 ``||mu||* ~ d^{1/4}``.
 
 The experiment trains the CNN of the paper's setting (``n = 20``, ``m = 10``,
-``sigma_p = 1``, ``p = 0.1``, ``sigma_0 = 0.01``, ``lr = 0.1``, full-batch GD) over
+``sigma_p = 1``, ``p = 0.1``, ``sigma_0 = 0.01``, ``eta = 0.1``, full-batch GD) over
 a ``(d, ||mu||)`` grid and several seeds. Samples of one ``(d, seed)`` are shared
 across ``||mu||`` (same labels, flips, noise, initialisation), which makes the
 error curves in ``||mu||`` smooth; each such group is trained in parallel by one
@@ -35,7 +35,7 @@ DESCRIPTION = ("Clean test error of the two-layer ReLU CNN trained to zero train
                "critical ||mu||* (error = level), the fitted power law and the "
                "predicted ||mu||* ~ d^(1/4) boundary overlaid.")
 
-FULL = dict(n=20, m=10, sigma_p=1.0, p_flip=0.1, sigma0=0.01, lr=0.1, steps=1000,
+FULL = dict(n=20, m=10, sigma_p=1.0, p_flip=0.1, sigma0=0.01, eta=0.1, steps=1000,
             n_test=500, d=[100, 160, 250, 400, 630, 1000, 1600, 2500, 4000],
             mu=np.geomspace(0.5, 12.0, 22).round(4).tolist(), seeds=5, level=0.2,
             bootstrap=200)
@@ -61,7 +61,7 @@ def run(quick=False, seed=0, train=None, backend="cpu", **overrides):
         ``train_many`` or ``gpu_train_many`` when ``train`` is not given.
     **overrides
         Replace entries of the parameter dict (``n``, ``m``, ``sigma_p``,
-        ``p_flip``, ``sigma0``, ``lr``, ``steps``, ``n_test``, ``d``, ``mu``,
+        ``p_flip``, ``sigma0``, ``eta``, ``steps``, ``n_test``, ``d``, ``mu``,
         ``seeds``, ``level``, ``bootstrap``).
 
     Returns
@@ -104,7 +104,7 @@ def run(quick=False, seed=0, train=None, backend="cpu", **overrides):
                                        p_flip=params["p_flip"], seed=s)
             results = train(model, [rescale_signal(tr, mu) for mu in mu_vals],
                             tests=[rescale_signal(te, mu) for mu in mu_vals],
-                            lr=params["lr"], steps=steps, sigma0=params["sigma0"],
+                            eta=params["eta"], steps=steps, sigma0=params["sigma0"],
                             seeds=s, record_every=steps)
             for v in names:
                 out[v][i, k] = [r.history[v].values[-1] for r in results]
@@ -232,7 +232,7 @@ def plot(ds):
     se = ds.attrs.get("exponent_se", float("nan"))
     se_txt = f" +- {se:.3f}" if np.isfinite(se) else ""
     ax.set_title(f"Benign vs harmful overfitting (n={params['n']}, m={params['m']}, "
-                 f"p={params['p_flip']}, GD lr={params['lr']}, {params['steps']} steps)"
+                 f"p={params['p_flip']}, GD eta={params['eta']}, {params['steps']} steps)"
                  f"\nfitted exponent {b:.3f}{se_txt} vs predicted 0.25", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     return fig

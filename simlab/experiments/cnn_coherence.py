@@ -39,10 +39,10 @@ DESCRIPTION = ("Coherence sigma of the logistic-loss curvature factors of traine
                "mean +- standard error over seeds).")
 
 FULL = dict(configs=[(20, 200, 5), (20, 1000, 10), (40, 200, 5), (40, 1000, 10)],
-            snrs=list(np.geomspace(0.01, 1.0, 9).round(4)), seeds=4, lr=0.1,
+            snrs=list(np.geomspace(0.01, 1.0, 9).round(4)), seeds=4, eta=0.1,
             steps=200, sigma0=0.01, fine=40)
 QUICK = dict(configs=[(20, 1000, 5), (40, 200, 10)],
-             snrs=list(np.geomspace(0.01, 1.0, 5).round(4)), seeds=2, lr=0.1,
+             snrs=list(np.geomspace(0.01, 1.0, 5).round(4)), seeds=2, eta=0.1,
              steps=200, sigma0=0.01, fine=20)
 
 
@@ -50,7 +50,7 @@ def _simulate(n, d, m, snrs, seeds, params):
     model = CNN(d, m)
     cfg = [(s, k) for s in snrs for k in seeds]
     data = [signal_noise(n, d, snr=s, seed=int(k)) for s, k in cfg]
-    res = train_many(model, data, lr=params["lr"], steps=int(params["steps"]),
+    res = train_many(model, data, eta=params["eta"], steps=int(params["steps"]),
                      sigma0=params["sigma0"], seeds=[int(k) for _, k in cfg])
     sim = np.empty(len(cfg))
     semi = np.empty(len(cfg))

@@ -90,7 +90,7 @@ DESCRIPTION = ("Escape fraction of real descent-ascent unlearning runs of a two-
                "cells where real and predicted verdicts disagree.")
 
 FULL = dict(
-    n=20, n_forget=4, d=200, m=10, sigma_p=1.0, sigma0=0.1, train_lr=0.1,
+    n=20, n_forget=4, d=200, m=10, sigma_p=1.0, sigma0=0.1, train_eta=0.1,
     train_steps=3000, horizon=300, escape_factor=1e3, eps=1e-5, check_every=5,
     trajectories=10, scheme="without",
     snr=np.geomspace(0.02, 1.0, 10).round(4).tolist(),
@@ -140,13 +140,13 @@ def _train_minima(params, snrs, seed):
                         sigma_p=params["sigma_p"], seed=seed)
     datasets = [rescale_signal(base, s * params["sigma_p"] * np.sqrt(d)) for s in snrs]
     steps = int(params["train_steps"])
-    res = train_many(model, datasets, lr=params["train_lr"], steps=steps,
+    res = train_many(model, datasets, eta=params["train_eta"], steps=steps,
                      loss="squared", sigma0=params["sigma0"], seeds=seed,
                      record_every=steps)
     return model, datasets, res
 
 
-def _predict(model, W, data, forget, alpha, lr, batch, fbatch, scheme, K, T):
+def _predict(model, W, data, forget, alpha, eta, batch, fbatch, scheme, K, T):
     """Prediction at ``W`` from the exact operator ``T_u`` (THEORY sections 3-4).
 
     Returns ``rho`` (as :func:`simlab.predict.predict_unlearning`), ``kappa_+``,
@@ -160,7 +160,7 @@ def _predict(model, W, data, forget, alpha, lr, batch, fbatch, scheme, K, T):
     from ..stability.operator import OperatorAction, build_problem
 
     Gr, Gf = curvature_split(model, W, data, forget, loss="squared")
-    rho = spectral_radius(Gr, lr, batch, scheme=scheme, forget=Gf,
+    rho = spectral_radius(Gr, eta, batch, scheme=scheme, forget=Gf,
                           forget_batch=fbatch, alpha=alpha, method="lanczos")
     kappa = net_ascent_curvature(Gr, Gf, alpha)
     t_esc = float(np.log(K) / np.log(rho)) if rho > 1.0 else float("inf")
@@ -172,7 +172,7 @@ def _predict(model, W, data, forget, alpha, lr, batch, fbatch, scheme, K, T):
     tr0 = float(np.trace(Y))
     t_start = float("inf")
     for t in range(1, T + 1):
-        Y = act.operator(lr, Y)
+        Y = act.operator(eta, Y)
         if np.trace(Y) >= K * tr0:
             t_start = float(t)
             break
@@ -251,10 +251,10 @@ def run(quick=False, seed=0, **overrides):
             alpha = float(cell["alpha"])
             B = int(cell["batch"])
             Bf = max(1, int(round(B * n_f / n_r)))
-            lr = float(cell["c"]) / sharp[s]
+            eta = float(cell["c"]) / sharp[s]
             idx = np.unravel_index(c_i, shape)
             (v["rho"][idx], v["kappa"][idx], v["tesc"][idx], pred[idx],
-             v["tstart"][idx]) = _predict(model, res.W, data, forget, alpha, lr, B, Bf,
+             v["tstart"][idx]) = _predict(model, res.W, data, forget, alpha, eta, B, Bf,
                                    scheme, K, T)
             F = model.curvature_factors(res.W, data.X, data.y, "squared")
             for k in range(n_traj):
@@ -262,7 +262,7 @@ def run(quick=False, seed=0, **overrides):
                 delta = (rng.standard_normal(n) @ F).reshape(model.shape)
                 delta *= params["eps"] * np.linalg.norm(res.W) / np.linalg.norm(delta)
                 runs.append(TwinRun(data=data, W=res.W, delta=delta, forget_idx=forget,
-                                    alpha=alpha, eta=lr, batch=B, forget_batch=Bf,
+                                    alpha=alpha, eta=eta, batch=B, forget_batch=Bf,
                                     rng=rng))
 
         escaped, growth = unlearn_twins(

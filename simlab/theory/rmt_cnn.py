@@ -18,7 +18,7 @@ class (``a^s_{jr,i} = 1[y_i <w_jr, mu> > 0]``), so ``N^s_ik = N_{y_i}
 difference from the linear model (THEORY 11), where ``|K_ik|`` does not depend
 on the labels.
 
-Trained-network statistics (measured by :func:`simlab.predict.cnn_summary`; GD, ``lr = 0.1``,
+Trained-network statistics (measured by :func:`simlab.predict.cnn_summary`; GD, ``eta = 0.1``,
 200 steps, ``sigma_0 = 0.01``, ``sigma_p = 1``, ``n in {20, 40}``,
 ``d in {200, 1000}``, ``m in {5, 10}``, ``SNR in [0.01, 1]``): in every run
 each class's own filters end aligned with ``j mu`` (``N_{+1} = N_{-1} = m``,
@@ -250,7 +250,7 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
     otherwise).
 
     Measured error against ``simlab.coherence.coherence_measure`` of the
-    curvature factors of trained CNNs (GD, ``lr = 0.1``, 200 steps,
+    curvature factors of trained CNNs (GD, ``eta = 0.1``, 200 steps,
     ``sigma_0 = 0.01``; ``n in {20, 40}``, ``d in {200, 1000}``,
     ``m in {5, 10}``, seven SNR from 0.01 to 1; mean of 3 seeds per cell,
     worst over three disjoint seed sets, ``derivations/rmt_cnn.py
@@ -284,7 +284,7 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
     Regime of validity: the errors above are for GD with the protocol
     above. Spot checks of the semi-empirical form on two cells
     (``(20, 1000, 5)``, ``(40, 200, 10)``): 1000 steps, 1.8 % worst; a
-    shorter, slower run (``lr = 0.02``, 200 steps) 2.2 % at ``d = 1000`` but
+    shorter, slower run (``eta = 0.02``, 200 steps) 2.2 % at ``d = 1000`` but
     9.7 % at ``n = 40, d = 200, m = 10`` (low SNR), i.e. it degrades when
     ``n / sqrt(d)`` is large and training is short (noise co-activations
     vary from pair to pair and the mean ``co_same`` no longer summarises

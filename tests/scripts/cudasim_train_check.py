@@ -24,15 +24,15 @@ train_sets = [p[0] for p in pairs]
 test_sets = [p[1] for p in pairs]
 cases = {
     # full-batch GD, per-config learning rates and seeds
-    "cnn_gd": (CNN(7, 2), dict(lr=[0.5, 1.0, 2.0], steps=12, seeds=[1, 2, 3])),
+    "cnn_gd": (CNN(7, 2), dict(eta=[0.5, 1.0, 2.0], steps=12, seeds=[1, 2, 3])),
     # SGD with replacement, ReLU^3 (pow), one configuration diverges
-    "cnn_q3_sgd": (CNN(7, 2, q=3), dict(lr=0.3, steps=10, batch=2, scheme="with",
+    "cnn_q3_sgd": (CNN(7, 2, q=3), dict(eta=0.3, steps=10, batch=2, scheme="with",
                                         seeds=[4, 5, 6], sigma0=0.3)),
     # linear model, squared loss, Bernoulli minibatches
-    "linear_sgd": (Linear(7), dict(lr=0.2, steps=9, batch=3, scheme="bernoulli",
+    "linear_sgd": (Linear(7), dict(eta=0.2, steps=9, batch=3, scheme="bernoulli",
                                    loss="squared", seeds=7)),
     # divergence detection (stops early), without-replacement minibatches
-    "cnn_diverge": (CNN(7, 2, q=2), dict(lr=[50.0, 0.05, 400.0], steps=8, batch=3,
+    "cnn_diverge": (CNN(7, 2, q=2), dict(eta=[50.0, 0.05, 400.0], steps=8, batch=3,
                                          seeds=[1, 1, 2], sigma0=1.0,
                                          loss="squared")),
 }
@@ -64,9 +64,9 @@ for name, (model, kw) in cases.items():
     worst_rel[name] = r
 
 # a single configuration also goes through the kernel
-one_c = train_many(CNN(7, 3), train_sets[:1], lr=1.0, steps=6, batch=2, seeds=3,
+one_c = train_many(CNN(7, 3), train_sets[:1], eta=1.0, steps=6, batch=2, seeds=3,
                    method="gram")[0]
-one_g = gpu_train_many(CNN(7, 3), train_sets[:1], lr=1.0, steps=6, batch=2,
+one_g = gpu_train_many(CNN(7, 3), train_sets[:1], eta=1.0, steps=6, batch=2,
                        seeds=3)[0]
 worst["single"] = float(np.max(np.abs(one_c.W - one_g.W)))
 
