@@ -128,10 +128,10 @@ class CNNTrain:
 
     PARAMS = {"n": (int, None), "d": (int, None), "m": (int, None),
               "mu_norm": (float, None), "sigma_p": (float, None),
-              "p_flip": (float, None), "sigma0": (float, None), "lr": (float, None),
+              "p_flip": (float, None), "sigma0": (float, None), "eta": (float, None),
               "steps": (int, None), "n_test": (int, None)}
     DEFAULTS = {"n": 20, "d": None, "m": 10, "mu_norm": None, "sigma_p": 1.0,
-                "p_flip": 0.1, "sigma0": 0.01, "lr": 0.1, "steps": 300,
+                "p_flip": 0.1, "sigma0": 0.01, "eta": 0.1, "steps": 300,
                 "n_test": 500}
     METRICS = ("test_error_clean", "test_error", "train_loss", "gamma_max",
                "rho_max")
@@ -152,7 +152,7 @@ class CNNTrain:
             tests.append(te)
         p0 = params_list[0]
         res = train_many(models, trains, tests=tests,
-                         lr=[p["lr"] for p in params_list], steps=p0["steps"],
+                         eta=[p["eta"] for p in params_list], steps=p0["steps"],
                          sigma0=p0["sigma0"],
                          seeds=[int(s) for s in seeds], record_every=p0["steps"])
 
