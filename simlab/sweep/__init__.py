@@ -1,11 +1,24 @@
-"""Spec-driven parameter sweeps with a resumable Zarr store.
+"""Spec-driven parameter sweeps with a resumable, crash-safe Zarr store.
 
-The only code that talks to Dask is :func:`run_sweep` (with a client passed in).
+:func:`parse_spec`/:func:`load_spec` validate a TOML spec (every error names
+the field and line), :func:`estimate` counts and times its cells without
+running them, :func:`run_sweep` runs or resumes it into a store that one
+writer at a time may hold (:class:`StoreLockedError` for a second one), and
+:func:`simlab.sweep.plot.plot_store` draws it.
 """
 
 from .cells import CELL_EXPERIMENTS, get_cell_experiment
-from .run import open_store, run_sweep
+from .run import (
+    StoreError,
+    StoreLockedError,
+    SweepEstimate,
+    check_batch_size,
+    estimate,
+    open_store,
+    run_sweep,
+)
 from .spec import Spec, SpecError, load_spec, parse_spec
 
-__all__ = ["CELL_EXPERIMENTS", "Spec", "SpecError", "get_cell_experiment",
+__all__ = ["CELL_EXPERIMENTS", "Spec", "SpecError", "StoreError", "StoreLockedError",
+           "SweepEstimate", "check_batch_size", "estimate", "get_cell_experiment",
            "load_spec", "open_store", "parse_spec", "run_sweep"]

@@ -23,11 +23,15 @@ parameters, axes, replicates and the metrics to keep::
     d = [200, 1000]
 
 Every error names the field and, where it can be found, the line of the file.
+Values are checked against the same rules the library applies at run time
+(:data:`CONSTRAINTS`: ``eta > 0``, ``batch >= 1``, ``alpha`` in ``[0, 1]``, ...,
+and :data:`AT_MOST`: ``s <= n``, ``batch <= n``), so that a bad value stops the
+sweep before any store is created, not in the middle of it.
 """
 
 import hashlib
-import itertools
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -35,9 +39,67 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import (
+    check_alpha,
+    check_escape_factor,
+    check_eta,
+    check_int,
+    check_positive,
+    check_seed,
+)
+
 _TOP_KEYS = {"experiment", "seed", "replicates", "metrics", "fixed", "axes", "zip",
              "batch_size"}
 _AXIS_KINDS = {"values", "range", "linspace", "logspace"}
+
+#: Largest grid (cells, replicates included) a spec may describe: the store
+#: holds a few float64 arrays of this size in memory when it is created.
+MAX_CELLS = 10_000_000
+
+
+def _int_at_least(low):
+    return lambda v, name: check_int(v, name, low=low)
+
+
+def _p_flip(v, name):
+    v = check_positive(v, name, allow_zero=True)
+    if not v < 0.5:
+        raise ValueError(f"{name} must lie in [0, 0.5), got {v}")
+    return v
+
+
+#: Parameter name -> check ``(value, name) -> value`` raising ``ValueError``.
+#: The same rule for a name in every cell experiment (the library's own checks
+#: from ``simlab._validation``); :data:`EXPERIMENT_CONSTRAINTS` refines it.
+CONSTRAINTS = {
+    "n": _int_at_least(1), "s": _int_at_least(1), "p": _int_at_least(1),
+    "d": _int_at_least(2), "m": _int_at_least(1), "n_test": _int_at_least(1),
+    "batch": _int_at_least(1),
+    "forget_batch": _int_at_least(0),          # 0: the experiment's default
+    "steps": _int_at_least(0), "trajectories": _int_at_least(1),
+    "family_seed": lambda v, name: check_seed(v, name),
+    "eta": lambda v, name: check_eta(v, name),
+    "lr": lambda v, name: check_eta(v, name),  # cnn-train until renamed eta
+    "eta_rel": lambda v, name: check_positive(v, name),
+    "alpha": lambda v, name: check_alpha(v, name),
+    "escape_factor": lambda v, name: check_escape_factor(v, name),
+    "sigma_p": lambda v, name: check_positive(v, name),
+    "sigma0": lambda v, name: check_positive(v, name, allow_zero=True),
+    "mu_norm": lambda v, name: check_positive(v, name, allow_zero=True),
+    "p_flip": _p_flip,
+}
+
+#: Experiment -> {parameter: check} overriding :data:`CONSTRAINTS`.
+EXPERIMENT_CONSTRAINTS = {
+    "cnn-train": {"steps": _int_at_least(1)},   # history is recorded at `steps`
+}
+
+#: ``(a, b)``: in every cell, ``a <= b`` (checked where the experiment has both;
+#: ``forget_batch = 0`` means "the default" and is skipped).
+AT_MOST = (("s", "n"), ("batch", "n"), ("forget_batch", "n"))
+
+#: Parameter names that were renamed: old -> new (issue 8 vocabulary).
+RENAMED = {"lr": "eta"}
 
 
 class SpecError(ValueError):
@@ -154,15 +216,27 @@ def _axis_values(kind, arg, err, key):
         if len(arg) not in (2, 3) or not all(isinstance(v, int) for v in arg):
             raise err("axes", key, "'range' takes [start, stop] or [start, stop, step]"
                       " integers")
+        if len(arg) == 3 and arg[2] == 0:
+            raise err("axes", key, "'range' step must not be 0")
+        size = len(range(*arg))
+    else:
+        if len(arg) != 3 or not isinstance(arg[2], int) or arg[2] < 0:
+            raise err("axes", key, f"'{kind}' takes [start, stop, num] with integer "
+                      "num >= 0")
+        size = arg[2]
+    if size > MAX_CELLS:
+        raise err("axes", key, f"{size} values, more than a sweep may hold "
+                  f"({MAX_CELLS}); split the sweep")
+    if kind == "range":
         return list(range(*arg))
-    if len(arg) != 3 or not isinstance(arg[2], int):
-        raise err("axes", key, f"'{kind}' takes [start, stop, num] with integer num")
     fn = np.linspace if kind == "linspace" else np.logspace
-    return [float(v) for v in fn(arg[0], arg[1], arg[2])]
+    with np.errstate(over="ignore"):         # inf is refused by the value check
+        return [float(v) for v in fn(arg[0], arg[1], arg[2])]
 
 
-def _check_value(name, value, kind, err, table, key):
-    """Check one parameter value against the experiment's declared type."""
+def _check_value(name, value, kind, err, table, key, rule=None):
+    """Check one parameter value against the experiment's declared type and,
+    if given, its value rule (see :data:`CONSTRAINTS`)."""
     typ, choices = kind
     ok = (isinstance(value, typ) and not isinstance(value, bool)) or (
         typ is float and isinstance(value, int) and not isinstance(value, bool))
@@ -174,7 +248,48 @@ def _check_value(name, value, kind, err, table, key):
     if choices is not None and value not in choices:
         raise err(table, key, f"parameter {name!r} must be one of {choices}, got "
                   f"{value!r}")
-    return float(value) if typ is float else value
+    value = float(value) if typ is float else value
+    if rule is not None:
+        try:
+            rule(value, name)
+        except ValueError as exc:
+            raise err(table, key, str(exc)) from None
+    return value
+
+
+def _unknown(key, experiment, params):
+    new = RENAMED.get(key)
+    if new is not None and new in params:
+        return f"parameter {key!r} is now called {new!r} (simlab 0.x vocabulary)"
+    return f"unknown parameter for {experiment!r} (known: {sorted(params)})"
+
+
+def _grid_value(spec, name):
+    """``name``'s values broadcast over the grid dimensions (no replicates)."""
+    if name in spec.fixed:
+        return np.asarray(spec.fixed[name])
+    ndim = len(spec.axes)
+    for i, axis in enumerate(spec.axes):
+        if name in axis.params:
+            shape = [1] * ndim
+            shape[i] = axis.size
+            return np.asarray(axis.params[name]).reshape(shape)
+    return None
+
+
+def _check_at_most(spec, origin, err):
+    """Every cell satisfies :data:`AT_MOST` (broadcast: no loop over cells)."""
+    for a, b in AT_MOST:
+        va, vb = _grid_value(spec, a), _grid_value(spec, b)
+        if va is None or vb is None:
+            continue
+        va, vb = np.broadcast_arrays(va, vb)
+        bad = (va > vb) & ~((va == 0) if a == "forget_batch" else False)
+        if np.any(bad):
+            i = np.unravel_index(np.argmax(bad), bad.shape)
+            table, key = origin[a]
+            raise err(table, key, f"{a} = {va[i]} exceeds {b} = {vb[i]} in some "
+                      f"cells (needs {a} <= {b})")
 
 
 def parse_spec(source, path="<spec>"):
@@ -208,7 +323,7 @@ def parse_spec(source, path="<spec>"):
     if not isinstance(reps, int) or isinstance(reps, bool) or reps < 1:
         raise err("", "replicates", f"must be a positive integer, got {reps!r}")
     bs = raw.get("batch_size")
-    if bs is not None and (not isinstance(bs, int) or bs < 1):
+    if bs is not None and (not isinstance(bs, int) or isinstance(bs, bool) or bs < 1):
         raise err("", "batch_size", f"must be a positive integer, got {bs!r}")
     metrics = raw.get("metrics", list(exp.METRICS))
     if not isinstance(metrics, list) or not metrics:
@@ -218,18 +333,20 @@ def parse_spec(source, path="<spec>"):
             raise err("", "metrics", f"unknown metric {m!r} for experiment "
                       f"{raw['experiment']!r} (known: {list(exp.METRICS)})")
 
-    fixed = {}
+    rules = {k: CONSTRAINTS.get(k) for k in params}
+    rules.update(EXPERIMENT_CONSTRAINTS.get(raw["experiment"], {}))
+    fixed, origin = {}, {}
     for key, value in (raw.get("fixed") or {}).items():
         if key not in params:
-            raise err("fixed", key, f"unknown parameter for {raw['experiment']!r} "
-                      f"(known: {sorted(params)})")
-        fixed[key] = _check_value(key, value, params[key], err, "fixed", key)
+            raise err("fixed", key, _unknown(key, raw["experiment"], params))
+        fixed[key] = _check_value(key, value, params[key], err, "fixed", key,
+                                  rules[key])
+        origin[key] = ("fixed", key)
 
     axes, seen = [], set(fixed)
     for key, desc in (raw.get("axes") or {}).items():
         if key not in params:
-            raise err("axes", key, f"unknown parameter for {raw['experiment']!r} "
-                      f"(known: {sorted(params)})")
+            raise err("axes", key, _unknown(key, raw["experiment"], params))
         if key in seen:
             raise err("axes", key, "parameter given twice (fixed and axes?)")
         if not isinstance(desc, dict) or len(desc) != 1 or \
@@ -239,9 +356,11 @@ def parse_spec(source, path="<spec>"):
         values = _axis_values(kind, arg, err, key)
         if not values:
             raise err("axes", key, "empty axis")
-        values = [_check_value(key, v, params[key], err, "axes", key) for v in values]
+        values = [_check_value(key, v, params[key], err, "axes", key, rules[key])
+                  for v in values]
         axes.append(Axis(key, {key: values}))
         seen.add(key)
+        origin[key] = ("axes", key)
     for group in raw.get("zip") or []:
         if not isinstance(group, dict) or len(group) < 2:
             raise err("zip", None, "each [[zip]] needs at least two parameters")
@@ -249,15 +368,16 @@ def parse_spec(source, path="<spec>"):
         vals = {}
         for key, values in group.items():
             if key not in params:
-                raise err("zip", key, f"unknown parameter for {raw['experiment']!r}")
+                raise err("zip", key, _unknown(key, raw["experiment"], params))
             if key in seen:
                 raise err("zip", key, "parameter given twice")
             if not isinstance(values, list) or not values:
                 raise err("zip", key, "empty axis")
-            vals[key] = [_check_value(key, v, params[key], err, "zip", key)
-                         for v in values]
+            vals[key] = [_check_value(key, v, params[key], err, "zip", key,
+                                      rules[key]) for v in values]
             lengths.add(len(values))
             seen.add(key)
+            origin[key] = ("zip", key)
         if len(lengths) != 1:
             raise err("zip", next(iter(group)), "zipped lists differ in length")
         axes.append(Axis("+".join(group), vals))
@@ -267,9 +387,17 @@ def parse_spec(source, path="<spec>"):
     for k, v in exp.DEFAULTS.items():
         if k not in seen:
             fixed[k] = v
-    return Spec(experiment=raw["experiment"], fixed=fixed, axes=tuple(axes),
+            origin[k] = ("fixed", None)
+    n_cells = math.prod(a.size for a in axes) * reps
+    if n_cells > MAX_CELLS:
+        raise err("axes", None, f"the grid has {n_cells} cells (axes "
+                  f"{ {a.name: a.size for a in axes} } x {reps} replicates), more "
+                  f"than a sweep may hold ({MAX_CELLS}); split the sweep")
+    spec = Spec(experiment=raw["experiment"], fixed=fixed, axes=tuple(axes),
                 metrics=tuple(metrics), seed=seed, replicates=reps, batch_size=bs,
                 source=raw)
+    _check_at_most(spec, origin, err)
+    return spec
 
 
 def load_spec(path):
@@ -281,10 +409,3 @@ def load_spec(path):
         raise SpecError(f"{path}: cannot read spec ({exc})") from None
     return parse_spec(text, str(path))
 
-
-def iter_cells(spec):
-    """Yield ``(flat_index, params)`` over the whole grid in C order."""
-    for flat in itertools.count():
-        if flat >= spec.n_cells:
-            return
-        yield flat, spec.cell_params(flat)
