@@ -26,6 +26,7 @@ from .._validation import (
     check_eta,
     check_int,
     check_linearized,
+    check_perturbation_law,
     check_seed,
     check_size,
     check_step,
@@ -143,17 +144,28 @@ def _subspace(active):
 def _initial_directions(cell, trajectories, seed):
     """Unit ``delta_0`` per trajectory, in the coordinates the kernel uses.
 
-    A standard Gaussian ``(trajectories, p)`` from ``default_rng(seed)``,
-    projected onto ``U`` (THEORY section 4) and normalized; when ``U`` is a
-    proper subspace the result is expressed in the basis ``cell["basis"]``.
+    A standard Gaussian ``(trajectories, p)`` from ``default_rng(seed)`` (or
+    ``z A`` with ``z`` standard Gaussian ``(trajectories, k)`` when the cell
+    has perturbation samples ``A``), projected onto ``U`` (THEORY section 4)
+    and normalized; when ``U`` is a proper subspace the result is expressed in
+    the basis ``cell["basis"]``.
     """
-    Z = np.random.default_rng(seed).standard_normal((trajectories, cell["dim"]))
+    A = cell.get("start")
+    rng = np.random.default_rng(seed)
+    if A is None:
+        Z = rng.standard_normal((trajectories, cell["dim"]))
+    else:
+        Z = rng.standard_normal((trajectories, A.shape[0])) @ A
     D = Z if cell["basis"] is None else Z @ cell["basis"]
-    return D / np.linalg.norm(D, axis=1, keepdims=True)
+    nrm = np.linalg.norm(D, axis=1, keepdims=True)
+    if not np.all(nrm > 0):
+        raise ValueError("perturbation_samples: the perturbation law has no "
+                         "component in U = range(sum of active H_i)")
+    return D / nrm
 
 
 def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
-                  forget_batch=None, alpha=0.0):
+                  forget_batch=None, alpha=0.0, perturbation_samples=None):
     """Validate one configuration and pack it for the kernel.
 
     Returns a dict with the Hessians ``hess`` (retain rows, then forget rows;
@@ -200,8 +212,11 @@ def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
         "forget_shape": None if forget is None else tuple(forget.shape),
         "rank_one": bool(rank_one),
     }
+    _, start = check_perturbation_law(None, perturbation_samples, dim)
+    params["perturbation"] = ("isotropic in U" if start is None else
+                              f"gaussian, second moment of {start.shape[0]} samples")
     return {"hess": hess, "rank_one": rank_one, "dim": dim, "basis": basis,
-            "cell_i": cell_i, "cell_f": cell_f, "params": params}
+            "cell_i": cell_i, "cell_f": cell_f, "params": params, "start": start}
 
 
 def _step_curvature(retain, forget, rank_one, batch, forget_batch, scheme, alpha):
@@ -350,7 +365,8 @@ def _run(cells, seeds, run, driver=None):
 
 def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
                forget_batch=None, alpha=0.0, steps=1000, trajectories=16,
-               escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False):
+               escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False,
+               perturbation_samples=None):
     """Simulate the linearized SGD / unlearning dynamics by Monte Carlo.
 
     Parameters
@@ -391,6 +407,12 @@ def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
         least two recorded points, so that ``ms_growth`` is defined).
     stop_on_escape : bool
         Stop each trajectory at its escape step.
+    perturbation_samples : array_like, shape (k, p), optional
+        Law of ``delta_0``: Gaussian with the second moment of these rows,
+        ``delta_0 = z A`` with ``z`` standard Gaussian (e.g. the curvature
+        factors, for a perturbation in the curvature range as the real twin
+        runs draw it). Default: isotropic in ``U``. Only the direction
+        matters: the dynamics is linear.
 
     Returns
     -------
@@ -418,7 +440,8 @@ def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
 
     ``delta_0`` is, per trajectory, a standard Gaussian vector drawn from
     ``np.random.default_rng(seed)`` (shape ``(trajectories, p)``, before any
-    kernel runs), projected onto ``U = range(sum of active H_i)`` and
+    kernel runs; ``z A`` with ``z`` of shape ``(trajectories, k)`` under
+    ``perturbation_samples``), projected onto ``U = range(sum of active H_i)`` and
     normalized: directions outside ``U`` never move (THEORY section 4), so the
     simulation is comparable with ``rho(T)`` on ``U``. When ``U`` is a proper
     subspace the kernel works in an orthonormal basis of ``U`` (``r = dim U``
@@ -460,12 +483,13 @@ def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
     run = _check_run(steps, trajectories, escape_factor, record_every,
                      stop_on_escape)
     seed = check_seed(seed)
-    cell = _prepare_cell(retain, eta, batch, scheme, forget, forget_batch, alpha)
+    cell = _prepare_cell(retain, eta, batch, scheme, forget, forget_batch, alpha,
+                         perturbation_samples)
     return _run([cell], [seed], run)[0]
 
 
 _CONFIG_KEYS = ("retain", "eta", "batch", "scheme", "forget", "forget_batch",
-                "alpha", "seed")
+                "alpha", "seed", "perturbation_samples")
 
 
 def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
