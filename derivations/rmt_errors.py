@@ -9,7 +9,7 @@ instead of ``O(n^2 d)``):
 - sharpness: ``eigvalsh`` of the Gram matrix ``X X^T / n``;
 - coherence: ``simlab.coherence.coherence_measure`` / ``block_coherence``
   (retain = first ``n - n_f`` samples, forget = last ``n_f``);
-- net ascent curvature: ``simlab.stability.net_ascent_curvature``;
+- net ascent curvature: ``simlab.stability.kappa_plus``;
 - critical learning rate: ``simlab.stability.critical_lr(scheme="bernoulli")``.
 
 Each prediction is of an expectation, so the simulation is the mean over
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from simlab.coherence import block_coherence, coherence_measure
-from simlab.stability import critical_lr, net_ascent_curvature
+from simlab.stability import critical_lr, kappa_plus
 from simlab.theory import rmt
 
 NS = (50, 100, 200)
@@ -90,7 +90,7 @@ def simulate(n, d, snr, seeds, *, what=("sharpness", "coherence", "ascent",
                     add(("block", n_f, f), getattr(bc, f))
         if "ascent" in what:
             for n_f, alpha in itertools.product(nfs, alphas):
-                k = net_ascent_curvature(X[:n - n_f], X[n - n_f:], alpha)
+                k = kappa_plus(X[:n - n_f], forget=X[n - n_f:], alpha=alpha)
                 add(("kappa", n_f, alpha), k)
                 add(("rate", n_f, alpha), k / lam)
         if "critical" in what:

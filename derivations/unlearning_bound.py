@@ -249,11 +249,12 @@ def tightness(families=400, seed=0):
         inside = bool(rng.random() < 0.8)
         R, F, al, Br, Bf = random_family(rng, inside=inside)
         try:
-            eta_ = critical_lr(R, Br, forget=F, forget_batch=Bf, alpha=al)
+            eta_ = critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
+                               alpha=al)
         except ValueError:
             continue
-        rows.append((eta_, unlearning_bound_lr(R, F, al, Br, Bf),
-                     unlearning_direction_bound_lr(R, F, al, Br, Bf), al,
+        rows.append((eta_, unlearning_bound_lr(R, Br, forget=F, alpha=al, forget_batch=Bf),
+                     unlearning_direction_bound_lr(R, Br, forget=F, alpha=al, forget_batch=Bf, scheme="bernoulli"), al,
                      R.ndim == 3, inside))
     cols = [np.array(c) for c in zip(*rows)]
     return dict(zip(("eta", "bound_u", "bound_dir", "alpha", "dense", "inside"), cols))

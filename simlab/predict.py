@@ -21,7 +21,7 @@ from ._validation import (
 from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
 from .models.two_patch import TwoPatchModel
-from .stability import critical_lr, net_ascent_curvature, spectral_radius
+from .stability import critical_lr, kappa_plus, spectral_radius
 from .theory.rmt_cnn import CNNCoherenceStats
 
 __all__ = ["UnlearningPrediction", "cnn_summary", "curvature_split", "predict_unlearning"]
@@ -155,7 +155,7 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
         eta_crit = critical_lr(G_r, batch, **kw)
     except ValueError:
         eta_crit = float("nan")
-    kappa = net_ascent_curvature(G_r, G_f, alpha)
+    kappa = kappa_plus(G_r, forget=G_f, alpha=alpha)
     F = np.concatenate([G_r, G_f])
     sharp = float(np.linalg.eigvalsh(F @ F.T)[-1] / F.shape[0])
     t_esc = float(np.log(K) / np.log(rho)) if rho > 1.0 else float("inf")

@@ -24,7 +24,7 @@ import math
 import numpy as np
 import numpy.testing as npt
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 import simlab
@@ -86,21 +86,27 @@ def ref_growth(Tmat, S0, steps):
     return np.array(out)
 
 
+def _event(msg):
+    """Label a hypothesis example (no-op in a plain parametrized test)."""
+    if currently_in_test_context():
+        event(msg)
+
+
 def assert_first_passage(comp, f, K):
     """``comp`` is the first ``t >= 1`` with ``f[t] >= K`` (``f[0] = 1``), or ``inf``
     if there is none, up to rounding (``TIE``) at the threshold."""
     horizon = len(f) - 1
     if comp == np.inf:
         assert np.all(f[1:] < K * (1 + TIE)), (f.max(), K)
-        event("no crossing within the horizon")
+        _event("no crossing within the horizon")
         return
     t = int(comp)
     assert comp == t and 1 <= t <= horizon
     assert f[t] >= K * (1 - TIE), (t, f[t], K)
     assert np.all(f[1:t] < K * (1 + TIE)), (t, f[1:t].max(), K)
-    event("crossing at t = 1" if t == 1 else "crossing at t > 1")
+    _event("crossing at t = 1" if t == 1 else "crossing at t > 1")
     if np.any(np.abs(f[1:t + 1] / K - 1) < TIE):
-        event("reference within rounding of K")
+        _event("reference within rounding of K")
 
 
 def embed(H, rank_one, extra, rng):

@@ -390,7 +390,8 @@ def test_same_seed_identical_different_seed_differs():
     assert isinstance(a, LinearizedResult)
     assert a.version == simlab.__version__ and a.seed == 7
     assert a.params["alpha"] == 0.3 and a.params["forget_shape"] == (3, 3)
-    assert a.params["forget_batch"] == 2 and a.params["trajectories"] == 4
+    # default forget batch: the retain sampling fraction, round(2 * 3 / 5) = 1
+    assert a.params["forget_batch"] == 1 and a.params["trajectories"] == 4
 
 
 def test_huge_eta_no_nan_and_escape():

@@ -19,7 +19,7 @@ from simlab.stability import (
     escape_time,
     gram_operator,
     mean_lower_bound,
-    net_ascent_curvature,
+    kappa_plus,
     second_moment_matrix,
     second_moment_operator,
     spectral_radius,
@@ -99,7 +99,7 @@ def test_gram_operator_theory_form_bernoulli():
     """THEORY 6: C -> P C P + c diag(k_i^T C k_i), P = I - (eta/n) K."""
     G = random_rank_one(5, 8, seed=4)
     eta, B, n = 0.3, 2, 5
-    R_op, K = gram_operator(G, eta, B)
+    R_op, K = gram_operator(G, eta, B, scheme="bernoulli")
     C = _sym(np.random.default_rng(5), n)
     P = np.eye(n) - eta / n * K
     c = eta**2 * (n / B - 1) / n**2
@@ -228,7 +228,7 @@ def test_critical_lr_geneig_equals_bisection(fam, scheme, data):
     eta_b = critical_lr(H, B, scheme=scheme, method="bisect")
     npt.assert_allclose(eta_g, eta_b, rtol=1e-9)
     if r1 and scheme == "bernoulli":
-        npt.assert_allclose(critical_lr(H, B, method="secular"), eta_g, rtol=1e-9)
+        npt.assert_allclose(critical_lr(H, B, scheme="bernoulli", method="secular"), eta_g, rtol=1e-9)
     # rho crosses 1 at eta*
     assert spectral_radius(H, eta_g * (1 - 1e-6), B, scheme=scheme) <= 1 + 1e-12
     assert spectral_radius(H, eta_g * (1 + 1e-6), B, scheme=scheme) > 1
@@ -239,7 +239,7 @@ def test_critical_lr_unlearning(prob, scheme):
     R, F, B_r, B_f, alpha, _ = prob
     kw = dict(scheme=scheme, forget=F, forget_batch=B_f, alpha=alpha)
     eta = critical_lr(R, B_r, **kw)
-    kappa = net_ascent_curvature(R, F, alpha) if alpha > 0 else -np.inf
+    kappa = kappa_plus(R, forget=F, alpha=alpha) if alpha > 0 else -np.inf
     scale = np.abs(np.linalg.eigvalsh(to_dense(R).mean(0))).max() + np.abs(
         np.linalg.eigvalsh(to_dense(F).mean(0))).max()
     if kappa > 1e-9 * scale:
@@ -262,7 +262,8 @@ def test_critical_lr_nondecreasing_in_batch(fam, scheme):
 
 def test_critical_lr_secular_large_matrix_free():
     G = random_rank_one(150, 40, seed=10)
-    npt.assert_allclose(critical_lr(G, 10, method="secular"), critical_lr(G, 10),
+    npt.assert_allclose(critical_lr(G, 10, scheme="bernoulli", method="secular"),
+                        critical_lr(G, 10, scheme="bernoulli"),
                         rtol=1e-8)
 
 

@@ -15,7 +15,7 @@ from simlab.dynamics.unlearn import (
 )
 from simlab.models import CNN, Linear
 from simlab.predict import curvature_split, predict_unlearning
-from simlab.stability import net_ascent_curvature, spectral_radius
+from simlab.stability import kappa_plus, spectral_radius
 
 from test_train import ref_run  # the plain NumPy (S)GD reference
 
@@ -143,7 +143,7 @@ def test_prediction_matches_stability_core(trained):
     rho = spectral_radius(G_r, 0.3, 4, scheme="with", forget=G_f, forget_batch=1,
                           alpha=0.2)
     npt.assert_allclose(pred.rho, rho, rtol=1e-12)
-    npt.assert_allclose(pred.kappa_plus, net_ascent_curvature(G_r, G_f, 0.2),
+    npt.assert_allclose(pred.kappa_plus, kappa_plus(G_r, forget=G_f, alpha=0.2),
                         rtol=1e-12)
     npt.assert_allclose(pred.sharpness, model.sharpness(W, tr.X, tr.y), rtol=1e-8)
     assert pred.escapes == (pred.rho > 1 and pred.escape_time <= 500)

@@ -23,7 +23,7 @@ from simlab.curvature import coherence_dial, mean_hessian, random_psd
 from simlab.stability import (
     coherence_bound_lr,
     critical_lr,
-    net_ascent_curvature,
+    kappa_plus,
     spectral_radius,
 )
 from simlab.stability.bounds import (
@@ -50,7 +50,8 @@ def problems(draw, inside=None, dense=None):
 
 def _exact(R, F, alpha, Br, Bf):
     try:
-        return critical_lr(R, Br, forget=F, forget_batch=Bf, alpha=alpha)
+        return critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
+                           alpha=alpha)
     except ValueError:       # M singular on U, no noise on its kernel: undefined
         assume(False)
 
@@ -61,8 +62,8 @@ def test_bound_never_violated(prob):
     """eta* <= eta_dir <= eta_u, for every family and every alpha."""
     R, F, alpha, Br, Bf = prob
     eta = _exact(R, F, alpha, Br, Bf)
-    coh = unlearning_bound_lr(R, F, alpha, Br, Bf)
-    dirb = unlearning_direction_bound_lr(R, F, alpha, Br, Bf)
+    coh = unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf)
+    dirb = unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli")
     assert eta <= coh * (1 + RTOL)
     assert eta <= dirb * (1 + RTOL)
     assert dirb <= coh * (1 + RTOL)
@@ -75,11 +76,11 @@ def test_divergence_just_above_bound(prob):
     certificate, not only an estimate of eta*)."""
     R, F, alpha, Br, Bf = prob
     _exact(R, F, alpha, Br, Bf)
-    for bound in (unlearning_bound_lr(R, F, alpha, Br, Bf),
-                  unlearning_direction_bound_lr(R, F, alpha, Br, Bf)):
+    for bound in (unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf),
+                  unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli")):
         if 0 < bound < np.inf:
-            rho = spectral_radius(R, bound * (1 + 1e-6), Br, forget=F,
-                                  forget_batch=Bf, alpha=alpha)
+            rho = spectral_radius(R, bound * (1 + 1e-6), Br, scheme="bernoulli",
+                                  forget=F, forget_batch=Bf, alpha=alpha)
             assert rho > 1
 
 
@@ -88,8 +89,8 @@ def test_divergence_just_above_bound(prob):
 def test_alpha_zero_is_dexter(prob, B):
     R, F, _, _, Bf = prob
     B = min(B, R.shape[0])
-    assert unlearning_bound_lr(R, F, 0.0, B, Bf) == coherence_bound_lr(R, B)
-    assert unlearning_bound_lr(R, None, 0.0, B) == coherence_bound_lr(R, B)
+    assert unlearning_bound_lr(R, B, forget=F, alpha=0.0, forget_batch=Bf) == coherence_bound_lr(R, B)
+    assert unlearning_bound_lr(R, B, alpha=0.0) == coherence_bound_lr(R, B)
 
 
 @settings(max_examples=40)
@@ -97,10 +98,11 @@ def test_alpha_zero_is_dexter(prob, B):
 def test_forget_outside_range_diverges(prob, alpha):
     """Forget directions outside range(retain) give kappa_+ > 0: eta* = bound = 0."""
     R, F, _, Br, Bf = prob
-    assume(net_ascent_curvature(R, F, alpha) > 1e-8 * np.abs(F).max() ** 2)
-    assert critical_lr(R, Br, forget=F, forget_batch=Bf, alpha=alpha) == 0.0
-    assert unlearning_bound_lr(R, F, alpha, Br, Bf) == 0.0
-    assert unlearning_direction_bound_lr(R, F, alpha, Br, Bf) == 0.0
+    assume(kappa_plus(R, forget=F, alpha=alpha) > 1e-8 * np.abs(F).max() ** 2)
+    assert critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
+                           alpha=alpha) == 0.0
+    assert unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf) == 0.0
+    assert unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli") == 0.0
 
 
 @settings(max_examples=60)
@@ -109,9 +111,9 @@ def test_rank_one_direction_bound_reads_off_coherence(prob):
     """For rank-one families the sample-direction terms are functions of S only
     (derivation, part (c)); the implementation also tries eigenvectors of M."""
     R, F, alpha, Br, Bf = prob
-    assume(unlearning_bound_lr(R, F, alpha, Br, Bf) > 0)
+    assume(unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf) > 0)
     ref = ub.rank_one_direction_bound(R, F, alpha, Br, Bf)
-    assert unlearning_direction_bound_lr(R, F, alpha, Br, Bf) <= ref * (1 + 1e-12)
+    assert unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli") <= ref * (1 + 1e-12)
 
 
 @settings(max_examples=60)
@@ -132,27 +134,27 @@ def test_direction_bound_exact_on_dial(scheme, n, s, B, alpha):
     is a single axis, which is a test direction: the bound is exact."""
     H = coherence_dial(n, s)
     ref = dial_critical_lr(n, s, B, scheme=scheme, alpha=alpha)
-    comp = unlearning_direction_bound_lr(H, H, alpha, B, B, scheme=scheme)
+    comp = unlearning_direction_bound_lr(H, B, forget=H, alpha=alpha, forget_batch=B, scheme=scheme)
     np.testing.assert_allclose(comp, ref, rtol=1e-12)
 
 
 def test_tightness_helper():
     R = random_psd(6, 3, seed=3)
-    t = unlearning_bound_tightness(R, None, 0.0, 2)
+    t = unlearning_bound_tightness(R, 2)
     assert 0 < t <= 1 + RTOL
-    td = unlearning_bound_tightness(R, None, 0.0, 2, direction=True)
+    td = unlearning_bound_tightness(R, 2, direction=True, scheme="bernoulli")
     assert t <= td <= 1 + RTOL
     F = random_psd(2, 3, seed=4)
-    assert np.isnan(unlearning_bound_tightness(R, F, 1.0, 2, 1))   # both 0
+    assert np.isnan(unlearning_bound_tightness(R, 2, forget=F, alpha=1.0, forget_batch=1))   # both 0
 
 
 def test_vacuous_at_full_batch():
     R = random_psd(4, 3, seed=1)
     F = random_psd(2, 3, seed=2)
-    assert unlearning_bound_lr(R, F, 0.0, 4, 2) == np.inf
+    assert unlearning_bound_lr(R, 4, forget=F, alpha=0.0, forget_batch=2) == np.inf
     # the direction form still gives the GD-type bound 2/lambda_max(M)
     lam = np.linalg.eigvalsh(mean_hessian(R))[-1]
-    np.testing.assert_allclose(unlearning_direction_bound_lr(R, F, 0.0, 4, 2),
+    np.testing.assert_allclose(unlearning_direction_bound_lr(R, 4, forget=F, alpha=0.0, forget_batch=2, scheme="bernoulli"),
                                2 / lam, rtol=1e-12)
 
 

@@ -83,7 +83,7 @@ def gpu_linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1
                  stop_on_escape, driver=_launcher(device_id))
 
 
-def gpu_linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def gpu_linearized(retain, eta, batch, *, scheme="without", forget=None,
                    forget_batch=None, alpha=0.0, steps=1000, trajectories=16,
                    escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False,
                    device_id=0):

@@ -164,7 +164,7 @@ def _initial_directions(cell, trajectories, seed):
     return D / nrm
 
 
-def _prepare_cell(retain, eta, batch, scheme="bernoulli", forget=None,
+def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
                   forget_batch=None, alpha=0.0, perturbation_samples=None):
     """Validate one configuration and pack it for the kernel.
 
@@ -363,7 +363,7 @@ def _run(cells, seeds, run, driver=None):
 
 # ------------------------------------------------------------------- public API
 
-def linearized(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def linearized(retain, eta, batch, *, scheme="without", forget=None,
                forget_batch=None, alpha=0.0, steps=1000, trajectories=16,
                escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False,
                perturbation_samples=None):

@@ -156,13 +156,13 @@ def _predict(model, W, data, forget, alpha, eta, batch, fbatch, scheme, K, T):
     ``tr T^t(Sigma_0) >= K tr Sigma_0`` (``inf`` if none).
     """
     from ..predict import curvature_split
-    from ..stability import net_ascent_curvature, spectral_radius
+    from ..stability import kappa_plus, spectral_radius
     from ..stability.operator import OperatorAction, build_problem
 
     Gr, Gf = curvature_split(model, W, data, forget, loss="squared")
     rho = spectral_radius(Gr, eta, batch, scheme=scheme, forget=Gf,
                           forget_batch=fbatch, alpha=alpha, method="lanczos")
-    kappa = net_ascent_curvature(Gr, Gf, alpha)
+    kappa = kappa_plus(Gr, forget=Gf, alpha=alpha)
     t_esc = float(np.log(K) / np.log(rho)) if rho > 1.0 else float("inf")
     prob = build_problem(Gr, batch, scheme=scheme, forget=Gf, forget_batch=fbatch,
                          alpha=alpha, restrict=True)

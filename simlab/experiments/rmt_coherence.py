@@ -17,7 +17,7 @@ import xarray as xr
 
 from .._provenance import provenance
 from ..coherence import coherence_measure
-from ..stability import net_ascent_curvature
+from ..stability import kappa_plus
 from ..theory import rmt
 
 NAME = "rmt-coherence"
@@ -45,7 +45,7 @@ def _simulate(n, d, snr, seed, n_forget, alphas):
     # isometric factors in span{x_i}: same Hessian family up to a rotation
     Xr = V * np.sqrt(np.maximum(ev, 0.0))
     sigma = coherence_measure(Xr)
-    rates = [net_ascent_curvature(Xr[:n - n_forget], Xr[n - n_forget:], a) / sharp
+    rates = [kappa_plus(Xr[:n - n_forget], forget=Xr[n - n_forget:], alpha=a) / sharp
              for a in alphas]
     return sigma, sharp, rates
 

@@ -39,6 +39,7 @@ from .. import config
 from .._validation import (
     check_alpha,
     check_batch,
+    check_forget_batch,
     check_hessians,
     check_pair,
     check_scheme,
@@ -88,7 +89,7 @@ def coherence_bound_tightness(hessians, batch):
     return float(critical_lr(hessians, batch, scheme="bernoulli") / bound)
 
 
-def _mean_part(retain, forget, alpha, batch, forget_batch, scheme="bernoulli"):
+def _mean_part(retain, forget, alpha, batch, forget_batch, scheme):
     """Validated problem on ``U``, eigen-decomposition of ``M`` and the
     singularity tolerance shared with :func:`critical_lr`."""
     prob = build_problem(retain, batch, scheme=scheme, forget=forget,
@@ -98,7 +99,7 @@ def _mean_part(retain, forget, alpha, batch, forget_batch, scheme="bernoulli"):
     return prob, lam, W, tol
 
 
-def unlearning_bound_lr(retain, forget, alpha, batch, forget_batch=None):
+def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=None):
     """Learning rate above which Bernoulli descent-ascent unlearning provably diverges.
 
     The coherence form (b) of the module theorem:
@@ -110,15 +111,16 @@ def unlearning_bound_lr(retain, forget, alpha, batch, forget_batch=None):
     ----------
     retain : array_like, shape (n_r, p, p) or (n_r, p)
         Retain-set Hessians (dense PSD or rank-one factors).
-    forget : array_like or None
+    batch : int
+        Retain batch size ``B_r``.
+    forget : array_like, optional
         Forget-set Hessians in the same representation; ``None`` requires
         ``alpha = 0``.
     alpha : float
         Mixing weight in ``[0, 1]``.
-    batch : int
-        Retain batch size ``B_r``.
     forget_batch : int, optional
-        Forget batch size ``B_f`` (default ``batch``).
+        Forget batch size ``B_f`` (default: the retain sampling fraction,
+        ``round(B n_f / n_r)``).
 
     Returns
     -------
@@ -147,26 +149,27 @@ def unlearning_bound_lr(retain, forget, alpha, batch, forget_batch=None):
     --------
     >>> from simlab.curvature import random_rank_one
     >>> R = random_rank_one(8, 4, seed=0)
-    >>> unlearning_bound_lr(R, None, 0.0, 2) == coherence_bound_lr(R, 2)
+    >>> unlearning_bound_lr(R, 2) == coherence_bound_lr(R, 2)
     True
     """
     retain_arr, forget_arr, _ = check_pair(retain, forget)
     alpha = check_alpha(alpha)
-    _, lam, _, tol = _mean_part(retain, forget, alpha, batch, forget_batch)
+    _, lam, _, tol = _mean_part(retain, forget, alpha, batch, forget_batch,
+                                "bernoulli")
     if lam[0] < -tol:
         return 0.0
     bound = np.inf
     if alpha < 1.0:
         bound = coherence_bound_lr(retain_arr, batch) / (1.0 - alpha)
     if forget_arr is not None and alpha > 0.0:
-        fb = batch if forget_batch is None else forget_batch
-        fb = check_batch(fb, forget_arr.shape[0], "forget_batch")
+        fb = check_forget_batch(forget_batch, batch, retain_arr.shape[0],
+                                forget_arr.shape[0])
         bound = min(bound, coherence_bound_lr(forget_arr, fb) / alpha)
     return float(bound)
 
 
-def unlearning_direction_bound_lr(retain, forget, alpha, batch, forget_batch=None, *,
-                                  scheme="bernoulli"):
+def unlearning_direction_bound_lr(retain, batch, *, forget=None, alpha=0.0,
+                                  forget_batch=None, scheme="without"):
     """Direction form of the unlearning bound: ``min_v 2 m_v / (m_v^2 + q_v)``.
 
     For a unit vector ``v`` in ``U`` with ``m_v = v^T M v > 0``, the test
@@ -208,7 +211,8 @@ def unlearning_direction_bound_lr(retain, forget, alpha, batch, forget_batch=Non
     --------
     >>> from simlab.curvature import coherence_dial
     >>> H = coherence_dial(10, 3)
-    >>> round(unlearning_direction_bound_lr(H, None, 0.0, 1), 12)   # exact here
+    >>> round(unlearning_direction_bound_lr(H, 1, scheme="bernoulli"), 12)  # exact
+
     0.25
     """
     scheme = check_scheme(scheme)
@@ -238,16 +242,19 @@ def unlearning_direction_bound_lr(retain, forget, alpha, batch, forget_batch=Non
     return float(np.min(2.0 * m[ok] / denom[ok]))
 
 
-def unlearning_bound_tightness(retain, forget, alpha, batch, forget_batch=None, *,
-                               direction=False):
+def unlearning_bound_tightness(retain, batch, *, forget=None, alpha=0.0,
+                               forget_batch=None, direction=False, scheme="without"):
     """Ratio ``eta* / eta_bound`` of the exact threshold to an unlearning bound.
 
     Parameters
     ----------
-    retain, forget, alpha, batch, forget_batch
+    retain, batch, forget, alpha, forget_batch
         As in :func:`unlearning_bound_lr`.
     direction : bool
         Use :func:`unlearning_direction_bound_lr` instead of the coherence form.
+    scheme : {"without", "with", "bernoulli"}
+        Scheme of the direction form and of ``eta*``; the coherence form is a
+        theorem about ``"bernoulli"`` and always compares with it.
 
     Returns
     -------
@@ -259,16 +266,17 @@ def unlearning_bound_tightness(retain, forget, alpha, batch, forget_batch=None, 
     --------
     >>> from simlab.curvature import random_rank_one
     >>> R = random_rank_one(8, 4, seed=0)
-    >>> 0 < unlearning_bound_tightness(R, None, 0.0, 2) <= 1
+    >>> 0 < unlearning_bound_tightness(R, 2) <= 1
     True
     """
+    kw = dict(forget=forget, alpha=alpha, forget_batch=forget_batch)
     if direction:
-        bound = unlearning_direction_bound_lr(retain, forget, alpha, batch,
-                                              forget_batch)
+        scheme = check_scheme(scheme)
+        bound = unlearning_direction_bound_lr(retain, batch, scheme=scheme, **kw)
     else:
-        bound = unlearning_bound_lr(retain, forget, alpha, batch, forget_batch)
-    eta = critical_lr(retain, batch, scheme="bernoulli", forget=forget,
-                      forget_batch=forget_batch, alpha=alpha)
+        scheme = "bernoulli"
+        bound = unlearning_bound_lr(retain, batch, **kw)
+    eta = critical_lr(retain, batch, scheme=scheme, **kw)
     if (eta == 0.0 and bound == 0.0) or (np.isinf(eta) and np.isinf(bound)):
         return np.nan
     return float(eta / bound)

@@ -43,7 +43,7 @@ __all__ = [
     "mean_square_growth",
     "gaussian_span_moment",
     "mean_lower_bound",
-    "net_ascent_curvature",
+    "kappa_plus",
 ]
 
 _METHODS_RHO = ("auto", "dense", "lanczos", "power")
@@ -98,7 +98,7 @@ def _power_radius(act, eta, maxiter=100_000, rtol=1e-12):
                        f"(last estimate {rho}); use method='lanczos'")
 
 
-def spectral_radius(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
                     forget_batch=None, alpha=0.0, method="auto"):
     """Spectral radius ``rho(T)`` on the invariant subspace ``U``.
 
@@ -157,7 +157,7 @@ def _parts_scale(prob):
     return float(np.linalg.eigvalsh(prob.weighted_sum(np.abs(prob.mean_coef)))[-1])
 
 
-def critical_lr(retain, batch, *, scheme="bernoulli", forget=None, forget_batch=None,
+def critical_lr(retain, batch, *, scheme="without", forget=None, forget_batch=None,
                 alpha=0.0, method="auto"):
     """Smallest learning rate ``eta`` with ``rho(T) > 1``.
 
@@ -671,7 +671,7 @@ def gaussian_span_moment(factors, *, normalized=True):
     return np.sqrt(r * w)[:, None] * Vt
 
 
-def mean_lower_bound(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def mean_lower_bound(retain, eta, batch, *, scheme="without", forget=None,
                      forget_batch=None, alpha=0.0):
     """``max_lambda (1 - eta lambda)^2`` over the eigenvalues of ``M`` on ``U``.
 
@@ -684,7 +684,7 @@ def mean_lower_bound(retain, eta, batch, *, scheme="bernoulli", forget=None,
     return float(np.max((1.0 - eta * lam) ** 2))
 
 
-def net_ascent_curvature(retain, forget, alpha):
+def kappa_plus(retain, *, forget, alpha):
     """``kappa_+ = lambda_max(alpha H_f - (1 - alpha) H_r)`` on ``U``.
 
     Positive ``kappa_+`` means unlearning escapes deterministically, at a

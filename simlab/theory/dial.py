@@ -43,7 +43,7 @@ def _coefficients(n, s, batch, scheme, alpha, forget_batch):
     return n, s, 1.0 - 2.0 * alpha, a, b
 
 
-def dial_spectral_radius(n, s, eta, batch, *, scheme="bernoulli", alpha=0.0,
+def dial_spectral_radius(n, s, eta, batch, *, scheme="without", alpha=0.0,
                          forget_batch=None):
     """Exact ``rho(T)`` for the coherence-dial family, in closed form.
 
@@ -82,7 +82,7 @@ def dial_spectral_radius(n, s, eta, batch, *, scheme="bernoulli", alpha=0.0,
     return float(rho)
 
 
-def dial_critical_lr(n, s, batch, *, scheme="bernoulli", alpha=0.0,
+def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
                      forget_batch=None):
     """Exact critical learning rate of the coherence-dial family.
 
