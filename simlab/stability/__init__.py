@@ -21,7 +21,7 @@ from .radius import (
     gaussian_span_moment,
     mean_lower_bound,
     mean_square_growth,
-    net_ascent_curvature,
+    kappa_plus,
     spectral_radius,
 )
 
@@ -36,7 +36,7 @@ __all__ = [
     "gram_operator",
     "mean_lower_bound",
     "mean_square_growth",
-    "net_ascent_curvature",
+    "kappa_plus",
     "scheme_coefficients",
     "second_moment_matrix",
     "second_moment_operator",
