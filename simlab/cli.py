@@ -1,11 +1,126 @@
-"""Command line: ``simlab reproduce | list | info | threshold``."""
+"""Command line: ``simlab reproduce | sweep | plot | list | info | threshold``.
+
+A user mistake (a bad option value, a path that cannot be read or written, an
+unreachable Dask scheduler, ``--backend cuda`` without a GPU, ...) ends with one
+line ``simlab <command>: error: ...`` on stderr and exit status 2. ``--debug``
+(or ``SIMLAB_DEBUG=1``) shows the full traceback instead. Any other exception is
+a bug and keeps its traceback; see :func:`_is_user_error` for the rule.
+"""
 
 import argparse
+import inspect
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+#: Default output folder of ``simlab reproduce`` (paper size) ...
+FIGURES = "figures"
+#: ... and of ``simlab reproduce --quick``: quick figures never overwrite the
+#: paper-size ones.
+QUICK_FIGURES = "simlab-figures-quick"
+
+
+class UsageError(Exception):
+    """A user mistake found by the CLI itself; :func:`main` prints one line."""
+
+
+def _is_user_error(exc):
+    """Whether ``exc`` is a user mistake (one line, exit 2) rather than a bug.
+
+    User mistakes are: :class:`UsageError`; a sweep-spec error; a ``ValueError``
+    raised by a ``raise`` statement in simlab itself (the public-boundary checks
+    that name the offending argument); an operating-system error about a named
+    path (missing, not a folder, not writable, ...) or a full/read-only disk.
+    A ``ValueError`` raised inside numpy, xarray, ... (or by a C call in simlab),
+    a ``TypeError``, ``KeyError``, ``RuntimeError`` ... is a bug: traceback.
+    """
+    import errno
+    import linecache
+
+    from .sweep.spec import SpecError
+
+    if isinstance(exc, (UsageError, SpecError)):
+        return True
+    if isinstance(exc, OSError):
+        return exc.filename is not None or exc.errno in (
+            errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+    if not isinstance(exc, ValueError) or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).resolve()
+    if not where.is_relative_to(Path(__file__).resolve().parent):
+        return False
+    line = linecache.getline(str(where), tb.tb_lineno).lstrip()
+    return line.startswith("raise ")
+
+
+def _one_line(exc):
+    if isinstance(exc, OSError) and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _nonnegative_int(text):
+    """argparse type: an integer >= 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = _nonnegative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text):
+    """argparse type: a finite number > 0 (seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
+    return value
+
+
+def _check_writable(path, option, *, folder=False):
+    """Refuse an output ``path`` that cannot be created: one of its parents is
+    a file, the nearest existing parent is not writable, or (``folder``) the
+    path itself is an existing file. Creates nothing."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: is a file, not a folder")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{option} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{option} {path}: folder {parent} is not writable")
+            return
+
+
+def _require_cuda():
+    """Fail early, in one line, when ``--backend cuda`` has no CUDA device."""
+    from ._jit import cuda_module
+
+    try:
+        cuda_module()
+    except RuntimeError as exc:
+        raise UsageError(f"--backend cuda: {exc}") from None
 
 
 def _cmd_list(args):
@@ -35,7 +150,9 @@ def _write_manifest(out, done):
     for name in experiments.REGISTRY:
         try:
             mod = experiments.get(name)
-        except ImportError:
+        except ImportError as exc:  # listed, never dropped silently
+            lines.append(f"| {name} | `simlab reproduce {name}` | unavailable: "
+                         f"{str(exc).replace('|', '/')} | | |")
             continue
         summary = done.get(name)
         if summary is None and (out / f"{name}.nc").exists():
@@ -54,10 +171,23 @@ def _cmd_reproduce(args):
     from . import experiments
 
     names = args.names or experiments.available()
-    for name in names:
-        experiments.get(name)  # fail fast on unknown names
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for name in names:  # fail fast: unknown names, missing backends, bad --out
+        mod = experiments.get(name)
+        if (args.backend != "cpu"
+                and "backend" not in inspect.signature(mod.run).parameters):
+            raise UsageError(f"--backend {args.backend}: experiment {name!r} "
+                             "runs on the cpu backend only")
+    if args.backend == "cuda":
+        _require_cuda()
+    out = Path(args.out or (QUICK_FIGURES if args.quick else FIGURES))
+    _check_writable(out, "--out", folder=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})"
+                         ) from None
     done = {}
     for name in names:
         mod = experiments.get(name)
@@ -66,9 +196,6 @@ def _cmd_reproduce(args):
               flush=True)
         kw = {}
         if args.backend != "cpu":
-            if args.backend not in getattr(mod, "BACKENDS", ("cpu",)):
-                raise ValueError(f"experiment {name!r} has no {args.backend!r} "
-                                 f"backend (has {getattr(mod, 'BACKENDS', ('cpu',))})")
             kw["backend"] = args.backend
         ds = mod.run(quick=args.quick, seed=args.seed, **kw)
         ds.attrs["quick"] = int(args.quick)
@@ -124,12 +251,19 @@ def _cmd_threshold(args):
     from .stability import (
         coherence_bound_lr,
         critical_lr,
-        net_ascent_curvature,
+        kappa_plus,
         unlearning_bound_lr,
         unlearning_direction_bound_lr,
     )
+    from ._validation import check_size
     from .theory import dial_critical_lr
 
+    if args.s > args.n:
+        raise UsageError(f"--s must be <= --n = {args.n}, got {args.s}")
+    # the exact operator needs at least the (n, p) factors and the (n, n) Gram
+    # matrix: refuse before allocating anything
+    check_size((args.n, 2 * args.n - args.s + 1),
+               f"threshold --n {args.n} --s {args.s}")
     H = coherence_dial(args.n, args.s)
     kw = dict(scheme=args.scheme)
     if args.alpha:
@@ -142,13 +276,13 @@ def _cmd_threshold(args):
     print(f"critical eta (exact operator) {exact:.12g}")
     print(f"critical eta (closed form)    {closed:.12g}")
     if args.alpha:
-        kappa = net_ascent_curvature(H, H, args.alpha)
+        kappa = kappa_plus(H, forget=H, alpha=args.alpha)
         print(f"net ascent curvature kappa_+  {kappa:.6g}")
         if args.scheme == "bernoulli":
             print("unlearning coherence bound   "
-                  f"{unlearning_bound_lr(H, H, args.alpha, args.batch):.12g}")
-        direction = unlearning_direction_bound_lr(H, H, args.alpha, args.batch,
-                                                  scheme=args.scheme)
+                  f"{unlearning_bound_lr(H, args.batch, forget=H, alpha=args.alpha):.12g}")
+        direction = unlearning_direction_bound_lr(H, args.batch, forget=H,
+                                                  alpha=args.alpha, scheme=args.scheme)
         print(f"unlearning direction bound   {direction:.12g}")
     elif args.batch < args.n and args.scheme == "bernoulli":
         print(f"coherence bound (Dexter)      {coherence_bound_lr(H, args.batch):.12g}")
@@ -159,12 +293,21 @@ def _cmd_sweep(args):
     from .sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec)
+    _check_writable(args.out, "--out", folder=True)
+    if args.backend == "cuda":
+        _require_cuda()
     client = None
     if args.backend == "dask":
         from distributed import Client, LocalCluster
 
         if args.scheduler:
-            client = Client(args.scheduler)
+            print(f"connecting to {args.scheduler} (timeout "
+                  f"{args.scheduler_timeout:g} s)...", flush=True)
+            try:
+                client = Client(args.scheduler, timeout=args.scheduler_timeout)
+            except (OSError, ValueError, TypeError) as exc:  # unreachable, bad address
+                raise UsageError(f"--scheduler {args.scheduler}: cannot connect "
+                                 f"({' '.join(str(exc).split())})") from None
         else:
             client = Client(LocalCluster(dashboard_address=None, processes=True))
     try:
@@ -185,38 +328,109 @@ def _cmd_plot(args):
 
     from .sweep.plot import plot_store
 
-    with xr.open_zarr(args.store) as ds:
-        sel = dict(kv.split("=", 1) for kv in args.sel)
+    if args.y is not None and args.y == args.x:
+        raise UsageError(f"--x and --y are both {args.x!r}; a heatmap needs two "
+                         "different dimensions (leave out --y for lines)")
+    sel = {}
+    for item in args.sel:
+        name, eq, value = item.partition("=")
+        if not eq or not name or not value:
+            raise UsageError(f"--sel {item}: expected DIM=VALUE, e.g. alpha=0.1")
+        if name in (args.x, args.y):
+            raise UsageError(f"--sel {item}: {name!r} is already on the plot's axes")
+        sel[name] = value
+    store = Path(args.store)
+    if not store.is_dir():
+        raise UsageError(f"{store}: no such sweep store" if not store.exists() else
+                         f"{store}: not a sweep store (a Zarr folder)")
+    out = Path(args.output or f"{store.with_suffix('')}_{args.var}.png")
+    _check_writable(out, "--output")
+    try:
+        ds = xr.open_zarr(store)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{store}: not a sweep store ({exc})") from None
+    with ds:
+        if "done" not in ds.data_vars:
+            raise UsageError(f"{store}: not a sweep store (no 'done' variable)")
+        sel = {k: _sel_value(ds, k, v) for k, v in sel.items()}
         fig = plot_store(ds, var=args.var, x=args.x, y=args.y, sel=sel)
-    out = args.output or f"{Path(args.store).with_suffix('')}_{args.var}.png"
     fig.savefig(out, dpi=130)
     print(out)
     return 0
 
 
+def _sel_value(ds, name, text):
+    """The coordinate value of dimension ``name`` that ``--sel name=text`` means."""
+    import numpy as np
+
+    if name not in ds.dims:
+        raise UsageError(f"--sel {name}={text}: {name!r} is not a dimension of "
+                         f"the store (have {list(ds.dims)})")
+    coord = ds[name].values
+    if coord.dtype.kind in "iuf":
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"--sel {name}={text}: not a number") from None
+        # floats in the store come from a spec (linspace, logspace): match the
+        # typed decimal to 1e-9 relative, then select the stored value exactly
+        hit = np.flatnonzero(np.isclose(coord, value, rtol=1e-9, atol=0.0))
+    else:
+        hit = np.flatnonzero(coord.astype(str) == text)
+    if hit.size == 0:
+        shown = ", ".join(str(v) for v in coord[:12]) + (", ..." if coord.size > 12
+                                                         else "")
+        raise UsageError(f"--sel {name}={text}: {text} is not on the {name} axis "
+                         f"(values: {shown})")
+    return coord[hit[0]].item()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``simlab sweep: error: ...``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    ap = argparse.ArgumentParser(prog="simlab", description=__doc__)
+    ap = _Parser(prog="simlab", description=__doc__,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", default=False,
+                    help="show the full traceback of any error (also: SIMLAB_DEBUG=1)")
+    # "--debug" is accepted after the command as well
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("reproduce", help="regenerate figures of the catalogue")
+    p = sub.add_parser("reproduce", parents=[common],
+                       help="regenerate figures of the catalogue")
     p.add_argument("names", nargs="*", help="experiments (default: all)")
     p.add_argument("--quick", action="store_true", help="reduced size, fast")
-    p.add_argument("--out", default="figures", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default: {FIGURES}/, with --quick "
+                        f"{QUICK_FIGURES}/ so that quick runs never overwrite the "
+                        "paper-size figures)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
                    help="simulator backend for experiments that have several")
     p.set_defaults(fn=_cmd_reproduce)
-    p = sub.add_parser("sweep", help="run or resume a sweep from a TOML spec")
+    p = sub.add_parser("sweep", parents=[common],
+                       help="run or resume a sweep from a TOML spec")
     p.add_argument("spec", help="sweep spec (TOML)")
     p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
     p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "dask"])
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a LocalCluster)")
+    p.add_argument("--scheduler-timeout", type=_positive_float, default=10.0,
+                   metavar="SECONDS",
+                   help="give up connecting to --scheduler after this (default 10)")
     p.add_argument("--restart", action="store_true",
                    help="overwrite a store that holds a different spec")
     p.add_argument("--quiet", action="store_true", help="log lines, no bar")
     p.add_argument("--batch-size", type=int, default=None)
     p.set_defaults(fn=_cmd_sweep)
-    p = sub.add_parser("plot", help="heatmap or line plot of a sweep store")
+    p = sub.add_parser("plot", parents=[common],
+                       help="heatmap or line plot of a sweep store")
     p.add_argument("store")
     p.add_argument("--var", required=True, help="metric to draw")
     p.add_argument("--x", required=True, help="dimension on the x axis")
@@ -225,15 +439,17 @@ def build_parser():
                    help="fix other dimensions (default: mean over them)")
     p.add_argument("-o", "--output", default=None)
     p.set_defaults(fn=_cmd_plot)
-    p = sub.add_parser("list", help="list the figure catalogue")
+    p = sub.add_parser("list", parents=[common], help="list the figure catalogue")
     p.set_defaults(fn=_cmd_list)
-    p = sub.add_parser("info", help="versions, threads, CUDA availability")
+    p = sub.add_parser("info", parents=[common],
+                       help="versions, threads, CUDA availability")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_info)
-    p = sub.add_parser("threshold", help="exact thresholds of the coherence dial")
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--s", type=int, required=True)
-    p.add_argument("--batch", type=int, required=True)
+    p = sub.add_parser("threshold", parents=[common],
+                       help="exact thresholds of the coherence dial")
+    p.add_argument("--n", type=_positive_int, required=True)
+    p.add_argument("--s", type=_positive_int, required=True)
+    p.add_argument("--batch", type=_positive_int, required=True)
     p.add_argument("--scheme", default="bernoulli",
                    choices=["bernoulli", "with", "without"])
     p.add_argument("--alpha", type=float, default=0.0)
@@ -242,11 +458,23 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for a user mistake)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error printed in one line
+        return exc.code
+    debug = args.debug or os.environ.get("SIMLAB_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
-    except ValueError as exc:
-        print(f"simlab: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"simlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug or not _is_user_error(exc):
+            raise
+        print(f"simlab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -1,20 +1,42 @@
 """CLI and figure smoke tests (STYLE section 5, "Scripts")."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from simlab import cli
+from simlab import cli, experiments
 from simlab.experiments import hessian_test
 
 
 def test_info_json(capsys):
+    import numba
+    import scipy
+
+    import simlab
+
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["cuda_available"] in (True, False)
-    assert info["numba_threads"] >= 1
+    assert info["simlab"] == simlab.__version__
+    assert (info["numpy"], info["scipy"], info["numba"]) == (
+        np.__version__, scipy.__version__, numba.__version__)
+    assert info["numba_threads"] == numba.config.NUMBA_NUM_THREADS >= 1
+
+
+@pytest.mark.parametrize("env, expected", [("NUMBA_ENABLE_CUDASIM", True),
+                                           ("NUMBA_DISABLE_CUDA", False)])
+def test_info_reports_cuda_as_numba_sees_it(env, expected):
+    """The simulator counts as a device and NUMBA_DISABLE_CUDA hides any GPU, so
+    both answers are known in advance whatever machine runs the test."""
+    out = subprocess.run([sys.executable, "-m", "simlab", "info", "--json"],
+                         env={**os.environ, env: "1"}, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert json.loads(out)["cuda_available"] is expected
 
 
 def test_threshold(capsys):
@@ -86,3 +108,253 @@ def test_every_catalogue_entry_runs_quick(name, tmp_path):
     with xr.open_dataset(tmp_path / f"{name}.nc") as ds:
         assert ds.attrs["summary"] and ds.attrs["quick"] == 1
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------
+# issue 8 section 5: a user mistake is one line on stderr and exit status 2
+# ---------------------------------------------------------------------------
+
+SPEC = """\
+experiment = "linearized-dial"
+seed = 7
+replicates = 1
+metrics = ["rho"]
+
+[fixed]
+n = 6
+eta = 0.5
+batch = 2
+steps = 10
+trajectories = 1
+
+[axes]
+s = { values = [1, 3] }
+alpha = { linspace = [0.0, 0.2, 3] }
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A finished sweep store's layout, written directly (no simulation): plot
+    only reads it."""
+    root = tmp_path_factory.mktemp("store")
+    shape = (2, 3, 1)
+    ds = xr.Dataset(
+        {"rho": (("s", "alpha", "replicate"), np.arange(6.0).reshape(shape)),
+         "done": (("s", "alpha", "replicate"), np.ones(shape, np.int8)),
+         "seed": (("s", "alpha", "replicate"), np.arange(6).reshape(shape))},
+        coords={"s": [1, 3], "alpha": np.linspace(0.0, 0.2, 3), "replicate": [0]})
+    ds.to_zarr(root / "s.zarr")
+    (root / "spec.toml").write_text(SPEC)
+    (root / "a-file").write_text("not a folder\n")
+    return root
+
+
+def _one_line_error(capsys, argv, *needles):
+    """main(argv) exits 2 with exactly one stderr line containing ``needles``."""
+    t0 = time.perf_counter()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0], time.perf_counter() - t0
+
+
+def _cuda_device():
+    from numba import cuda
+
+    return bool(cuda.is_available())
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["plot", "{root}/missing.zarr", "--var", "rho", "--x", "s"],
+     ["missing.zarr", "no such sweep store"]),
+    (["plot", "{root}/a-file", "--var", "rho", "--x", "s"], ["not a sweep store"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "--sel", "alpha=0.3"],
+     ["--sel alpha=0.3", "not on the alpha axis", "0.1"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "--sel", "beta=0.1"],
+     ["--sel beta=0.1", "'beta' is not a dimension"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "--sel", "alpha"],
+     ["--sel alpha", "DIM=VALUE"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "--sel", "alpha=x"],
+     ["--sel alpha=x", "not a number"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "alpha", "--y", "alpha"],
+     ["--x and --y", "'alpha'"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "--sel", "s=1"],
+     ["--sel s=1", "already on the plot"]),
+    (["plot", "{root}/s.zarr", "--var", "rhoo", "--x", "s"], ["var", "'rhoo'"]),
+    (["plot", "{root}/s.zarr", "--var", "rho", "--x", "s", "-o",
+      "{root}/a-file/out.png"], ["--output", "a-file is a file, not a folder"]),
+    (["reproduce", "coherence-bound", "--quick", "--out", "{root}/a-file/figs"],
+     ["--out", "a-file is a file, not a folder"]),
+    (["reproduce", "coherence-bound", "--quick", "--out", "{root}/a-file"],
+     ["--out", "is a file, not a folder"]),
+    (["reproduce", "coherence-bound", "--quick", "--seed", "-1"],
+     ["argument --seed", "must be >= 0, got -1"]),
+    (["reproduce", "coherence-bound", "--backend", "cuda"],
+     ["--backend cuda", "'coherence-bound' runs on the cpu backend only"]),
+    (["reproduce", "no-such-figure"], ["unknown experiment 'no-such-figure'"]),
+    (["threshold", "--n", "100000000", "--s", "1", "--batch", "3"],
+     ["threshold --n 100000000", "memory"]),
+    (["threshold", "--n", "10", "--s", "11", "--batch", "3"], ["--s must be <= --n"]),
+    (["threshold", "--n", "0", "--s", "1", "--batch", "3"], ["argument --n"]),
+    (["sweep", "{root}/missing.toml", "--out", "{root}/x.zarr"], ["missing.toml"]),
+    (["sweep", "{root}/spec.toml", "--out", "{root}/a-file/x.zarr"],
+     ["--out", "a-file is a file, not a folder"]),
+    (["sweep", "{root}/spec.toml", "--out", "{root}/x.zarr", "--backend", "dask",
+      "--scheduler-timeout", "0"], ["argument --scheduler-timeout", "> 0"]),
+])
+def test_user_mistake_is_one_line(capsys, store, argv, needles):
+    argv = [a.format(root=store) for a in argv]
+    _one_line_error(capsys, argv, *needles)
+    assert not (store / "x.zarr").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs")
+@pytest.mark.parametrize("command", ["reproduce", "plot", "sweep"])
+def test_unwritable_output_is_one_line(capsys, store, command):
+    """/sys refuses new entries even to root (chmod would not, under root)."""
+    target = "/sys/simlab-test-output"
+    argv = {"reproduce": ["reproduce", "coherence-bound", "--quick", "--out", target],
+            "plot": ["plot", str(store / "s.zarr"), "--var", "rho", "--x", "s",
+                     "-o", target + ".png"],
+            "sweep": ["sweep", str(store / "spec.toml"), "--out", target]}[command]
+    line, _ = _one_line_error(capsys, argv, target)
+    assert "not writable" in line or "not permitted" in line or "denied" in line
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="permission bits do not stop root")
+def test_read_only_folder_is_one_line(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _one_line_error(capsys, ["reproduce", "coherence-bound", "--quick", "--out",
+                                 str(ro / "figs")], "--out", "not writable")
+    finally:
+        ro.chmod(0o755)
+
+
+@pytest.mark.skipif(_cuda_device(), reason="a CUDA device (or simulator) is present")
+@pytest.mark.parametrize("command", ["reproduce", "sweep"])
+def test_backend_cuda_without_gpu_is_one_line(capsys, store, command):
+    argv = {"reproduce": ["reproduce", "hessian-test", "--quick", "--backend", "cuda",
+                          "--out", str(store / "never")],
+            "sweep": ["sweep", str(store / "spec.toml"), "--out",
+                      str(store / "x.zarr"), "--backend", "cuda"]}[command]
+    _one_line_error(capsys, argv, "--backend cuda", "no CUDA device")
+    assert not (store / "never").exists() and not (store / "x.zarr").exists()
+
+
+def test_unreachable_scheduler_times_out_when_asked(capsys, store):
+    """Nothing listens on port 1: the chosen 1 s timeout, not 30 s, then one line."""
+    pytest.importorskip("distributed")
+    line, seconds = _one_line_error(
+        capsys, ["sweep", str(store / "spec.toml"), "--out", str(store / "x.zarr"),
+                 "--backend", "dask", "--scheduler", "tcp://127.0.0.1:1",
+                 "--scheduler-timeout", "1"],
+        "--scheduler tcp://127.0.0.1:1", "cannot connect")
+    assert seconds < 15           # 1 s timeout plus importing distributed
+    assert not (store / "x.zarr").exists()
+
+
+def test_threshold_size_check_allocates_nothing(capsys):
+    """n = 1e8 would need petabytes: refused at once (well under a second of work)."""
+    _, seconds = _one_line_error(
+        capsys, ["threshold", "--n", "100000000", "--s", "1", "--batch", "3"], "PiB")
+    assert seconds < 5
+
+
+def test_sel_matches_stored_float(capsys, store, tmp_path):
+    """`--sel alpha=0.1` finds linspace's 0.1 and plots that slice."""
+    out = tmp_path / "p.png"
+    assert cli.main(["plot", str(store / "s.zarr"), "--var", "rho", "--x", "s",
+                     "--sel", "alpha=0.1", "-o", str(out)]) == 0
+    assert out.stat().st_size > 1000 and capsys.readouterr().out.strip() == str(out)
+
+
+def _numpy_bug(*args, **kwargs):
+    return np.arange(3).reshape(2)       # ValueError raised inside numpy
+
+
+def _test_raise(*args, **kwargs):
+    raise ValueError("raised outside simlab")
+
+
+@pytest.mark.parametrize("bug", [_numpy_bug, _test_raise])
+def test_bug_keeps_its_traceback(monkeypatch, tmp_path, bug):
+    """A ValueError that simlab's own checks did not raise is a bug, not a
+    mistake: main() lets it through (traceback, exit 1)."""
+    monkeypatch.setattr(hessian_test, "run", bug)
+    with pytest.raises(ValueError):
+        cli.main(["reproduce", "hessian-test", "--quick", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("how", ["flag", "flag-after", "env"])
+def test_debug_shows_traceback(monkeypatch, tmp_path, how):
+    argv = ["plot", str(tmp_path / "missing.zarr"), "--var", "rho", "--x", "s"]
+    if how == "flag":
+        argv = ["--debug"] + argv
+    elif how == "flag-after":
+        argv = argv + ["--debug"]
+    else:
+        monkeypatch.setenv("SIMLAB_DEBUG", "1")
+    with pytest.raises(cli.UsageError, match="no such sweep store"):
+        cli.main(argv)
+
+
+def test_console_one_line_and_debug_traceback(tmp_path):
+    """The real process: one stderr line and status 2; SIMLAB_DEBUG=1 shows the
+    traceback (status 1)."""
+    cmd = [sys.executable, "-m", "simlab", "plot", str(tmp_path / "missing.zarr"),
+           "--var", "rho", "--x", "s"]
+    env = {k: v for k, v in os.environ.items() if k != "SIMLAB_DEBUG"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"simlab plot: error: {tmp_path / 'missing.zarr'}: no such sweep store"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**env, "SIMLAB_DEBUG": "1"})
+    assert r.returncode == 1 and "Traceback" in r.stderr
+    assert "UsageError" in r.stderr.splitlines()[-1]
+
+
+def test_quick_run_leaves_paper_figures_alone(tmp_path, monkeypatch):
+    """`simlab reproduce --quick` from a folder holding paper-size figures/
+    writes to simlab-figures-quick/ and leaves figures/ byte-for-byte as it was."""
+    monkeypatch.setattr(hessian_test, "QUICK", dict(
+        hessian_test.QUICK, n=12, s=[1, 3, 12], batch=[1, 6], steps=100,
+        trajectories=2))
+    monkeypatch.chdir(tmp_path)
+    paper = tmp_path / "figures"
+    paper.mkdir()
+    before = {"hessian-test.nc": b"paper-size data\n", "README.md": b"manifest\n"}
+    for name, data in before.items():
+        (paper / name).write_bytes(data)
+    assert cli.main(["reproduce", "hessian-test", "--quick"]) == 0
+    assert {p.name: p.read_bytes() for p in paper.iterdir()} == before
+    quick = tmp_path / cli.QUICK_FIGURES
+    with xr.open_dataset(quick / "hessian-test.nc") as ds:
+        assert ds.attrs["quick"] == 1
+    assert (quick / "hessian-test.png").exists()
+
+
+def test_available_reports_a_broken_figure(monkeypatch, tmp_path, capsys):
+    """A figure whose module fails to import is never skipped silently."""
+    monkeypatch.setitem(experiments.REGISTRY, "broken",
+                        "simlab.experiments._no_such_module")
+    with pytest.raises(ImportError, match=r"broken \(No module named"):
+        experiments.available()
+    assert cli.main(["list"]) == 0
+    assert "broken" in capsys.readouterr().out.split("unavailable")[0]
+    # the manifest lists it as unavailable too
+    monkeypatch.setattr(hessian_test, "QUICK", dict(
+        hessian_test.QUICK, n=12, s=[1, 12], batch=[1, 6], steps=50,
+        trajectories=1))
+    assert cli.main(["reproduce", "hessian-test", "--quick", "--out",
+                     str(tmp_path)]) == 0
+    assert "| broken | `simlab reproduce broken` | unavailable:" in (
+        tmp_path / "README.md").read_text()

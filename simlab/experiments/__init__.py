@@ -31,12 +31,22 @@ def get(name):
 
 
 def available():
-    """Names whose modules import (a module under construction is skipped)."""
-    out = []
+    """Every registered name, after checking that each module imports.
+
+    Raises
+    ------
+    ImportError
+        Naming every figure whose module fails to import, with the reason; a
+        broken figure is never skipped silently.
+    """
+    failed = {}
     for name in REGISTRY:
         try:
             get(name)
-        except ImportError:
-            continue
-        out.append(name)
-    return out
+        except ImportError as exc:
+            failed[name] = exc
+    if failed:
+        reasons = "; ".join(f"{name} ({exc})" for name, exc in failed.items())
+        raise ImportError(f"figure modules failed to import: {reasons}") from next(
+            iter(failed.values()))
+    return list(REGISTRY)
