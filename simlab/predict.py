@@ -8,6 +8,7 @@ section 8), so the factors ``h_i`` feed the Gram-reduced operators directly
 (THEORY section 6).
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,14 +18,28 @@ from ._validation import (
     check_batch,
     check_escape_factor,
     check_eta,
+    check_forget_batch,
+    check_int,
+    check_scheme,
+    check_seed,
 )
 from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
 from .models.two_patch import TwoPatchModel
-from .stability import critical_lr, kappa_plus, spectral_radius
+from .curvature import sharpness
+from .dynamics.linearized import linearized
+from .stability import (
+    asymptotic_escape_time,
+    critical_lr,
+    escape_time,
+    gaussian_span_moment,
+    kappa_plus,
+    spectral_radius,
+)
 from .theory.rmt_cnn import CNNCoherenceStats
 
-__all__ = ["UnlearningPrediction", "cnn_summary", "curvature_split", "predict_unlearning"]
+__all__ = ["NonStationaryWarning", "UnlearningPrediction", "cnn_summary",
+           "curvature_split", "predict_unlearning"]
 
 
 def curvature_split(model, W, data, forget_idx, *, retain_idx=None, loss="logistic"):
@@ -55,9 +70,30 @@ def curvature_split(model, W, data, forget_idx, *, retain_idx=None, loss="logist
     return F[retain], F[forget]
 
 
+class NonStationaryWarning(UserWarning):
+    """The weights are not a stationary point, so the linearization at them
+    (THEORY section 1) misses the drift of the mean gradient."""
+
+
+#: ``||grad L(W)||`` below ``STATIONARY_RTOL * lambda_max(H) * ||W||`` counts as
+#: stationary: the drift it drives per step is that many times smaller than the
+#: restoring force of a displacement of size ``||W||``.
+STATIONARY_RTOL = 1e-8
+
+
 @dataclass(frozen=True)
 class UnlearningPrediction:
     """Linear-stability prediction for descent-ascent unlearning at ``W``.
+
+    Three different questions, each with its own fields (THEORY section 4):
+
+    *Mean-square stability* (``rho``): does ``E||delta_t||^2`` grow?
+    *Mean-square escape within the horizon* (``ms_escape_time``,
+    ``ms_escapes``): does ``E||delta_t||^2`` reach ``K E||delta_0||^2`` for some
+    ``t <= horizon``, from the actual law of ``delta_0``?
+    *Typical escape* (``lyapunov``, ``escape_probability``, ``escapes``): does
+    a typical run, i.e. the majority of runs, reach ``K ||delta_0||^2``? This is
+    what a majority-of-runs heatmap scores, and ``escapes`` answers it.
 
     Attributes
     ----------
@@ -72,12 +108,41 @@ class UnlearningPrediction:
         Net ascent curvature ``lambda_max(alpha H_f - (1-alpha) H_r)``.
     sharpness : float
         ``lambda_max`` of the mean loss Hessian over retain and forget samples.
-    escape_time : float
-        ``log K / log rho`` (``inf`` when ``rho <= 1``).
+    asymptotic_escape_time : float
+        ``log K / log rho`` (``inf`` when ``rho <= 1``): the mean-square escape
+        time of a ``delta_0`` in the top eigenmatrix of ``T_u``.
+    ms_escape_time : float
+        Exact first ``t <= horizon`` with ``E||delta_t||^2 >= K E||delta_0||^2``
+        from the perturbation law (:func:`simlab.stability.escape_time`);
+        ``inf`` if none. Without a horizon, ``asymptotic_escape_time``.
+    ms_escapes : bool
+        The mean-square verdict: ``ms_escape_time`` is finite.
+    lyapunov : float
+        ``lambda_typ``: median over Monte-Carlo trajectories of the linearized
+        dynamics at ``W`` of ``(1/T) log(||delta_T|| / ||delta_0||)``, with
+        ``T`` the horizon (``steps`` without one).
+    lyapunov_se : float
+        Standard error of that median, ``sqrt(pi/2) std / sqrt(trajectories)``
+        (the normal-theory value; the per-trajectory exponents are close to
+        normal over long horizons).
+    escape_probability : float
+        Fraction of those trajectories with ``||delta_t||^2 >= K ||delta_0||^2``
+        for some ``t <= T``.
     escapes : bool
-        ``rho > 1`` and, when a horizon was given, ``escape_time <= horizon``.
-    alpha, eta, batch, forget_batch, scheme, escape_factor, horizon
-        The inputs.
+        The typical verdict: ``T lambda_typ >= log(K) / 2`` (``lambda_typ > 0``
+        without a horizon).
+    far : bool
+        ``|T lambda_typ| > log K``: the typical verdict is far from its
+        boundary (``False`` without a horizon).
+    grad_norm : float
+        ``||grad L(W)||`` of the mean loss over all samples.
+    stationary : bool
+        ``grad_norm <= STATIONARY_RTOL * sharpness * ||W||``; when ``False`` the
+        prediction ignores the drift (a ``NonStationaryWarning`` was issued).
+    alpha, eta, batch, forget_batch, scheme, escape_factor, horizon, loss
+        The inputs (``horizon`` is ``inf`` when none was given).
+    trajectories, steps, seed
+        Of the Monte Carlo behind the typical verdict.
     """
 
     coherence: BlockCoherence
@@ -85,8 +150,16 @@ class UnlearningPrediction:
     critical_lr: float
     kappa_plus: float
     sharpness: float
-    escape_time: float
+    asymptotic_escape_time: float
+    ms_escape_time: float
+    ms_escapes: bool
+    lyapunov: float
+    lyapunov_se: float
+    escape_probability: float
     escapes: bool
+    far: bool
+    grad_norm: float
+    stationary: bool
     alpha: float
     eta: float
     batch: int
@@ -94,12 +167,18 @@ class UnlearningPrediction:
     scheme: str
     escape_factor: float
     horizon: float
+    loss: str
+    trajectories: int
+    steps: int
+    seed: int
 
 
-def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
-                       forget_batch=None, scheme="without", retain_idx=None,
-                       loss="logistic", escape_factor=1e3, horizon=None):
-    """Coherence blocks and predicted escape of unlearning from weights ``W``.
+def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
+                       batch=None, forget_batch=None, scheme="without",
+                       retain_idx=None, loss="logistic", escape_factor=1e3,
+                       perturbation_samples=None, trajectories=64, steps=1000,
+                       seed=0):
+    """Mean-square and typical predictions for unlearning from weights ``W``.
 
     Parameters
     ----------
@@ -108,21 +187,43 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
     alpha, eta, batch, forget_batch, scheme, escape_factor
         As in :func:`simlab.dynamics.unlearn.unlearn` (same defaults).
     horizon : int, optional
-        Number of steps of the run to compare with; ``escapes`` then also
-        requires ``escape_time <= horizon``.
+        Number of steps ``T`` of the runs to compare with. Without it the
+        verdicts are asymptotic (``rho > 1``; ``lambda_typ > 0``).
+    perturbation_samples : array_like, shape (k, p), optional
+        The law of ``delta_0`` in parameter space (``p = model.n_params``, rows
+        flattened like ``W``), as in :func:`simlab.stability.escape_time`.
+        Default: ``delta_0 = c F / ||c F||`` with ``c ~ N(0, I_n)`` and ``F``
+        the curvature factors of all samples (a perturbation in the curvature
+        range, the law the cnn-unlearning twin runs draw;
+        :func:`simlab.stability.gaussian_span_moment`).
+    trajectories, steps, seed
+        Monte Carlo of the linearized dynamics behind ``lyapunov`` (``steps``
+        is used only without a horizon).
 
     Returns
     -------
     UnlearningPrediction
 
+    Warns
+    -----
+    NonStationaryWarning
+        When ``W`` is not a stationary point of the mean loss (e.g. logistic
+        loss at finite margins): the linearization then misses the drift of the
+        mean gradient, and real runs escape by drift whatever the prediction
+        says. Use the squared loss trained to interpolation, where the factors
+        are exact and ``grad L = 0``.
+
     See Also
     --------
-    simlab.dynamics.unlearn.unlearn : the nonlinear run this predicts.
-    simlab.stability.spectral_radius, simlab.stability.critical_lr
+    simlab.dynamics.unlearn.unlearn, simlab.dynamics.unlearn.unlearn_twins :
+        the nonlinear runs this predicts.
+    simlab.stability.escape_time, simlab.simulate.linearized
 
     Notes
     -----
-    THEORY sections 3-6 and claim 5 of section 9. For ``q > 1`` CNNs the
+    THEORY sections 3-6 and claim 5 of section 9. The per-sample Hessians are
+    the Gauss-Newton factors ``l''_i h_i h_i^T``, exact at an interpolating
+    minimum of the squared loss (where ``l'_i = 0``). For ``q > 1`` CNNs the
     per-sample Hessians are not rank one and this function refuses them
     (``curvature_factors`` raises).
 
@@ -133,11 +234,11 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
     >>> from simlab.dynamics.train import train
     >>> data = signal_noise(20, 60, snr=0.1, p_flip=0.1, seed=0)
     >>> model = CNN(60, 4)
-    >>> W = train(model, data, eta=0.1, steps=100).W
+    >>> W = train(model, data, eta=0.5, steps=3000, loss="squared").W
     >>> pred = predict_unlearning(model, W, data, [0, 1, 2], alpha=0.3, eta=0.1,
-    ...                           batch=5, forget_batch=2)
-    >>> bool(pred.rho > 0)
-    True
+    ...                           batch=5, horizon=100, loss="squared")
+    >>> pred.stationary, pred.escapes == (100 * pred.lyapunov >= 0.5 * np.log(1e3))
+    (True, True)
     """
     G_r, G_f = curvature_split(model, W, data, forget_idx, retain_idx=retain_idx,
                                loss=loss)
@@ -145,27 +246,70 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, batch=None,
     alpha = check_alpha(alpha)
     eta = check_eta(eta, "eta")
     batch = n_r if batch is None else check_batch(batch, n_r, "batch")
-    if forget_batch is None:
-        forget_batch = n_f if batch == n_r else batch
-    forget_batch = check_batch(forget_batch, n_f, "forget_batch")
+    forget_batch = check_forget_batch(forget_batch, batch, n_r, n_f)
+    scheme = check_scheme(scheme)
     K = check_escape_factor(escape_factor)
+    T = None if horizon is None else check_int(horizon, "horizon", low=1)
+    trajectories = check_int(trajectories, "trajectories", low=2)
+    steps = check_int(steps, "steps", low=1)
+    seed = check_seed(seed)
+    F = np.concatenate([G_r, G_f])
+    if perturbation_samples is None:
+        # delta_0 = c F / ||c F||: its second moment for the mean-square
+        # verdict; its direction is that of the Gaussian c F (z F in
+        # ``linearized``), which is all the typical verdict sees.
+        ms_law, mc_law = gaussian_span_moment(F), F
+    else:
+        ms_law = mc_law = perturbation_samples
+
+    L, grad = model.loss_grad(W, data.X, data.y, loss)
+    grad_norm = float(np.linalg.norm(grad))
+    sharp = sharpness(F)
+    stationary = grad_norm <= STATIONARY_RTOL * sharp * float(np.linalg.norm(W))
+    if not stationary:
+        warnings.warn(
+            f"W is not a stationary point of the {loss} loss (||grad L|| = "
+            f"{grad_norm:.3g}, L = {L:.3g}): the linearized prediction ignores the "
+            "drift of the mean gradient", NonStationaryWarning, stacklevel=2)
+
     kw = dict(scheme=scheme, forget=G_f, forget_batch=forget_batch, alpha=alpha)
     rho = spectral_radius(G_r, eta, batch, **kw)
     try:
         eta_crit = critical_lr(G_r, batch, **kw)
     except ValueError:
         eta_crit = float("nan")
-    kappa = kappa_plus(G_r, forget=G_f, alpha=alpha)
-    F = np.concatenate([G_r, G_f])
-    sharp = float(np.linalg.eigvalsh(F @ F.T)[-1] / F.shape[0])
-    t_esc = float(np.log(K) / np.log(rho)) if rho > 1.0 else float("inf")
-    escapes = rho > 1.0 and (horizon is None or t_esc <= horizon)
+    t_asym = asymptotic_escape_time(G_r, eta, batch, escape_factor=K, **kw)
+    if T is None:
+        t_ms = t_asym
+    else:
+        t_ms = escape_time(G_r, eta, batch, escape_factor=K, horizon=T,
+                           perturbation_samples=ms_law, **kw)
+    n_steps = steps if T is None else T
+    mc = linearized(G_r, eta, batch, steps=n_steps, trajectories=trajectories,
+                    escape_factor=K, seed=seed, record_every=n_steps,
+                    perturbation_samples=mc_law, **kw)
+    lyap = mc.lyapunov
+    lam = float(np.median(lyap))
+    finite = lyap[np.isfinite(lyap)]
+    se = (float(np.sqrt(np.pi / 2) * finite.std(ddof=1) / np.sqrt(finite.size))
+          if finite.size > 1 else float("nan"))
+    if T is None:
+        escapes, far = lam > 0.0, False
+    else:
+        escapes = T * lam >= 0.5 * np.log(K)
+        far = abs(T * lam) > np.log(K)
     return UnlearningPrediction(
         coherence=block_coherence(G_r, G_f), rho=float(rho),
-        critical_lr=float(eta_crit), kappa_plus=float(kappa), sharpness=sharp,
-        escape_time=t_esc, escapes=bool(escapes), alpha=alpha, eta=eta, batch=batch,
+        critical_lr=float(eta_crit), kappa_plus=kappa_plus(G_r, forget=G_f,
+                                                           alpha=alpha),
+        sharpness=sharp, asymptotic_escape_time=float(t_asym),
+        ms_escape_time=float(t_ms), ms_escapes=bool(np.isfinite(t_ms)),
+        lyapunov=lam, lyapunov_se=se, escape_probability=mc.escape_fraction,
+        escapes=bool(escapes), far=bool(far), grad_norm=grad_norm,
+        stationary=bool(stationary), alpha=alpha, eta=eta, batch=batch,
         forget_batch=forget_batch, scheme=scheme, escape_factor=K,
-        horizon=float("inf") if horizon is None else float(horizon))
+        horizon=float("inf") if T is None else float(T), loss=loss,
+        trajectories=trajectories, steps=n_steps, seed=seed)
 
 
 def cnn_summary(model, W, data):

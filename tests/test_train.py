@@ -4,9 +4,9 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
+from simlab import _streams
 from simlab.data import signal_noise, signal_noise_pair
 from simlab.dynamics.train import (
-    _BATCH_STREAM,
     batch_weights,
     memorization_scores,
     train,
@@ -75,7 +75,7 @@ def test_sgd_matches_numpy_reference(scheme):
     data = signal_noise(10, 30, snr=0.3, p_flip=0.2, seed=3)
     res = train(model, data, eta=0.2, steps=150, batch=3, scheme=scheme, seed=5,
                 sigma0=0.1, record_every=40)
-    rng = np.random.default_rng([5, _BATCH_STREAM])
+    rng = np.random.default_rng([5, _streams.TRAIN_BATCHES])
     wts = batch_weights(rng, 150, 10, 3, scheme)
     ref = ref_run(model, res.W0, data.X, data.y, 0.2, wts, "logistic")
     npt.assert_allclose(res.W, ref, rtol=0, atol=1e-10 * np.abs(ref).max())

@@ -29,6 +29,7 @@ from .._validation import (
     check_seed,
 )
 from ..data import SignalNoise
+from .. import _streams
 from .._jit import compile_family
 from ..models import kernels as K
 from . import _train_step as TS
@@ -39,8 +40,6 @@ __all__ = ["train", "train_many", "TrainResult", "memorization_scores",
 
 _METHODS = ("auto", "gram", "weight")
 
-#: Stream key of the minibatch draws (one stream per consumer of a seed).
-_BATCH_STREAM = 0xBA7C4
 
 #: The training step bodies and drivers compiled for the CPU (lazily).
 _cpu = compile_family(TS.bodies(TS.DEVICE_FUNCTIONS + TS.CPU_FUNCTIONS), "cpu",
@@ -573,7 +572,7 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
         recs[c]["sharpness"].append(kernel_sharpness(Wc, Xps[c], datasets[c].y, kargs,
                                                lid, 1e-10, 0))
 
-    rngs = [np.random.default_rng([s, _BATCH_STREAM]) for s in seeds]
+    rngs = [np.random.default_rng([s, _streams.TRAIN_BATCHES]) for s in seeds]
     live = np.ones(n_cfg, dtype=np.bool_)
     stopped = np.full(n_cfg, steps, dtype=np.int64)
     chunk = max(1, _CHUNK_ENTRIES // (n * n_cfg))

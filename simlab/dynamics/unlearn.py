@@ -35,10 +35,12 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import _streams
 from .._validation import (
     check_alpha,
     check_batch,
     check_escape_factor,
+    check_forget_batch,
     check_eta,
     check_int,
     check_positive,
@@ -52,10 +54,6 @@ from . import train as _train
 
 __all__ = ["TwinRun", "UnlearnResult", "membership_auc", "unlearn", "unlearn_twins"]
 
-#: Stream keys of the retain and forget minibatch draws.
-_RETAIN_STREAM = 0x4E7A1
-_FORGET_STREAM = 0xF0467
-_PERTURB_STREAM = 0xD0
 
 
 def membership_auc(member_losses, nonmember_losses):
@@ -155,9 +153,9 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
     batch : int, optional
         Retain batch size ``B_r`` (default: the whole retain set).
     forget_batch : int, optional
-        Forget batch size ``B_f``. Default: the whole forget set when the
-        retain batch is the whole retain set (deterministic descent-ascent),
-        else ``batch`` (as in :func:`simlab.stability.spectral_radius`).
+        Forget batch size ``B_f``. Default: the retain sampling fraction,
+        ``max(1, round(B n_f / n_r))`` (the whole forget set when the retain
+        batch is the whole retain set), as everywhere in simlab.
     steps : int
         Number of steps.
     scheme : {"without", "with", "bernoulli"}
@@ -223,9 +221,7 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
     seed = check_seed(seed)
     lid = loss_code(loss)
     batch = n_r if batch is None else check_batch(batch, n_r, "batch")
-    if forget_batch is None:
-        forget_batch = n_f if batch == n_r else batch
-    forget_batch = check_batch(forget_batch, n_f, "forget_batch")
+    forget_batch = check_forget_batch(forget_batch, batch, n_r, n_f)
     K = check_escape_factor(escape_factor)
     record_every = (max(1, steps // 100) if record_every is None
                     else check_int(record_every, "record_every", low=1))
@@ -235,7 +231,7 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
     starts = [Wk]
     if perturbation is not None:
         eps = check_positive(perturbation, "perturbation")
-        rng_p = np.random.default_rng([seed, _PERTURB_STREAM])
+        rng_p = np.random.default_rng([seed, _streams.UNLEARN_PERTURBATION])
         delta0 = rng_p.standard_normal((Wk.shape[0], 2 * n)) @ Xp
         scale = np.linalg.norm(Wk) or 1.0
         delta0 *= eps * scale / np.linalg.norm(delta0)
@@ -249,8 +245,8 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
     marks = _train._schedule(steps, record_every, None)
     runner.test_setup([None if test is None else test.X.reshape(2 * test.n, test.d)]
                       + [None] * (n_run - 1), len(marks) + 1)
-    rng_r = np.random.default_rng([seed, _RETAIN_STREAM])
-    rng_f = np.random.default_rng([seed, _FORGET_STREAM])
+    rng_r = np.random.default_rng([seed, _streams.UNLEARN_RETAIN_BATCHES])
+    rng_f = np.random.default_rng([seed, _streams.UNLEARN_FORGET_BATCHES])
 
     keys = ["step", "dist", "growth", "forget_loss", "forget_acc", "retain_loss",
             "retain_acc", "test_loss", "test_acc", "mia_auc"]

@@ -77,6 +77,8 @@ import json
 import numpy as np
 import xarray as xr
 
+from .. import _streams
+from .._validation import check_forget_batch
 from .._provenance import provenance
 
 NAME = "cnn-unlearning"
@@ -112,7 +114,6 @@ PANELS = {"snr_alpha": ("snr", "alpha"), "batch_alpha": ("batch", "alpha"),
           "eta_batch": ("c", "batch")}
 _LABELS = {"snr": "SNR", "alpha": "alpha (ascent weight)", "batch": "retain batch B",
            "c": "eta * lambda_max(H(w*))"}
-_STREAM = 0xC11
 
 
 def _cells(params, panel):
@@ -250,7 +251,7 @@ def run(quick=False, seed=0, **overrides):
             data, res = minima[s]
             alpha = float(cell["alpha"])
             B = int(cell["batch"])
-            Bf = max(1, int(round(B * n_f / n_r)))
+            Bf = check_forget_batch(None, B, n_r, n_f)
             eta = float(cell["c"]) / sharp[s]
             idx = np.unravel_index(c_i, shape)
             (v["rho"][idx], v["kappa"][idx], v["tesc"][idx], pred[idx],
@@ -258,7 +259,8 @@ def run(quick=False, seed=0, **overrides):
                                    scheme, K, T)
             F = model.curvature_factors(res.W, data.X, data.y, "squared")
             for k in range(n_traj):
-                rng = np.random.default_rng([seed, _STREAM, p_i, c_i, k])
+                rng = np.random.default_rng(
+                    [seed, _streams.CNN_UNLEARNING_RUNS, p_i, c_i, k])
                 delta = (rng.standard_normal(n) @ F).reshape(model.shape)
                 delta *= params["eps"] * np.linalg.norm(res.W) / np.linalg.norm(delta)
                 runs.append(TwinRun(data=data, W=res.W, delta=delta, forget_idx=forget,

@@ -10,6 +10,7 @@ numerical work is done by the Numba kernels of :mod:`simlab.models.kernels`.
 import numpy as np
 import scipy.sparse.linalg as spla
 
+from .. import _streams
 from .._validation import (
     as_float_array,
     check_int,
@@ -26,8 +27,6 @@ __all__ = ["LOSSES", "TwoPatchModel", "kernel_sharpness", "loss_code"]
 #: Loss names understood by every model method.
 LOSSES = {"logistic": K.LOGISTIC, "squared": K.SQUARED}
 
-#: Stream key of the initialisation (see ``simlab.data``: one stream per consumer).
-_INIT_STREAM = 0x1417
 
 #: Dimension up to which :meth:`TwoPatchModel.sharpness` uses a dense Hessian.
 _DENSE_SHARPNESS_MAX = 400
@@ -103,7 +102,7 @@ class TwoPatchModel:
         W : ndarray of shape :attr:`shape`
         """
         sigma0 = check_positive(sigma0, "sigma0", allow_zero=True)
-        rng = np.random.default_rng([check_seed(seed), _INIT_STREAM])
+        rng = np.random.default_rng([check_seed(seed), _streams.INIT])
         return sigma0 * rng.standard_normal(self.shape)
 
     # ------------------------------------------------------------------ f
