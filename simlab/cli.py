@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .dynamics.backends import BACKENDS as KERNEL_BACKENDS
+
 #: Default output folder of ``simlab reproduce`` (paper size) ...
 FIGURES = "figures"
 #: ... and of ``simlab reproduce --quick``: quick figures never overwrite the
@@ -293,9 +295,16 @@ def _cmd_sweep(args):
     from .sweep import load_spec, run_sweep
 
     spec = load_spec(args.spec)
-    _check_writable(args.out, "--out", folder=True)
     if args.backend == "cuda":
         _require_cuda()
+    if args.dry_run:
+        from .sweep import estimate
+
+        print(f"{args.out}: " + estimate(spec, args.out, batch_size=args.batch_size,
+                                         backend=args.backend,
+                                         restart=args.restart).summary())
+        return 0
+    _check_writable(args.out, "--out", folder=True)
     client = None
     if args.backend == "dask":
         from distributed import Client, LocalCluster
@@ -411,14 +420,14 @@ def build_parser():
                         f"{QUICK_FIGURES}/ so that quick runs never overwrite the "
                         "paper-size figures)")
     p.add_argument("--seed", type=_nonnegative_int, default=0)
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda"],
+    p.add_argument("--backend", default="cpu", choices=KERNEL_BACKENDS,
                    help="simulator backend for experiments that have several")
     p.set_defaults(fn=_cmd_reproduce)
     p = sub.add_parser("sweep", parents=[common],
                        help="run or resume a sweep from a TOML spec")
     p.add_argument("spec", help="sweep spec (TOML)")
     p.add_argument("--out", required=True, help="Zarr store (created or resumed)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "cuda", "dask"])
+    p.add_argument("--backend", default="cpu", choices=[*KERNEL_BACKENDS, "dask"])
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (default: a LocalCluster)")
     p.add_argument("--scheduler-timeout", type=_positive_float, default=10.0,
@@ -428,6 +437,8 @@ def build_parser():
                    help="overwrite a store that holds a different spec")
     p.add_argument("--quiet", action="store_true", help="log lines, no bar")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cell count and an estimated run time; write nothing")
     p.set_defaults(fn=_cmd_sweep)
     p = sub.add_parser("plot", parents=[common],
                        help="heatmap or line plot of a sweep store")

@@ -358,3 +358,13 @@ def test_available_reports_a_broken_figure(monkeypatch, tmp_path, capsys):
                      str(tmp_path)]) == 0
     assert "| broken | `simlab reproduce broken` | unavailable:" in (
         tmp_path / "README.md").read_text()
+
+
+def test_sweep_dry_run_counts_cells_and_writes_nothing(capsys, store, tmp_path):
+    """`sweep --dry-run` prints the grid size and an estimate; no store appears."""
+    out = tmp_path / "dry.zarr"
+    assert cli.main(["sweep", str(store / "spec.toml"), "--out", str(out),
+                     "--dry-run"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "6 cells (0 done, 6 to run)" in line and "estimated run time" in line
+    assert not out.exists() and not list(tmp_path.iterdir())

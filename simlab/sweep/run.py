@@ -43,10 +43,12 @@ import numpy as np
 import xarray as xr
 
 from .._provenance import provenance
+from ..dynamics.backends import BACKENDS as KERNEL_BACKENDS
 from .cells import get_cell_experiment
 from .spec import Spec, parse_spec
 
-BACKENDS = ("cpu", "cuda", "dask")
+#: Kernel backends plus Dask (which submits batches of ``"cpu"`` work).
+BACKENDS = (*KERNEL_BACKENDS, "dask")
 
 #: Environment variable of the kill/stop test hook (see the module docstring).
 HOOK_ENV = "SIMLAB_SWEEP_HOOK"
