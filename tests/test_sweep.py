@@ -259,6 +259,28 @@ def test_run_values_and_spec_change_refused(tmp_path):
     run_sweep(SPEC.replace("seed = 7", "seed = 8"), tmp_path / "s.zarr", restart=True)
 
 
+def test_store_under_old_parameter_names_says_what_changed(tmp_path):
+    """A store written before the ``lr`` -> ``eta`` rename is refused with a
+    message naming the rename (not only "different sweep")."""
+    import json
+
+    import zarr
+
+    store = tmp_path / "old.zarr"
+    run_sweep(SPEC, store, batch_size=18)
+    group = zarr.open_group(str(store), mode="r+")
+    old = json.loads(group.attrs["spec"])
+    old["fixed"]["lr"] = old["fixed"].pop("eta")        # as an older simlab wrote it
+    group.attrs["spec"] = json.dumps(old)
+    group.attrs["spec_hash"] = "0" * 16
+    zarr.consolidate_metadata(str(store))
+    with pytest.raises(ValueError, match="'lr' is now 'eta'"):
+        run_sweep(SPEC, store)
+    with pytest.raises(ValueError, match="different sweep"):   # no rename involved
+        run_sweep(SPEC.replace("seed = 7", "seed = 8"), tmp_path / "s.zarr")
+        run_sweep(SPEC.replace("seed = 7", "seed = 9"), tmp_path / "s.zarr")
+
+
 def test_resume_recomputes_nothing(tmp_path, monkeypatch):
     """Interrupt after two batches, resume, count evaluated cells; the result is
     identical to an uninterrupted run."""

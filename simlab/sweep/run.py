@@ -45,7 +45,7 @@ import xarray as xr
 from .._provenance import provenance
 from ..dynamics.backends import BACKENDS as KERNEL_BACKENDS
 from .cells import get_cell_experiment
-from .spec import Spec, parse_spec
+from .spec import RENAMED, Spec, parse_spec
 
 #: Kernel backends plus Dask (which submits batches of ``"cpu"`` work).
 BACKENDS = (*KERNEL_BACKENDS, "dask")
@@ -178,16 +178,42 @@ def _sibling(store, kind):
     return path
 
 
+def _keys(spec_json):
+    """Every mapping key anywhere in a stored spec (canonical JSON)."""
+    try:
+        tree = json.loads(spec_json)
+    except (TypeError, ValueError):
+        return set()
+    out, todo = set(), [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            out.update(node)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return out
+
+
 def _check_existing(spec, store):
     """Raise :class:`StoreError` unless ``store`` is a complete store of ``spec``."""
     try:
         with xr.open_zarr(store) as ds:
             old = ds.attrs.get("spec_hash")
+            old_spec = ds.attrs.get("spec", "{}")
             names = set(ds.data_vars)
     except Exception as exc:  # noqa: BLE001 - any unreadable store
         raise StoreError(f"{store} exists but is not a simlab sweep store "
                          f"({exc}); pass restart=True (--restart) to "
                          "overwrite it") from None
+    renamed = sorted(_keys(old_spec) & set(RENAMED))
+    if old != spec.hash() and renamed:
+        raise StoreError(
+            f"{store} was written by an older simlab under parameter names that "
+            "were renamed (" + ", ".join(f"{k!r} is now {RENAMED[k]!r}"
+                                         for k in renamed)
+            + "); its cells cannot be resumed under the new names: pass "
+            "restart=True (--restart) to recompute, or keep it for reading")
     if old != spec.hash():
         raise StoreError(f"{store} holds a different sweep (spec hash {old}, "
                          f"this spec {spec.hash()}); pass restart=True "
