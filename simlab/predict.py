@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._blas import serial_blas
 from ._validation import (
+    as_float_array,
     check_alpha,
     check_batch,
     check_escape_factor,
@@ -26,12 +28,12 @@ from ._validation import (
 from .coherence import BlockCoherence, block_coherence
 from .data import SignalNoise, check_split
 from .models.two_patch import TwoPatchModel
-from .curvature import sharpness
+from .curvature import range_basis, sharpness
 from .dynamics.linearized import linearized
 from .stability import (
-    asymptotic_escape_time,
     critical_lr,
     escape_time,
+    escape_time_from_rho,
     gaussian_span_moment,
     kappa_plus,
     spectral_radius,
@@ -173,6 +175,7 @@ class UnlearningPrediction:
     seed: int
 
 
+@serial_blas
 def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
                        batch=None, forget_batch=None, scheme="without",
                        retain_idx=None, loss="logistic", escape_factor=1e3,
@@ -254,13 +257,29 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
     steps = check_int(steps, "steps", low=1)
     seed = check_seed(seed)
     F = np.concatenate([G_r, G_f])
+    # Every quantity below is invariant under rotations of parameter space, so
+    # work in r <= n coordinates of span{h_i} (an isometry: same Gram matrix).
+    Q = range_basis(F)
+    G_r, G_f, Fc = G_r @ Q, G_f @ Q, F @ Q
     if perturbation_samples is None:
         # delta_0 = c F / ||c F||: its second moment for the mean-square
         # verdict; its direction is that of the Gaussian c F (z F in
         # ``linearized``), which is all the typical verdict sees.
-        ms_law, mc_law = gaussian_span_moment(F), F
+        ms_law, mc_law = gaussian_span_moment(Fc), Fc
     else:
-        ms_law = mc_law = perturbation_samples
+        A = as_float_array(perturbation_samples, "perturbation_samples", ndim=2)
+        if A.shape[1] != model.n_params:
+            raise ValueError(f"perturbation_samples must have {model.n_params} "
+                             f"columns (the flattened weights), got {A.shape}")
+        mc_law = A @ Q
+        # the part outside span{h_i} never moves; one extra coordinate (zero in
+        # every Hessian) carries its mass into the mean-square norm
+        outside = np.linalg.norm(A - mc_law @ Q.T, axis=1)
+        if np.any(outside > 1e-12 * np.linalg.norm(A, axis=1)):
+            G_r, G_f = (np.pad(G, ((0, 0), (0, 1))) for G in (G_r, G_f))
+            ms_law = np.column_stack([mc_law, outside])
+        else:
+            ms_law = mc_law
 
     L, grad = model.loss_grad(W, data.X, data.y, loss)
     grad_norm = float(np.linalg.norm(grad))
@@ -278,7 +297,7 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
         eta_crit = critical_lr(G_r, batch, **kw)
     except ValueError:
         eta_crit = float("nan")
-    t_asym = asymptotic_escape_time(G_r, eta, batch, escape_factor=K, **kw)
+    t_asym = escape_time_from_rho(rho, K)
     if T is None:
         t_ms = t_asym
     else:

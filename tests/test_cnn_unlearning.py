@@ -23,12 +23,15 @@ def test_run_and_plot_smoke(tiny):
     ds = tiny
     for panel in cu.PANELS:
         for var in ("escape_fraction", "escapes", "rho", "predicted", "near",
-                    "agree", "escape_time", "escape_time_start"):
+                    "agree", "asymptotic_escape_time", "ms_escape_time",
+                    "ms_predicted", "lyapunov", "lyapunov_se", "agree_ms"):
             assert ds[f"{panel}_{var}"].shape == (2, 2)
         assert np.all(np.isfinite(ds[f"{panel}_rho"].values))
         for part in ("near", "far", "all"):
             assert f"agreement_{panel}_{part}" in ds.attrs
-    assert isinstance(ds.attrs["summary"], str) and "agreement" in ds.attrs["summary"]
+            assert f"agreement_ms_{panel}_{part}" in ds.attrs
+    assert "typical" in ds.attrs["summary"] and "mean-square" in ds.attrs["summary"]
+    assert "typical" in ds.attrs["tested"]
     assert json.loads(ds.attrs["params"])["horizon"] == 100
     # training reached interpolation: w* is a stationary point (THEORY section 1)
     assert ds.attrs["max_train_loss"] < 1e-12
@@ -36,39 +39,50 @@ def test_run_and_plot_smoke(tiny):
     assert len([a for a in fig.axes if a.get_title()]) == 3
 
 
-def test_far_from_boundary_agreement(tiny):
-    """Every cell of the tiny grids is far from the boundary and both verdicts
-    occur, so this is not agreement by a constant answer."""
+def test_clear_cut_cells_agree_with_the_typical_verdict(tiny):
+    """On the clear-cut corners of the grids the typical verdict equals the
+    majority of real runs in every cell, and both verdicts occur (no agreement
+    by a constant answer). The escaping corners are far from the typical
+    boundary (T lambda_typ > log K); the resisting ones are not (T lambda_typ
+    is about -0.7: the slowest-contracting curvature directions of the delta_0
+    law decay by under a factor 2 within T = 100 steps), which is why the
+    resisting side is checked cell by cell rather than through far-agreement.
+    3 runs per cell: a false failure needs two of three real runs to cross a
+    factor-K margin the linear dynamics does not."""
     ds = tiny
-    preds, reals = [], []
+    preds, fars = [], []
     for panel in cu.PANELS:
-        near = ds[f"{panel}_near"].values.astype(bool)
-        assert not near.any()
         pred = ds[f"{panel}_predicted"].values.astype(bool)
         real = ds[f"{panel}_escapes"].values.astype(bool)
+        far = ~ds[f"{panel}_near"].values.astype(bool)
         np.testing.assert_array_equal(pred, real)
+        assert np.all(far[pred])
         preds.append(pred)
-        reals.append(real)
+        fars.append(far)
     assert np.concatenate(preds).any() and not np.concatenate(preds).all()
-    assert ds.attrs["agreement_far"] == 1.0
+    assert ds.attrs["agreement_far"] == 1.0 and ds.attrs["agreement_all"] == 1.0
 
 
-def test_prediction_matches_predict_unlearning():
-    """The Lanczos rho used here is the operator of predict_unlearning."""
-    from simlab.data import signal_noise
-    from simlab.dynamics.train import train
-    from simlab.models import CNN
+def test_cells_use_predict_unlearning(tiny):
+    """The per-cell predictions are those of simlab.predict_unlearning at the
+    same trained weights (one code path, no private copy of the theory)."""
+    from simlab.experiments.cnn_unlearning import _train_minima
     from simlab.predict import predict_unlearning
 
-    data = signal_noise(12, 40, snr=0.1, seed=3)
-    model = CNN(40, 4)
-    W = train(model, data, eta=0.1, steps=800, loss="squared", sigma0=0.1).W
-    kw = dict(alpha=0.05, eta=0.1, batch=4, forget_batch=1)
-    ref = predict_unlearning(model, W, data, [0, 1, 2], loss="squared",
-                             escape_factor=1e3, horizon=50, **kw)
-    rho, kappa, t_esc, pred, _ = cu._predict(model, W, data, [0, 1, 2], 0.05, 0.1,
-                                             4, 1, "without", 1e3, 50)
-    assert rho == pytest.approx(ref.rho, rel=1e-8)
-    assert kappa == pytest.approx(ref.kappa_plus, rel=1e-8, abs=1e-12)
-    assert t_esc == pytest.approx(ref.escape_time, rel=1e-6)
-    assert pred == ref.escapes
+    params = dict(cu.QUICK, **TINY)
+    snrs = sorted({float(x) for x in params["snr"]} | {float(params["snr0"])})
+    model, datasets, trained = _train_minima(params, snrs, 0)
+    k = snrs.index(0.2)
+    data, W = datasets[k], trained[k].W
+    n, n_f = params["n"], params["n_forget"]
+    sharp = float(tiny["sharpness"].sel(snr=0.2))
+    alpha, B = 0.3, params["batch0"]
+    ref = predict_unlearning(model, W, data, np.arange(n_f), alpha=alpha,
+                             eta=params["c0"] / sharp, batch=B, loss="squared",
+                             horizon=params["horizon"],
+                             trajectories=params["mc_trajectories"], seed=0)
+    cell = tiny.sel(snr_alpha_row=0.2, snr_alpha_col=alpha)
+    assert float(cell["snr_alpha_rho"]) == pytest.approx(ref.rho, rel=1e-10)
+    assert float(cell["snr_alpha_lyapunov"]) == pytest.approx(ref.lyapunov, rel=1e-10)
+    assert bool(cell["snr_alpha_predicted"]) == ref.escapes
+    assert n - n_f > B

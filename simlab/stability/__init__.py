@@ -18,6 +18,7 @@ from .radius import (
     asymptotic_escape_time,
     critical_lr,
     escape_time,
+    escape_time_from_rho,
     gaussian_span_moment,
     mean_lower_bound,
     mean_square_growth,
@@ -27,6 +28,7 @@ from .radius import (
 
 __all__ = [
     "asymptotic_escape_time",
+    "escape_time_from_rho",
     "build_problem",
     "coherence_bound_lr",
     "coherence_bound_tightness",

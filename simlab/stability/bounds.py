@@ -36,6 +36,7 @@ but one sample, ``rho >= eta^2 a_i L_i^2``, and the block-norm inequality
 import numpy as np
 
 from .. import config
+from .._blas import serial_blas
 from .._validation import (
     check_alpha,
     check_batch,
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 
+@serial_blas
 def coherence_bound_lr(hessians, batch):
     """Learning rate above which Bernoulli SGD provably diverges (Dexter et al.).
 
@@ -99,6 +101,7 @@ def _mean_part(retain, forget, alpha, batch, forget_batch, scheme):
     return prob, lam, W, tol
 
 
+@serial_blas
 def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=None):
     """Learning rate above which Bernoulli descent-ascent unlearning provably diverges.
 
@@ -168,6 +171,7 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
     return float(bound)
 
 
+@serial_blas
 def unlearning_direction_bound_lr(retain, batch, *, forget=None, alpha=0.0,
                                   forget_batch=None, scheme="without"):
     """Direction form of the unlearning bound: ``min_v 2 m_v / (m_v^2 + q_v)``.

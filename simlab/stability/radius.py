@@ -21,12 +21,14 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config
+from .._blas import serial_blas
 from .._validation import (
     as_float_array,
     check_escape_factor,
     check_eta,
     check_int,
     check_perturbation_law,
+    check_positive,
 )
 from .operator import (
     OperatorAction,
@@ -98,6 +100,7 @@ def _power_radius(act, eta, maxiter=100_000, rtol=1e-12):
                        f"(last estimate {rho}); use method='lanczos'")
 
 
+@serial_blas
 def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
                     forget_batch=None, alpha=0.0, method="auto"):
     """Spectral radius ``rho(T)`` on the invariant subspace ``U``.
@@ -157,6 +160,7 @@ def _parts_scale(prob):
     return float(np.linalg.eigvalsh(prob.weighted_sum(np.abs(prob.mean_coef)))[-1])
 
 
+@serial_blas
 def critical_lr(retain, batch, *, scheme="without", forget=None, forget_batch=None,
                 alpha=0.0, method="auto"):
     """Smallest learning rate ``eta`` with ``rho(T) > 1``.
@@ -294,6 +298,7 @@ def _critical_secular(prob, batch):
                                        hi * (1 - 1e-12), xtol=1e-15, rtol=1e-13))
 
 
+@serial_blas
 def asymptotic_escape_time(retain, eta, batch, *, scheme="without", forget=None,
                            forget_batch=None, alpha=0.0, escape_factor=1e3):
     """Asymptotic escape time ``log K / log rho(T)`` (``inf`` when ``rho <= 1``).
@@ -323,9 +328,18 @@ def asymptotic_escape_time(retain, eta, batch, *, scheme="without", forget=None,
     K = check_escape_factor(escape_factor)
     rho = spectral_radius(retain, eta, batch, scheme=scheme, forget=forget,
                           forget_batch=forget_batch, alpha=alpha)
+    return escape_time_from_rho(rho, K)
+
+
+def escape_time_from_rho(rho, escape_factor=1e3):
+    """``log K / log rho`` for a known ``rho`` (``inf`` when ``rho <= 1``): the one
+    place of this formula (see :func:`asymptotic_escape_time`)."""
+    K = check_escape_factor(escape_factor)
+    rho = check_positive(rho, "rho", allow_zero=True)
     return float(np.log(K) / np.log(rho)) if rho > 1.0 else np.inf
 
 
+@serial_blas
 def escape_time(retain, eta, batch, *, scheme="without", forget=None,
                 forget_batch=None, alpha=0.0, escape_factor=1e3,
                 perturbation_cov=None, perturbation_samples=None, horizon=None,
@@ -451,6 +465,7 @@ def escape_time(retain, eta, batch, *, scheme="without", forget=None,
     return run(prob, eta, Y0, K - tr_out, horizon)
 
 
+@serial_blas
 def mean_square_growth(retain, eta, batch, *, steps, scheme="without", forget=None,
                        forget_batch=None, alpha=0.0, perturbation_cov=None,
                        perturbation_samples=None):
@@ -671,6 +686,7 @@ def gaussian_span_moment(factors, *, normalized=True):
     return np.sqrt(r * w)[:, None] * Vt
 
 
+@serial_blas
 def mean_lower_bound(retain, eta, batch, *, scheme="without", forget=None,
                      forget_batch=None, alpha=0.0):
     """``max_lambda (1 - eta lambda)^2`` over the eigenvalues of ``M`` on ``U``.
@@ -684,6 +700,7 @@ def mean_lower_bound(retain, eta, batch, *, scheme="without", forget=None,
     return float(np.max((1.0 - eta * lam) ** 2))
 
 
+@serial_blas
 def kappa_plus(retain, *, forget, alpha):
     """``kappa_+ = lambda_max(alpha H_f - (1 - alpha) H_r)`` on ``U``.
 

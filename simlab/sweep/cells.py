@@ -10,7 +10,7 @@ the same step bodies); the Dask backend ships batches of ``"cpu"`` work.
 
 import numpy as np
 
-from ..curvature import coherence_dial, random_rank_one
+from ..curvature import coherence_dial, random_rank_one, sharpness
 from ..dynamics.backends import get_kernel
 from ..stability import critical_lr, spectral_radius
 from ..theory import dial_critical_lr, dial_spectral_radius
@@ -93,7 +93,7 @@ class LinearizedRandom:
               "family_seed": (int, None), "steps": (int, None),
               "trajectories": (int, None), "escape_factor": (float, None)}
     DEFAULTS = {"n": None, "p": None, "batch": None, "eta_rel": None,
-                "scheme": "bernoulli", "family_seed": 0, "steps": 1000,
+                "scheme": "without", "family_seed": 0, "steps": 1000,
                 "trajectories": 10, "escape_factor": 1e3}
     METRICS = ("rho", "critical_lr_rel", "escape_fraction", "lyapunov_median",
                "ms_growth_mc")
@@ -103,7 +103,7 @@ class LinearizedRandom:
         configs, rho, crit = [], [], []
         for p, s in zip(params_list, seeds):
             G = random_rank_one(p["n"], p["p"], seed=p["family_seed"])
-            lam = np.linalg.eigvalsh(G @ G.T / p["n"])[-1]
+            lam = sharpness(G)
             eta = p["eta_rel"] * 2.0 / lam
             configs.append(dict(retain=G, eta=eta, batch=p["batch"],
                                 scheme=p["scheme"], seed=int(s)))

@@ -1,0 +1,34 @@
+"""Single-threaded BLAS for the small dense linear algebra of the exact theory.
+
+The operators of :mod:`simlab.stability` are small (``r^2 x r^2`` with
+``r <= n``), where a threaded BLAS gains little and, right after a Numba
+``prange`` region on a busy machine, loses badly: measured on 2 shared cores, a
+400 x 400 ``eigvalsh`` took 3.3 s with OpenBLAS on 2 threads after a
+``linearized`` call and 0.02 s on one thread (the Numba threading layer, omp or
+workqueue, and ``OMP_WAIT_POLICY`` made no difference; ``OPENBLAS_NUM_THREADS=1``
+did). :func:`serial_blas` limits BLAS to one thread for the duration of a call
+through :mod:`threadpoolctl` (about 20 us per call); the controller is created
+once, lazily.
+"""
+
+import functools
+
+__all__ = ["serial_blas"]
+
+
+@functools.cache
+def _controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def serial_blas(fn):
+    """Decorator: run ``fn`` with BLAS limited to one thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _controller().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
