@@ -6,6 +6,7 @@ number deep inside a kernel.
 """
 
 import numbers
+import os
 
 import numpy as np
 
@@ -13,9 +14,92 @@ from . import config
 
 SCHEMES = ("bernoulli", "with", "without")
 
+# --------------------------------------------------------------------------
+# magnitude limits
+# --------------------------------------------------------------------------
+# float64 overflows beyond ~1.8e308, so any quantity that gets squared must
+# stay well below 1e154. The limits below leave room for the sums and products
+# around the squares; inputs outside them are refused with an error that names
+# the argument, instead of ending in inf, NaN or a numpy/LAPACK exception.
+
+#: Largest per-sample curvature ``lambda_max(H_i)`` accepted in a Hessian
+#: family (the second-moment operator squares it).
+CURVATURE_MAX = 1e100
+#: Smallest non-zero per-sample curvature scale accepted: below it ``H_i`` (or
+#: ``g_i g_i^T`` for rank-one factors) underflows towards zero.
+CURVATURE_MIN = 1e-100
+#: Largest dimensionless step size ``eta * lambda`` accepted (one step of the
+#: linearized dynamics can grow ``|delta|`` by about this factor).
+STEP_MAX = 1e50
+#: Largest learning rate accepted (``eta**2`` must stay finite).
+ETA_MAX = 1e150
+#: Largest scale parameter (``||mu||``, ``sigma_p``, ``snr``) accepted.
+SCALE_MAX = 1e50
+#: Largest magnitude of a data entry (patches ``X``).
+DATA_MAX = 1e60
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+class SizeError(ValueError, MemoryError):
+    """An argument asks for more memory than this machine has.
+
+    Raised before allocating; a ``ValueError`` (bad argument) and a
+    ``MemoryError`` at once, so either ``except`` clause catches it.
+    """
+
+
+def _memory_bytes():
+    """Physical memory of this machine in bytes (1 TiB if unknown)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):   # pragma: no cover
+        return 2**40
+
+
+def _fmt_bytes(b):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if b < 1024 or unit == "PiB":
+            return f"{b:.3g} {unit}"
+        b /= 1024.0
+
+
+def check_size(shape, what, *, itemsize=8):
+    """Refuse an allocation of ``shape`` larger than the machine's memory.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the array about to be allocated (or an element count).
+    what : str
+        What asks for it, e.g. ``"coherence_dial(n=1000000, s=1)"``; named in
+        the message.
+    itemsize : int
+        Bytes per element.
+
+    Raises
+    ------
+    SizeError
+        A ``ValueError`` and ``MemoryError`` naming ``what``, the shape and the
+        size, raised before anything is allocated.
+    """
+    shape = tuple(int(k) for k in np.atleast_1d(shape))
+    nbytes = float(itemsize)
+    for k in shape:
+        nbytes *= k
+    limit = _memory_bytes()
+    if nbytes > limit:
+        raise SizeError(f"{what} needs an array of shape {shape} "
+                        f"({_fmt_bytes(nbytes)}), more than this machine's memory "
+                        f"({_fmt_bytes(limit)})")
+
 
 def as_float_array(x, name, *, ndim=None):
-    """Return ``x`` as a C-contiguous float64 array with only finite entries."""
+    """Return ``x`` as a C-contiguous float64 array with only finite entries.
+
+    Complex input is refused (never truncated to its real part).
+    """
+    if np.iscomplexobj(x):
+        raise ValueError(f"{name} must be real, got a complex array")
     try:
         arr = np.ascontiguousarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -25,6 +109,70 @@ def as_float_array(x, name, *, ndim=None):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf")
     return arr
+
+
+def sample_curvature(hessians, rank_one):
+    """Upper bound on ``lambda_max(H_i)`` for each sample of a validated family.
+
+    ``|g_i|^2`` for rank-one factors (exact), the largest absolute row sum of
+    ``H_i`` for dense Hessians (at most ``p`` times ``lambda_max``). Computed
+    without overflow or underflow in the intermediate steps; the result itself
+    is ``inf`` (``0``) where it is beyond the float64 range.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        if not rank_one:
+            return np.abs(hessians).sum(axis=2).max(axis=1)
+        a = np.abs(hessians).max(axis=1)
+        safe = np.where(a > 0, a, 1.0)
+        u = hessians / safe[:, None]
+        return a * a * np.einsum("ij,ij->i", u, u)
+
+
+def _check_curvature(arr, rank_one, name):
+    """Refuse families whose curvature scale over- or underflows float64."""
+    with np.errstate(over="ignore", under="ignore", divide="ignore"):
+        if rank_one:
+            a = np.abs(arr).max()
+            if a == 0.0:
+                return
+            u = arr / a
+            log_c = 2.0 * np.log10(a) + np.log10(np.einsum("ij,ij->i", u, u).max())
+        else:
+            c = sample_curvature(arr, False).max()
+            if c == 0.0:
+                return
+            log_c = np.log10(c)
+    if log_c > np.log10(CURVATURE_MAX):
+        raise ValueError(
+            f"{name} has a per-sample curvature of about 1e{log_c:.0f}, above "
+            f"{CURVATURE_MAX:g}: squares of it overflow float64. Rescale {name} "
+            f"(stability depends on eta * H only)")
+    if log_c < np.log10(CURVATURE_MIN):
+        raise ValueError(
+            f"{name} has a largest per-sample curvature of about 1e{log_c:.0f}, "
+            f"below {CURVATURE_MIN:g}: it underflows float64. Rescale {name} "
+            f"(stability depends on eta * H only)")
+
+
+def check_step(eta, curvature, name="eta"):
+    """Refuse ``eta * curvature > STEP_MAX``.
+
+    ``curvature`` bounds the curvature one step can apply (e.g. the largest
+    ``lambda_max(H_i)``); beyond ``STEP_MAX`` one step grows ``|delta|`` by a
+    factor whose square overflows float64.
+    """
+    with np.errstate(over="ignore"):
+        step = float(eta) * float(curvature)
+    if not step <= STEP_MAX:
+        raise ValueError(
+            f"{name}={eta:g} is too large for these Hessians: eta * lambda = "
+            f"{step:.3g} exceeds {STEP_MAX:g}, so one step can grow |delta| "
+            f"beyond what float64 can hold (the dynamics depends on eta * H "
+            f"only: rescale)")
 
 
 def check_hessians(hessians, name="hessians"):
@@ -49,11 +197,13 @@ def check_hessians(hessians, name="hessians"):
         raise ValueError(f"{name} must hold at least one sample of dimension >= 1, "
                          f"got shape {arr.shape}")
     if arr.ndim == 2:
+        _check_curvature(arr, True, name)
         return arr, True
     p = arr.shape[1]
     if arr.shape[2] != p:
         raise ValueError(f"{name} must have shape (n, p, p) for dense Hessians, "
                          f"got {arr.shape}")
+    _check_curvature(arr, False, name)
     scale = max(np.abs(arr).max(), np.finfo(float).tiny)
     asym = np.abs(arr - arr.transpose(0, 2, 1)).max()
     if asym > config.PSD_RTOL * scale:
@@ -87,7 +237,8 @@ def check_linearized(retain, batch, scheme, forget, forget_batch, alpha):
     """Validate the arguments shared by the exact operator and the simulator.
 
     Returns ``(retain, forget, rank_one, batch, forget_batch, scheme, alpha)``;
-    ``forget_batch`` defaults to ``batch`` and is ``None`` without a forget set.
+    ``forget_batch`` defaults as in :func:`check_forget_batch` and is ``None``
+    without a forget set.
     """
     retain, forget, rank_one = check_pair(retain, forget)
     scheme = check_scheme(scheme)
@@ -98,23 +249,39 @@ def check_linearized(retain, batch, scheme, forget, forget_batch, alpha):
             raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
         forget_batch = None
     else:
-        forget_batch = check_batch(batch if forget_batch is None else forget_batch,
-                                   forget.shape[0], "forget_batch")
+        forget_batch = check_forget_batch(forget_batch, batch, retain.shape[0],
+                                          forget.shape[0])
     return retain, forget, rank_one, batch, forget_batch, scheme, alpha
 
 
-def check_int(value, name, *, low=None, high=None):
-    """Return ``value`` as int, checking ``low <= value <= high``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+def _is_bool(value):
+    return isinstance(value, bool | np.bool_)
+
+
+def _int(value, name):
+    """``value`` as a Python int: integers and integral reals, never bools."""
+    if _is_bool(value):
+        raise ValueError(f"{name} must be an integer, got the bool {value!r}")
+    if not isinstance(value, numbers.Integral):
         if isinstance(value, numbers.Real) and float(value).is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
+            return int(value)
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def check_int(value, name, *, low=None, high=None):
+    """Return ``value`` as int, checking ``low <= value <= high``.
+
+    Bools (``True``, ``np.True_``) are refused, not read as 1; values outside
+    the int64 range are refused (the compiled kernels count in int64).
+    """
+    value = _int(value, name)
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
+    if abs(value) > _INT64_MAX:
+        raise ValueError(f"{name} must fit in a 64-bit integer, got {value}")
     return value
 
 
@@ -123,16 +290,46 @@ def check_batch(batch, n, name="batch"):
     return check_int(batch, name, low=1, high=n)
 
 
-def check_positive(value, name, *, allow_zero=False, allow_inf=False):
-    """A real number ``> 0`` (or ``>= 0``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def check_forget_batch(forget_batch, batch, n_retain, n_forget):
+    """Forget batch size in ``[1, n_forget]``; ``None`` gives the default.
+
+    The one default rule of the package: the forget set is sampled at the same
+    fraction as the retain set, ``B_f = max(1, min(n_f, round(B n_f / n_r)))``
+    (the whole forget set when the retain batch is the whole retain set, and
+    ``B`` when ``n_f = n_r``).
+    """
+    if forget_batch is None:
+        forget_batch = max(1, min(n_forget, round(batch * n_forget / n_retain)))
+    return check_batch(forget_batch, n_forget, "forget_batch")
+
+
+def check_real(value, name):
+    """A real scalar (not a bool, not complex) as float; NaN and inf pass."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    return float(value)
+
+
+def check_positive(value, name, *, allow_zero=False, allow_inf=False, high=None,
+                   low=None):
+    """A real number ``> 0`` (or ``>= 0``), optionally ``<= high``.
+
+    ``low`` (if given) is a smallest accepted non-zero magnitude (zero itself
+    is governed by ``allow_zero``).
+    """
+    value = check_real(value, name)
     if np.isnan(value) or (np.isinf(value) and not allow_inf):
         raise ValueError(f"{name} must be finite, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high:g} (larger values overflow "
+                         f"float64 arithmetic), got {value:g}")
+    if low is not None and 0 < value < low:
+        zero = "0 or " if allow_zero else ""
+        raise ValueError(f"{name} must be {zero}>= {low:g} (smaller values "
+                         f"underflow float64 arithmetic), got {value:g}")
     return value
 
 
@@ -145,13 +342,13 @@ def check_escape_factor(value, name="escape_factor"):
 
 
 def check_eta(eta, name="eta"):
-    """Learning rate: finite and ``> 0``."""
-    return check_positive(eta, name)
+    """Learning rate: finite, ``> 0`` and at most ``ETA_MAX``."""
+    return check_positive(eta, name, high=ETA_MAX)
 
 
 def check_alpha(alpha, name="alpha"):
     """Mixing weight in ``[0, 1]``."""
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+    if _is_bool(alpha) or not isinstance(alpha, numbers.Real):
         raise ValueError(f"{name} must be a real number in [0, 1], got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0:
@@ -160,8 +357,12 @@ def check_alpha(alpha, name="alpha"):
 
 
 def check_scheme(scheme, name="scheme"):
-    """One of ``"bernoulli"``, ``"with"``, ``"without"``."""
-    if scheme not in SCHEMES:
+    """One of ``"bernoulli"``, ``"with"``, ``"without"``.
+
+    Call it whatever the batch size: a bad scheme is an error even where it
+    would not change the result (full batch).
+    """
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise ValueError(f"{name} must be one of {SCHEMES}, got {scheme!r}")
     return scheme
 
@@ -170,7 +371,65 @@ def check_seed(seed, name="seed"):
     """A non-negative integer seed (explicit seeds only: ``None`` is refused)."""
     if seed is None:
         raise ValueError(f"{name} must be an explicit non-negative integer")
-    return check_int(seed, name, low=0)
+    seed = _int(seed, name)
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return seed
+
+
+def check_instance(value, cls, name):
+    """``value`` itself if it is an instance of ``cls``; else a clear error."""
+    if not isinstance(value, cls):
+        raise ValueError(f"{name} must be a {cls.__name__}, got "
+                         f"{type(value).__name__}" + ("" if value is None else
+                                                      f" {value!r:.60}"))
+    return value
+
+
+def check_model(model, name="model"):
+    """A :class:`simlab.models.TwoPatchModel` (e.g. not ``None``)."""
+    from .models.two_patch import TwoPatchModel
+    return check_instance(model, TwoPatchModel, name)
+
+
+def check_data(data, name="data"):
+    """A :class:`simlab.data.SignalNoise` data set."""
+    from .data import SignalNoise
+    return check_instance(data, SignalNoise, name)
+
+
+def check_patches(X, name="X", d=None):
+    """``X`` as a finite C-contiguous float64 array of shape ``(n, 2, d)``.
+
+    Entries larger than ``DATA_MAX`` in magnitude are refused (the models'
+    Gram and activation arithmetic would overflow).
+    """
+    arr = as_float_array(X, name, ndim=3)
+    if arr.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (n, 2, d) (two patches), "
+                         f"got {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[2] < 1:
+        raise ValueError(f"{name} must hold at least one sample of dimension >= 1, "
+                         f"got shape {arr.shape}")
+    if d is not None and arr.shape[2] != d:
+        raise ValueError(f"{name} has patch dimension d={arr.shape[2]} but the "
+                         f"model expects d={d}")
+    top = np.abs(arr).max()
+    if top > DATA_MAX:
+        raise ValueError(f"{name} has an entry of magnitude {top:.3g}, above "
+                         f"{DATA_MAX:g}: products of such entries overflow float64")
+    return arr
+
+
+def check_labels(y, n, name="y"):
+    """Labels in ``{-1, +1}`` as float64 of shape ``(n,)``."""
+    arr = as_float_array(y, name, ndim=1)
+    if arr.shape[0] != n:
+        raise ValueError(f"{name} must have length n={n}, got {arr.shape[0]}")
+    if not np.all((arr == 1.0) | (arr == -1.0)):
+        bad = arr[(arr != 1.0) & (arr != -1.0)][0]
+        raise ValueError(f"{name} must contain only labels -1 and +1, found {bad!r}")
+    return arr
 
 
 def check_perturbation_law(cov, samples, p, *, required=False):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_hessians, check_pair
+from ._validation import check_hessians, check_pair, check_size
 
 __all__ = [
     "coherence_matrix",
@@ -25,6 +25,8 @@ def _flat(H, rank_one):
 
 def _cross(A, a1, B, b1):
     """``S`` between two validated families."""
+    check_size((A.shape[0], B.shape[0]),
+               f"the coherence matrix of {A.shape[0]} x {B.shape[0]} samples")
     G = _flat(A, a1) @ _flat(B, b1).T
     return np.abs(G) if a1 else np.sqrt(np.maximum(G, 0.0))
 

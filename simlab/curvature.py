@@ -7,7 +7,14 @@ A family is either a dense array ``(n, p, p)`` of PSD matrices or an array
 import numpy as np
 
 from . import config
-from ._validation import check_hessians, check_int, check_seed
+from ._validation import (
+    as_float_array,
+    check_hessians,
+    check_int,
+    check_positive,
+    check_seed,
+    check_size,
+)
 
 __all__ = [
     "to_dense",
@@ -29,13 +36,37 @@ def to_dense(hessians):
            [2., 4.]])
     """
     H, rank_one = check_hessians(hessians)
-    return np.einsum("ij,ik->ijk", H, H) if rank_one else H
+    if not rank_one:
+        return H
+    n, p = H.shape
+    check_size((n, p, p), f"to_dense of {n} rank-one factors of dimension p={p}")
+    return np.einsum("ij,ik->ijk", H, H)
 
 
 def mean_hessian(hessians):
     """``H = (1/n) sum_i H_i`` as a dense ``(p, p)`` matrix."""
     H, rank_one = check_hessians(hessians)
-    return H.T @ H / H.shape[0] if rank_one else H.mean(axis=0)
+    if rank_one:
+        check_size((H.shape[1],) * 2, f"mean_hessian of dimension p={H.shape[1]}")
+        return H.T @ H / H.shape[0]
+    return H.mean(axis=0)
+
+
+def sharpness(hessians):
+    """``lambda_max(H)`` of the mean Hessian ``H = (1/n) sum_i H_i``.
+
+    For rank-one factors ``G`` (``n x p``) through the ``n x n`` Gram matrix,
+    ``lambda_max(G^T G / n) = lambda_max(G G^T) / n``, so ``p`` may be large.
+
+    Examples
+    --------
+    >>> round(sharpness(coherence_dial(10, 3)), 12)
+    2.0
+    """
+    H, rank_one = check_hessians(hessians)
+    if rank_one:
+        return float(np.linalg.eigvalsh(H @ H.T)[-1] / H.shape[0])
+    return float(np.linalg.eigvalsh(H.mean(axis=0))[-1])
 
 
 def range_basis(hessians, rtol=None):
@@ -45,8 +76,13 @@ def range_basis(hessians, rtol=None):
     ``config.RANGE_RTOL``) count as zero.
     """
     H, rank_one = check_hessians(hessians)
-    rtol = config.RANGE_RTOL if rtol is None else rtol
+    rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
+                                                                 allow_zero=True)
+    if rtol >= 1.0:
+        raise ValueError(f"rtol must be < 1, got {rtol}")
     if rank_one:
+        n = H.shape[0]
+        check_size((n, n), f"range_basis of {n} rank-one factors (Gram matrix)")
         lam, V = np.linalg.eigh(H @ H.T)
         keep = lam > rtol * max(lam[-1], 0.0)
         return H.T @ (V[:, keep] / np.sqrt(lam[keep]))
@@ -80,7 +116,11 @@ def coherence_dial(n, s, *, rank_one=True):
     """
     n = check_int(n, "n", low=1)
     s = check_int(s, "s", low=1, high=n)
+    if not isinstance(rank_one, bool | np.bool_):
+        raise ValueError(f"rank_one must be a bool, got {rank_one!r}")
     p = n - s + 1
+    check_size((n, p) if rank_one else (n, p, p),
+               f"coherence_dial(n={n}, s={s}, rank_one={bool(rank_one)})")
     G = np.zeros((n, p))
     axis = np.maximum(np.arange(n) - s + 1, 0)
     G[np.arange(n), axis] = np.sqrt(2.0 * n / s)
@@ -99,10 +139,16 @@ def random_rank_one(n, p, *, seed, scale=None):
     """
     n = check_int(n, "n", low=1)
     p = check_int(p, "p", low=1)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
+    if scale is not None:
+        scale = as_float_array(scale, "scale", ndim=1)
+        if scale.shape != (n,):
+            raise ValueError(f"scale must have shape ({n},), got {scale.shape}")
+    check_size((n, p), f"random_rank_one(n={n}, p={p})")
+    rng = np.random.default_rng(seed)
     G = rng.standard_normal((n, p))
     if scale is not None:
-        G *= np.asarray(scale, dtype=float)[:, None]
+        G *= scale[:, None]
     return G
 
 
@@ -111,6 +157,8 @@ def random_psd(n, p, *, rank=None, seed):
     n = check_int(n, "n", low=1)
     p = check_int(p, "p", low=1)
     rank = p if rank is None else check_int(rank, "rank", low=1, high=p)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
+    check_size((n, p, max(p, rank)), f"random_psd(n={n}, p={p}, rank={rank})")
+    rng = np.random.default_rng(seed)
     A = rng.standard_normal((n, p, rank))
     return A @ A.transpose(0, 2, 1) / rank

@@ -15,7 +15,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ._validation import as_float_array, check_int, check_positive, check_seed
+from ._validation import (
+    SCALE_MAX,
+    as_float_array,
+    check_instance,
+    check_int,
+    check_labels,
+    check_patches,
+    check_positive,
+    check_real,
+    check_seed,
+    check_size,
+)
 
 __all__ = [
     "SignalNoise",
@@ -39,37 +50,11 @@ FORGET_RULES = ("random", "class", "mislabeled", "memorized")
 
 
 # --------------------------------------------------------------------------
-# private checks shared with simlab.models / simlab.dynamics
+# checks
 # --------------------------------------------------------------------------
 
-def _check_patches(X, name="X", d=None):
-    """``X`` as a finite C-contiguous float64 array of shape ``(n, 2, d)``."""
-    arr = as_float_array(X, name, ndim=3)
-    if arr.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (n, 2, d) (two patches), "
-                         f"got {arr.shape}")
-    if arr.shape[0] < 1 or arr.shape[2] < 1:
-        raise ValueError(f"{name} must hold at least one sample of dimension >= 1, "
-                         f"got shape {arr.shape}")
-    if d is not None and arr.shape[2] != d:
-        raise ValueError(f"{name} has patch dimension d={arr.shape[2]} but the "
-                         f"model expects d={d}")
-    return arr
-
-
-def _check_labels(y, n, name="y"):
-    """Labels in ``{-1, +1}`` as float64 of shape ``(n,)``."""
-    arr = as_float_array(y, name, ndim=1)
-    if arr.shape[0] != n:
-        raise ValueError(f"{name} must have length n={n}, got {arr.shape[0]}")
-    if not np.all((arr == 1.0) | (arr == -1.0)):
-        bad = arr[(arr != 1.0) & (arr != -1.0)][0]
-        raise ValueError(f"{name} must contain only labels -1 and +1, found {bad!r}")
-    return arr
-
-
 def _check_p_flip(p_flip):
-    if isinstance(p_flip, bool) or not isinstance(p_flip, numbers.Real):
+    if isinstance(p_flip, bool | np.bool_) or not isinstance(p_flip, numbers.Real):
         raise ValueError(f"p_flip must be a real number in [0, 0.5), got {p_flip!r}")
     p_flip = float(p_flip)
     if not 0.0 <= p_flip < 0.5:
@@ -122,11 +107,11 @@ class SignalNoise:
     sigma_p: float = float("nan")
 
     def __post_init__(self):
-        X = _check_patches(self.X, "X")
+        X = check_patches(self.X, "X")
         n, _, d = X.shape
-        y = _check_labels(self.y, n, "y")
-        y_clean = None if self.y_clean is None else _check_labels(self.y_clean, n,
-                                                                  "y_clean")
+        y = check_labels(self.y, n, "y")
+        y_clean = None if self.y_clean is None else check_labels(self.y_clean, n,
+                                                                 "y_clean")
         mu = None
         if self.mu is not None:
             mu = as_float_array(self.mu, "mu", ndim=1)
@@ -134,14 +119,24 @@ class SignalNoise:
                 raise ValueError(f"mu has dimension {mu.shape[0]} but X has d={d}")
         flipped = None
         if self.flipped is not None:
-            flipped = np.asarray(self.flipped, dtype=bool)
+            flipped = np.asarray(self.flipped)
+            if flipped.dtype != bool:
+                # 0/1 are read as False/True; anything else is an error, not a
+                # silent cast (2.5 or -1 would become True)
+                f = as_float_array(flipped, "flipped")
+                if not np.all((f == 0.0) | (f == 1.0)):
+                    raise ValueError("flipped must hold booleans (or 0/1)")
+                flipped = f.astype(bool)
             if flipped.shape != (n,):
                 raise ValueError(f"flipped must have shape ({n},), got "
                                  f"{flipped.shape}")
         elif y_clean is not None:
             flipped = y != y_clean
+        sigma_p = check_real(self.sigma_p, "sigma_p")
+        if not np.isnan(sigma_p):
+            sigma_p = check_positive(sigma_p, "sigma_p")
         for k, v in dict(X=X, y=y, y_clean=y_clean, mu=mu, flipped=flipped,
-                         sigma_p=float(self.sigma_p)).items():
+                         sigma_p=sigma_p).items():
             object.__setattr__(self, k, v)
 
     @property
@@ -183,8 +178,14 @@ def _signal_norm(snr, mu_norm, sigma_p, d):
     if (snr is None) == (mu_norm is None):
         raise ValueError("give exactly one of snr and mu_norm")
     if snr is not None:
-        return check_positive(snr, "snr", allow_zero=True) * sigma_p * np.sqrt(d)
-    return check_positive(mu_norm, "mu_norm", allow_zero=True)
+        snr = check_positive(snr, "snr", allow_zero=True, high=SCALE_MAX)
+        norm = snr * sigma_p * np.sqrt(d)
+        if norm > SCALE_MAX:
+            raise ValueError(f"snr={snr:g} gives ||mu|| = snr * sigma_p * sqrt(d) = "
+                             f"{norm:.3g}, above {SCALE_MAX:g}: products of such "
+                             f"entries overflow float64")
+        return norm
+    return check_positive(mu_norm, "mu_norm", allow_zero=True, high=SCALE_MAX)
 
 
 def _draw(n, d, norm, sigma_p, p_flip, rng, u=None):
@@ -213,7 +214,7 @@ def _draw(n, d, norm, sigma_p, p_flip, rng, u=None):
 def _common_checks(n, d, sigma_p, p_flip, seed):
     n = check_int(n, "n", low=1)
     d = check_int(d, "d", low=2)
-    sigma_p = check_positive(sigma_p, "sigma_p")
+    sigma_p = check_positive(sigma_p, "sigma_p", high=SCALE_MAX)
     p_flip = _check_p_flip(p_flip)
     seed = check_seed(seed)
     return n, d, sigma_p, p_flip, seed
@@ -261,6 +262,7 @@ def signal_noise(n, d, *, snr=None, mu_norm=None, sigma_p=1.0, p_flip=0.0, seed=
     """
     n, d, sigma_p, p_flip, seed = _common_checks(n, d, sigma_p, p_flip, seed)
     norm = _signal_norm(snr, mu_norm, sigma_p, d)
+    check_size((n, 2, d), f"signal_noise(n={n}, d={d})")
     rng = np.random.default_rng([seed, _TRAIN_STREAM])
     return _draw(n, d, norm, sigma_p, p_flip, rng)[0]
 
@@ -280,6 +282,8 @@ def signal_noise_pair(n, n_test, d, *, snr=None, mu_norm=None, sigma_p=1.0,
     n, d, sigma_p, p_flip, seed = _common_checks(n, d, sigma_p, p_flip, seed)
     n_test = check_int(n_test, "n_test", low=1)
     norm = _signal_norm(snr, mu_norm, sigma_p, d)
+    check_size((n + n_test, 2, d),
+               f"signal_noise_pair(n={n}, n_test={n_test}, d={d})")
     train, u = _draw(n, d, norm, sigma_p, p_flip,
                      np.random.default_rng([seed, _TRAIN_STREAM]))
     test, _ = _draw(n_test, d, norm, sigma_p, p_flip,
@@ -293,12 +297,13 @@ def rescale_signal(data, mu_norm):
     Only patch 0 changes (``y_clean * mu``); labels, flips and noise are kept.
     Needs ``data.mu`` and ``data.y_clean``.
     """
+    check_instance(data, SignalNoise, "data")
     if data.mu is None or data.y_clean is None:
         raise ValueError("data must carry mu and y_clean to rescale its signal")
     old = float(np.linalg.norm(data.mu))
     if old == 0.0:
         raise ValueError("data.mu is zero: its direction is undefined")
-    mu_norm = check_positive(mu_norm, "mu_norm", allow_zero=True)
+    mu_norm = check_positive(mu_norm, "mu_norm", allow_zero=True, high=SCALE_MAX)
     mu = data.mu * (mu_norm / old)
     X = data.X.copy()
     X[:, 0] = data.y_clean[:, None] * mu
@@ -385,8 +390,7 @@ def select_forget(data, n_forget=None, *, rule="random", label=1, scores=None,
     >>> len(retain), len(forget)
     (7, 3)
     """
-    if not isinstance(data, SignalNoise):
-        raise ValueError("data must be a SignalNoise instance")
+    check_instance(data, SignalNoise, "data")
     if rule not in FORGET_RULES:
         raise ValueError(f"rule must be one of {FORGET_RULES}, got {rule!r}")
     n = data.n
@@ -409,7 +413,7 @@ def select_forget(data, n_forget=None, *, rule="random", label=1, scores=None,
         forget = np.argsort(-s, kind="stable")[:n_forget]
     else:
         if rule == "class":
-            if label not in (1, -1):
+            if isinstance(label, bool | np.bool_) or label not in (1, -1):
                 raise ValueError(f"label must be 1 or -1, got {label!r}")
             pool = np.flatnonzero(data.y == label)
         else:

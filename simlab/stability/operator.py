@@ -34,8 +34,12 @@ import numpy as np
 
 from .. import config
 from .._validation import (
+    as_float_array,
     check_eta,
     check_linearized,
+    check_size,
+    check_step,
+    sample_curvature,
 )
 
 __all__ = [
@@ -126,13 +130,17 @@ class Problem:
         """The mean update matrix ``M``."""
         return self.weighted_sum(self.mean_coef)
 
+    def curvature(self):
+        """Upper bound on ``lambda_max(H_i)`` over the active samples."""
+        return float(sample_curvature(self.hessians, self.rank_one).max())
+
     def rotated(self, W):
         """The same problem in the orthonormal basis ``W`` (columns)."""
         H = self.hessians @ W if self.rank_one else W.T @ self.hessians @ W
         return replace(self, hessians=np.ascontiguousarray(H))
 
 
-def build_problem(retain, batch, *, scheme="bernoulli", forget=None,
+def build_problem(retain, batch, *, scheme="without", forget=None,
                   forget_batch=None, alpha=0.0, restrict=True):
     """Validate inputs and assemble the operator data of THEORY sections 2-4.
 
@@ -197,6 +205,8 @@ def _restrict(prob):
     H = prob.hessians
     if prob.rank_one:
         # Gram route: K = G^T G = V L V^T; coordinates V_+ L_+^{1/2} preserve K.
+        N = H.shape[0]
+        check_size((N, N), f"the Gram matrix of {N} rank-one samples")
         lam, V = np.linalg.eigh(H @ H.T)
         keep = lam > config.RANGE_RTOL * max(lam[-1], 0.0)
         if lam[-1] <= 0 or not keep.any():
@@ -249,6 +259,7 @@ class OperatorAction:
     """
 
     def __init__(self, prob):
+        self._curvature = prob.curvature()
         self.lam, self.W = np.linalg.eigh(prob.mean())
         self.prob = prob.rotated(self.W)
         self._groups = []
@@ -274,6 +285,7 @@ class OperatorAction:
 
     def operator(self, eta, Y):
         """``T(Y)`` for ``Y`` in the rotated basis."""
+        check_step(eta, self._curvature)
         return (Y - eta * (self.lam[:, None] + self.lam[None, :]) * Y
                 + eta**2 * self.quadratic(Y))
 
@@ -282,6 +294,7 @@ def quadratic_matrix(prob):
     """``D`` as a dense ``r^2 x r^2`` matrix (row-major vectorization)."""
     H = prob.hessians
     r = prob.dim
+    check_size((r * r, r * r), f"the dense operator on {r} x {r} matrices")
     M = prob.mean()
     D = np.kron(M, M)
     if prob.rank_one:
@@ -297,14 +310,16 @@ def quadratic_matrix(prob):
 
 def operator_matrix(prob, eta):
     """``T`` as a dense ``r^2 x r^2`` matrix: ``I - eta (M (+) M) + eta^2 D``."""
+    check_step(eta, prob.curvature())
     r = prob.dim
+    check_size((r * r, r * r), f"the dense operator on {r} x {r} matrices")
     M = prob.mean()
     eye = np.eye(r)
     return (np.eye(r * r) - eta * (np.kron(M, eye) + np.kron(eye, M))
             + eta**2 * quadratic_matrix(prob))
 
 
-def second_moment_operator(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def second_moment_operator(retain, eta, batch, *, scheme="without", forget=None,
                            forget_batch=None, alpha=0.0):
     """Return ``X -> T(X) = E[(I - eta M_hat) X (I - eta M_hat)]``.
 
@@ -342,11 +357,12 @@ def second_moment_operator(retain, eta, batch, *, scheme="bernoulli", forget=Non
     eta = check_eta(eta)
     prob = build_problem(retain, batch, scheme=scheme, forget=forget,
                          forget_batch=forget_batch, alpha=alpha, restrict=False)
+    check_step(eta, prob.curvature())
     act = OperatorAction(prob)
     W, p = act.W, prob.dim
 
     def T(X):
-        X = np.asarray(X, dtype=float)
+        X = as_float_array(X, "X")
         if X.shape != (p, p):
             raise ValueError(f"X must have shape {(p, p)}, got {X.shape}")
         return W @ act.operator(eta, W.T @ X @ W) @ W.T
@@ -354,7 +370,7 @@ def second_moment_operator(retain, eta, batch, *, scheme="bernoulli", forget=Non
     return T
 
 
-def second_moment_matrix(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def second_moment_matrix(retain, eta, batch, *, scheme="without", forget=None,
                          forget_batch=None, alpha=0.0, restrict=True):
     """Dense matrix of ``T`` on row-major vectorized matrices.
 
@@ -373,7 +389,7 @@ def second_moment_matrix(retain, eta, batch, *, scheme="bernoulli", forget=None,
     return operator_matrix(prob, eta), prob.basis
 
 
-def gram_operator(retain, eta, batch, *, scheme="bernoulli", forget=None,
+def gram_operator(retain, eta, batch, *, scheme="without", forget=None,
                   forget_batch=None, alpha=0.0):
     """Gram-reduced operator of THEORY section 6 for rank-one families.
 
@@ -399,13 +415,15 @@ def gram_operator(retain, eta, batch, *, scheme="bernoulli", forget=None,
     if not prob.rank_one:
         raise ValueError("retain must be rank-one factors of shape (n, p) for the "
                          "Gram-reduced operator")
+    check_step(eta, prob.curvature())
     G = prob.hessians.T
+    N = G.shape[1]
+    check_size((N, N), f"the Gram matrix of {N} rank-one samples")
     K = G.T @ G
-    N = K.shape[0]
     P = np.eye(N) - eta * prob.mean_coef[:, None] * K
 
     def R(C):
-        C = np.asarray(C, dtype=float)
+        C = as_float_array(C, "C")
         if C.shape != (N, N):
             raise ValueError(f"C must have shape {(N, N)}, got {C.shape}")
         out = P @ C @ P.T + eta**2 * np.diag(

@@ -41,14 +41,17 @@ import numpy as np
 import scipy.integrate
 import scipy.optimize
 import scipy.stats
-from scipy.special import erf
+from scipy.special import erfc
 
 from .._validation import (
+    SCALE_MAX,
+    as_float_array,
     check_alpha,
     check_batch,
     check_int,
     check_positive,
     check_seed,
+    check_size,
 )
 
 __all__ = [
@@ -115,7 +118,9 @@ def sample_linear_model(n, d, snr, *, seed, sigma_p=1.0):
     ((4, 10), [-1.0, 1.0])
     """
     n, d, snr, sigma_p = _check_nds(n, d, snr, sigma_p)
-    rng = np.random.default_rng(check_seed(seed))
+    seed = check_seed(seed)
+    check_size((n, d), f"sample_linear_model(n={n}, d={d})")
+    rng = np.random.default_rng(seed)
     y = rng.choice(np.array([-1.0, 1.0]), size=n)
     X = np.empty((n, d))
     X[:, 0] = y * snr * sigma_p * np.sqrt(d)
@@ -126,8 +131,12 @@ def sample_linear_model(n, d, snr, *, seed, sigma_p=1.0):
 def _check_nds(n, d, snr, sigma_p, *, n_low=1):
     n = check_int(n, "n", low=n_low)
     d = check_int(d, "d", low=2)
-    snr = check_positive(snr, "snr", allow_zero=True)
-    sigma_p = check_positive(sigma_p, "sigma_p")
+    snr = check_positive(snr, "snr", allow_zero=True, high=SCALE_MAX)
+    sigma_p = check_positive(sigma_p, "sigma_p", high=SCALE_MAX, low=1.0 / SCALE_MAX)
+    if snr * sigma_p * np.sqrt(d) > SCALE_MAX:
+        raise ValueError(f"snr={snr:g} gives ||mu|| = snr * sigma_p * sqrt(d) = "
+                         f"{snr * sigma_p * np.sqrt(d):.3g}, above {SCALE_MAX:g}: "
+                         f"its square overflows float64 arithmetic")
     return n, d, snr, sigma_p
 
 
@@ -164,9 +173,22 @@ def folded_normal_moments(p, theta):
     ``q = theta / sqrt(p)`` and ``mbar = sqrt(2/pi) e^{-q^2/2} + q erf(q/sqrt 2)``
     the mean is ``sqrt(p) mbar`` and the variance ``p (1 + q^2 - mbar^2)``.
 
+    Parameters
+    ----------
+    p : float
+        Noise dimension, finite and ``> 0``.
+    theta : float
+        ``||mu||^2 / sigma_p^2``, finite and ``>= 0``.
+
     Returns
     -------
     m, V : float
+
+    Notes
+    -----
+    Computed through ``eps = mbar - q = sqrt(2/pi) e^{-q^2/2} - q erfc(q/sqrt 2)``
+    and ``V = p (1 - eps (2 q + eps))``, which stays accurate for large ``q``
+    (``1 + q^2 - mbar^2`` cancels to zero there).
 
     Examples
     --------
@@ -174,9 +196,14 @@ def folded_normal_moments(p, theta):
     >>> round(m / 10, 6), round(V / 100, 6)     # half-normal
     (0.797885, 0.36338)
     """
+    p = check_positive(p, "p")
+    theta = check_positive(theta, "theta", allow_zero=True)
     q = theta / np.sqrt(p)
-    mbar = np.sqrt(2.0 / np.pi) * np.exp(-0.5 * q * q) + q * erf(q / np.sqrt(2.0))
-    return float(np.sqrt(p) * mbar), float(p * (1.0 + q * q - mbar * mbar))
+    with np.errstate(over="ignore", under="ignore"):
+        eps = (np.sqrt(2.0 / np.pi) * np.exp(-0.5 * q * q)
+               - q * erfc(q / np.sqrt(2.0)))
+    mbar = q + eps
+    return float(np.sqrt(p) * mbar), float(p * (1.0 - eps * (2.0 * q + eps)))
 
 
 def _mp_stieltjes(z, c):
@@ -216,6 +243,7 @@ def mp_quantiles(n, p):
     """
     n = check_int(n, "n", low=1)
     p = check_int(p, "p", low=1)
+    check_size((n,), f"mp_quantiles(n={n}, p={p})")
     m = min(n, p)
     if n <= p:
         c, scale = n / p, p / n
@@ -249,6 +277,9 @@ def _top_eigen(n, p, theta):
     hi = top + s + 1e-12
     if f(lo) <= 0.0:
         return float(top), w
+    if f(hi) >= 0.0:
+        # theta >> top: the absolute 1e-12 margin is lost in rounding
+        hi = top + s * (1.0 + 1e-9)
     return float(scipy.optimize.brentq(f, lo, hi, xtol=1e-14 * (top + s),
                                        rtol=1e-14)), w
 
@@ -512,7 +543,9 @@ def _outlier(p, n_r, n_f, alpha, theta):
     tau = p * theta / (theta - 1)
     B = tau * (b - a) + theta * (1 - 2 * alpha)
     C = -tau**2 * a * b - theta * tau * alpha * (1 - alpha) * (1 / n_f + 1 / n_r)
-    lam = (-B + np.sqrt(B * B - 4 * C)) / 2
+    root = np.sqrt(B * B - 4 * C)
+    # C <= 0; for B > 0 the textbook form cancels (lam -> 0 at large theta)
+    lam = -2 * C / (B + root) if B > 0 else (root - B) / 2
     return float(lam), float(tau / lam)
 
 
@@ -655,11 +688,11 @@ def ascent_rate_limit(u, n, n_forget, alpha):
     Parameters
     ----------
     u : float or array_like
-        ``n SNR^2 >= 0``.
+        ``n SNR^2 >= 0``, finite.
     n, n_forget : int
         Sample count (forget included) and forget-set size.
     alpha : float
-        Mixing weight in ``(0, 1]``.
+        Mixing weight in ``[0, 1]`` (``r = 0`` at ``alpha = 0``).
 
     Returns
     -------
@@ -673,14 +706,21 @@ def ascent_rate_limit(u, n, n_forget, alpha):
     n = check_int(n, "n", low=2)
     n_f = check_int(n_forget, "n_forget", low=1, high=n - 1)
     alpha = check_alpha(alpha)
-    u = np.asarray(u, dtype=float)
+    u = as_float_array(u, "u").reshape(np.shape(u))
     if np.any(u < 0):
         raise ValueError("u must be >= 0")
     n_r = n - n_f
     a, b = alpha / n_f, (1 - alpha) / n_r
     B = b - a + (u / n) * (1 - 2 * alpha)
-    C = -a * b - (u / n) * alpha * (1 - alpha) * (1 / n_f + 1 / n_r)
-    ell = (-B + np.sqrt(B * B - 4 * C)) / 2
+    C = -a * b - (u / n) * alpha * (1 - alpha) * (1 / n_f + 1 / n_r)   # <= 0
+    # positive root of l^2 + B l + C, without cancellation (B > 0) or overflow
+    # of B^2 (large u): root = s sqrt((B/s)^2 - 4 (C/s)/s), s = max(|B|, |C|^1/2)
+    s = np.maximum(np.abs(B), np.sqrt(-C))
+    s_safe = np.where(s > 0, s, 1.0)
+    root = s * np.sqrt((B / s_safe) ** 2 - 4.0 * (C / s_safe) / s_safe)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ell = np.where(B > 0, -2.0 * C / np.where(B > 0, B + root, 1.0),
+                       (root - B) / 2.0)
     out = n * ell / (1 + u)
     return float(out) if out.ndim == 0 else out
 
