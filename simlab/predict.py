@@ -361,7 +361,7 @@ def cnn_summary(model, W, data):
         raise ValueError("cnn_summary needs the ReLU CNN (q = 1)")
     if data.mu is None:
         raise ValueError("data.mu is unknown")
-    W = np.asarray(W, dtype=float).reshape(2 * model.m, model.d)
+    W = model.kernel_weights(W)
     y, xi = data.y, data.noise
     sp2 = data.sigma_p**2 if np.isfinite(data.sigma_p) else 1.0
     pos = float(np.sum(W @ data.mu > 0))

@@ -82,7 +82,7 @@ def test_coherence_bound_never_violated(fam, data):
     bound = coherence_bound_lr(H, B)
     eta = critical_lr(H, B, scheme="bernoulli")
     assert eta <= bound * (1 + 1e-9)
-    assert spectral_radius(H, bound * (1 + 1e-9), B) > 1
+    assert spectral_radius(H, bound * (1 + 1e-9), B, scheme="bernoulli") > 1
     t = coherence_bound_tightness(H, B)
     assert 0 < t <= 1 + 1e-9
 

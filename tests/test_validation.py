@@ -372,3 +372,27 @@ def test_model_and_data_helpers():
     with pytest.raises(ValueError, match="^y must contain only labels"):
         V.check_labels([1, 0], 2)
     assert V.check_patches(np.zeros((1, 2, 3))).shape == (1, 2, 3)
+
+
+def test_huge_eta_refused_in_closed_forms_and_mean_bound():
+    """The dial closed form and the mean lower bound refuse a step size whose
+    square overflows, like the general operator (never an inf or 1e280)."""
+    from simlab.curvature import coherence_dial
+    from simlab.stability import mean_lower_bound
+    from simlab.theory import dial_spectral_radius
+
+    with pytest.raises(ValueError, match="eta"):
+        dial_spectral_radius(10, 3, 1e140, 2)
+    with pytest.raises(ValueError, match="eta"):
+        mean_lower_bound(coherence_dial(10, 3), 1e140, 2)
+
+
+def test_cnn_summary_refuses_complex_weights():
+    from simlab.data import signal_noise
+    from simlab.models import CNN
+    from simlab.predict import cnn_summary
+
+    model = CNN(8, 2)
+    data = signal_noise(4, 8, snr=0.5, seed=0)
+    with pytest.raises(ValueError, match="W must be real"):
+        cnn_summary(model, model.init(0.1) + 1j, data)

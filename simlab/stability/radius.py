@@ -29,6 +29,7 @@ from .._validation import (
     check_int,
     check_perturbation_law,
     check_positive,
+    check_step,
 )
 from .operator import (
     OperatorAction,
@@ -696,6 +697,7 @@ def mean_lower_bound(retain, eta, batch, *, scheme="without", forget=None,
     """
     eta = check_eta(eta)
     prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
+    check_step(eta, prob.curvature())
     lam = np.linalg.eigvalsh(prob.mean())
     return float(np.max((1.0 - eta * lam) ** 2))
 

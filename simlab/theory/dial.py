@@ -22,7 +22,15 @@ power iteration from ``I``, which stays diagonal: ``rho(T) = max(rho_0, rho_1)``
 """
 
 
-from .._validation import check_alpha, check_batch, check_eta, check_int, check_scheme
+from .._validation import (
+    check_alpha,
+    check_batch,
+    check_eta,
+    check_forget_batch,
+    check_int,
+    check_scheme,
+    check_step,
+)
 from ..stability.operator import scheme_coefficients
 
 __all__ = ["dial_critical_lr", "dial_spectral_radius"]
@@ -32,8 +40,7 @@ def _coefficients(n, s, batch, scheme, alpha, forget_batch):
     n = check_int(n, "n", low=1)
     s = check_int(s, "s", low=1, high=n)
     batch = check_batch(batch, n)
-    forget_batch = batch if forget_batch is None else check_batch(
-        forget_batch, n, "forget_batch")
+    forget_batch = check_forget_batch(forget_batch, batch, n, n)   # = batch here
     scheme = check_scheme(scheme)
     alpha = check_alpha(alpha)
     a_r, b_r = scheme_coefficients(n, batch, scheme)
@@ -76,6 +83,7 @@ def dial_spectral_radius(n, s, eta, batch, *, scheme="without", alpha=0.0,
     """
     eta = check_eta(eta)
     n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
+    check_step(eta, 2.0 * n / s)          # every sample's curvature is 2n/s
     rho = (1 - 2 * m * eta) ** 2 + 4 * eta**2 * (a * n**2 / s - b)
     if s < n:
         rho = max(rho, (1 - 2 * m * eta / s) ** 2 + 4 * eta**2 * (a * n**2 - b) / s**2)
