@@ -114,6 +114,104 @@ def test_train_many_equals_train():
                             rtol=1e-13)
 
 
+
+def _assert_same_records(dense, sparse, test_rtol=0.0):
+    """``sparse``'s history is ``dense``'s at ``sparse``'s steps, bit for bit.
+
+    ``test_rtol``: the Gram form picks its route to the test outputs by cost,
+    which depends on the number of records (``W_0 X_t^T + C (X_p X_t^T)`` cached,
+    or ``(W_0 + C X_p) X_t^T``); the two round differently, so ``test_loss``
+    then agrees to rounding only.
+    """
+    hd, hs = dense.history, sparse.history
+    assert np.isin(hs.step.values, hd.step.values).all()
+    npt.assert_array_equal(dense.W, sparse.W)
+    for var in hs.data_vars:
+        a, b = hd[var].sel(step=hs.step.values).values, hs[var].values
+        if var == "test_loss" and test_rtol:
+            npt.assert_allclose(a, b, rtol=test_rtol, err_msg=var)
+        else:
+            npt.assert_array_equal(a, b, err_msg=var)
+
+
+@pytest.mark.parametrize("method", ["gram", "weight"])
+@pytest.mark.parametrize("batch, scheme", [(None, "without"), (4, "with")])
+def test_default_records_equal_sparse_records(method, batch, scheme):
+    # Where records are made, and how many at a time, must not change a number:
+    # the default schedule (every steps // 100 = 3 steps, recorded inside the
+    # Gram-form kernel) against two records made one at a time.
+    model = CNN(30, 3)
+    tr, te = signal_noise_pair(12, 25, 30, mu_norm=2.0, p_flip=0.1, seed=6)
+    kw = dict(eta=0.2, steps=300, batch=batch, scheme=scheme, seed=3, method=method)
+    for test in (None, te):
+        dense = train(model, tr, test=test, **kw)
+        sparse = train(model, tr, test=test, record_every=150, **kw)
+        npt.assert_array_equal(dense.history.step, np.arange(0, 301, 3))
+        npt.assert_array_equal(sparse.history.step, [0, 150, 300])
+        _assert_same_records(dense, sparse,
+                             test_rtol=1e-13 if method == "gram" else 0.0)
+        # ... and the records are those of the weights (independent formulas)
+        npt.assert_allclose(dense.history.dist.values[-1],
+                            np.linalg.norm(dense.W - dense.W0), rtol=1e-12)
+        npt.assert_allclose(dense.history.train_loss.values[-1],
+                            model.loss(dense.W, tr.X, tr.y), rtol=1e-12)
+
+
+def test_record_chunks_and_stacks_do_not_change_records(monkeypatch):
+    # Records split over many kernel calls (tiny chunk budget) and configurations
+    # run as a stack give the records of one configuration run alone.
+    from simlab.dynamics import train as train_mod
+
+    datas, tests, models = [], [], []
+    for d in (20, 35):
+        tr, te = signal_noise_pair(10, 30, d, mu_norm=2.0, p_flip=0.1, seed=d)
+        datas.append(tr)
+        tests.append(te)
+        models.append(CNN(d, 3))
+    kw = dict(eta=[0.05, 0.2], steps=200, seeds=[0, 1], batch=5)
+    ref = train_many(models, datas, tests=tests, record_every=100, **kw)
+    monkeypatch.setattr(train_mod, "_CHUNK_ENTRIES", 700)
+    many = train_many(models, datas, tests=tests, record_every=1, **kw)
+    for k in range(2):
+        assert many[k].history.step.size == 201
+        _assert_same_records(many[k], ref[k], test_rtol=1e-13)
+        one = train(models[k], datas[k], test=tests[k], eta=kw["eta"][k], steps=200,
+                    seed=kw["seeds"][k], batch=5, record_every=7)
+        _assert_same_records(many[k], one, test_rtol=1e-13)
+
+
+def test_quad_records_grouping_and_reference():
+    # ||W - W0||^2 in Gram form: each record's value is the same whether it is
+    # summed alone, four at a time or as a SIMD lane among many, and agrees with
+    # the plain quadratic form (summation-order rounding only).
+    from simlab.dynamics.train import _cpu
+
+    rng = np.random.default_rng(0)
+    for K, n2 in [(1, 2), (6, 40), (20, 40), (4, 100), (2, 2732)]:
+        R = 10 if n2 < 1000 else 3
+        Cs = rng.standard_normal((R, K, n2))
+        Cs[:, :, ::3] = 0.0                       # zero rows (skipped)
+        Cs[1] *= rng.random((K, n2)) < 0.5         # scattered zeros
+        X = rng.standard_normal((n2, 5))
+        G = X @ X.T
+        together = np.empty(R)
+        _cpu.quad_records(Cs, G, R, together)
+        alone = np.empty(R)
+        for r in range(R):
+            _cpu.quad_records(Cs[r:r + 1], G, 1, alone[r:r + 1])
+        npt.assert_array_equal(together, alone)
+        plain = np.einsum("rik,kl,ril->r", Cs, G, Cs, optimize=True)
+        npt.assert_allclose(together, plain, rtol=1e-12)
+    # non-finite input propagates (nothing is skipped then)
+    Cs = np.zeros((9, 2, 4))
+    Cs[:, 0, 1] = 1.0
+    G = np.eye(4)
+    G[0, 0] = np.inf
+    out = np.empty(9)
+    _cpu.quad_records(Cs, G, 9, out)
+    assert np.isnan(out).all()
+
+
 def test_history_decomposition_and_sharpness():
     model = CNN(40, 4)
     tr, te = signal_noise_pair(12, 50, 40, mu_norm=3.0, p_flip=0.2, seed=4)

@@ -10,7 +10,10 @@ One (S)GD step of the models of :mod:`simlab.models` in two exact forms:
   step; preferable when ``n > d`` (CPU only).
 
 Both accumulate ``C`` (for the signal/noise decomposition) and track
-``||W_t - W_0||^2`` for escape detection. The functions of
+``||W_t - W_0||^2`` for escape detection. :func:`gram_record` runs the Gram form
+and records, at given steps, what the history needs (``f``, ``C`` and
+``||W - W_0||^2``, all from the Gram-form state), so that a run with many
+records is still one call. The functions of
 :data:`DEVICE_FUNCTIONS` allocate nothing and are compiled, with the scalar
 bodies of :mod:`simlab.models.bodies`, both for the CPU
 (:mod:`simlab.dynamics.train`) and as CUDA device functions
@@ -23,7 +26,8 @@ import numpy as np
 
 from ..models.kernels import f_all, f_sample, grad_coef, loss_terms, serial_abt
 
-__all__ = ["CPU_FUNCTIONS", "DEVICE_FUNCTIONS", "DRIVERS", "FCAP", "bodies"]
+__all__ = ["CPU_FUNCTIONS", "DEVICE_FUNCTIONS", "DRIVERS", "FCAP", "QUAD_BUFFER",
+           "bodies"]
 
 #: ``|pre-activation|`` above which a run is declared divergent (far below
 #: overflow, so every reported number stays finite).
@@ -34,10 +38,15 @@ prange = range
 
 #: Step bodies shared by the CPU and CUDA compilations, in dependency order.
 DEVICE_FUNCTIONS = ("batch_coef", "track_escape", "gram_steps")
+#: Elements that :func:`quad_records` sums per partial sum (NumPy's iterator
+#: buffer size, see there).
+QUAD_BUFFER = 8192
+
 #: CPU-only bodies (they allocate their work arrays).
-CPU_FUNCTIONS = ("gram_run", "weight_run")
+CPU_FUNCTIONS = ("gram_run", "weight_run", "quad_cuts", "quad_finite", "quad_lanes",
+                 "quad_four", "quad_records", "gram_record")
 #: CPU drivers, ``prange`` over a stack of configurations.
-DRIVERS = ("gram_run_many", "weight_run_many", "f_many")
+DRIVERS = ("gram_run_many", "gram_record_many", "weight_run_many", "f_many")
 
 
 def bodies(names):
@@ -147,6 +156,226 @@ def track_escape(track, step):
         track[3] = step
 
 
+def quad_records(Cs, G, nrec, out):
+    """``out[r] = sum_{i,k,l} Cs[r,i,k] G[k,l] Cs[r,i,l]`` for ``r < nrec``.
+
+    ``||W_r - W_0||^2`` in Gram form, summed in exactly the order of
+    ``np.einsum("ik,kl,il->", C, G, C)`` on C-contiguous ``C`` ``(K, 2n)`` and
+    ``G`` (NumPy 2.x), which is what the history's ``dist`` has always used:
+    terms ``(C[i,k] G[k,l]) C[i,l]`` in ``(i, k, l)`` order, added serially into
+    partial sums that the NumPy iterator's buffering cuts (see
+    :func:`quad_cuts`), the partial sums added in turn. The serial chain of one
+    record cannot be reordered, so records are summed side by side: many of
+    them as SIMD lanes (:func:`quad_lanes`), a few four at a time
+    (:func:`quad_four`). Rows ``k`` whose coefficient is zero in every record
+    summed together add exact zeros to a partial sum that is never ``-0.0``,
+    and are skipped when everything is finite.
+    """
+    if nrec >= 8:
+        quad_lanes(Cs, G, nrec, out)
+    else:
+        quad_four(Cs, G, nrec, out)
+
+
+def quad_cuts(K, n2):
+    """Where ``np.einsum("ik,kl,il->", C, G, C)`` cuts its serial partial sums.
+
+    Returns ``(planes, rows, piece)``: a partial sum starts at every ``planes``
+    ``(k, l)`` planes when ``planes > 0``, else at every ``rows`` rows ``k`` of a
+    plane, and also every ``piece`` terms of a row. This is the choice of the
+    NumPy 2.x iterator (``npyiter_find_buffering_setup``) for these strides and
+    a :data:`QUAD_BUFFER`-element buffer: whole planes per buffer when that
+    costs less than rows, rows when a plane does not fit, single rows (cut
+    into buffer-sized pieces) when even three rows cost more than a buffer.
+    """
+    planes = 0
+    rows = 1
+    if 3 * n2 <= QUAD_BUFFER and not (n2 < 3 and K == 1):
+        if n2 < 3 or (n2 * n2 <= QUAD_BUFFER and (K == 1 or 4 * n2 * n2
+                                                  <= 3 * QUAD_BUFFER)):
+            planes = max(1, QUAD_BUFFER // (n2 * n2))
+        else:
+            rows = min(n2, QUAD_BUFFER // n2)
+    return planes, rows, min(n2, QUAD_BUFFER)
+
+
+def quad_finite(Cs, G, nrec):
+    """Whether the first ``nrec`` records of ``Cs`` and ``G`` are all finite."""
+    for r in range(nrec):
+        for i in range(Cs.shape[1]):
+            for k in range(Cs.shape[2]):
+                v = Cs[r, i, k]
+                if not (v - v == 0.0):
+                    return False
+    for k in range(G.shape[0]):
+        for col in range(G.shape[1]):
+            v = G[k, col]
+            if not (v - v == 0.0):
+                return False
+    return True
+
+
+def quad_lanes(Cs, G, nrec, out):
+    """:func:`quad_records` with the records as SIMD lanes (many records)."""
+    K, n2 = Cs.shape[1], Cs.shape[2]
+    planes, rows, piece = quad_cuts(K, n2)
+    skip = quad_finite(Cs, G, nrec)
+    T = np.empty((K, n2, nrec))          # records last: contiguous lanes
+    for r in range(nrec):
+        for i in range(K):
+            for k in range(n2):
+                T[i, k, r] = Cs[r, i, k]
+    acc = np.zeros(nrec)
+    o = np.zeros(nrec)
+    for i in range(K):
+        Ti = T[i]
+        for k in range(n2):
+            c = Ti[k]
+            zero = skip
+            if skip:
+                for r in range(nrec):
+                    if c[r] != 0.0:
+                        zero = False
+                        break
+            Gk = G[k]
+            for lo in range(0, n2, piece):
+                if lo > 0 or ((k == 0 and i % planes == 0) if planes > 0
+                              else (k % rows == 0)):
+                    if i > 0 or k > 0 or lo > 0:
+                        for r in range(nrec):
+                            o[r] = acc[r] + o[r]
+                    for r in range(nrec):
+                        acc[r] = 0.0
+                if zero:
+                    continue
+                hi = min(lo + piece, n2)
+                col = lo
+                while col + 4 <= hi:
+                    g0 = Gk[col]
+                    g1 = Gk[col + 1]
+                    g2 = Gk[col + 2]
+                    g3 = Gk[col + 3]
+                    x0 = Ti[col]
+                    x1 = Ti[col + 1]
+                    x2 = Ti[col + 2]
+                    x3 = Ti[col + 3]
+                    for r in range(nrec):
+                        cr = c[r]
+                        a = acc[r]
+                        a += cr * g0 * x0[r]
+                        a += cr * g1 * x1[r]
+                        a += cr * g2 * x2[r]
+                        a += cr * g3 * x3[r]
+                        acc[r] = a
+                    col += 4
+                while col < hi:
+                    g0 = Gk[col]
+                    x0 = Ti[col]
+                    for r in range(nrec):
+                        acc[r] += c[r] * g0 * x0[r]
+                    col += 1
+    for r in range(nrec):
+        out[r] = acc[r] + o[r]
+
+
+def quad_four(Cs, G, nrec, out):
+    """:func:`quad_records` four records at a time (a few records)."""
+    K, n2 = Cs.shape[1], Cs.shape[2]
+    planes, rows, piece = quad_cuts(K, n2)
+    skip = quad_finite(Cs, G, nrec)
+    for r0 in range(0, nrec, 4):
+        A0 = Cs[r0]
+        A1 = Cs[min(r0 + 1, nrec - 1)]
+        A2 = Cs[min(r0 + 2, nrec - 1)]
+        A3 = Cs[min(r0 + 3, nrec - 1)]
+        o0 = 0.0
+        o1 = 0.0
+        o2 = 0.0
+        o3 = 0.0
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        a3 = 0.0
+        for i in range(K):
+            R0 = A0[i]
+            R1 = A1[i]
+            R2 = A2[i]
+            R3 = A3[i]
+            for k in range(n2):
+                Gk = G[k]
+                c0 = R0[k]
+                c1 = R1[k]
+                c2 = R2[k]
+                c3 = R3[k]
+                zero = skip and c0 == 0.0 and c1 == 0.0 and c2 == 0.0 and c3 == 0.0
+                for lo in range(0, n2, piece):
+                    if lo > 0 or ((k == 0 and i % planes == 0) if planes > 0
+                                  else (k % rows == 0)):
+                        if i > 0 or k > 0 or lo > 0:
+                            o0 = a0 + o0
+                            o1 = a1 + o1
+                            o2 = a2 + o2
+                            o3 = a3 + o3
+                        a0 = 0.0
+                        a1 = 0.0
+                        a2 = 0.0
+                        a3 = 0.0
+                    if zero:
+                        continue
+                    for col in range(lo, min(lo + piece, n2)):
+                        g = Gk[col]
+                        a0 += c0 * g * R0[col]
+                        a1 += c1 * g * R1[col]
+                        a2 += c2 * g * R2[col]
+                        a3 += c3 * g * R3[col]
+        out[r0] = a0 + o0
+        if r0 + 1 < nrec:
+            out[r0 + 1] = a1 + o1
+        if r0 + 2 < nrec:
+            out[r0 + 2] = a2 + o2
+        if r0 + 3 < nrec:
+            out[r0 + 3] = a3 + o3
+
+
+def gram_record(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, track,
+                t0, rec_at, F, Cs, D2):
+    """:func:`gram_run` (never stopping on escape) that also records on the way.
+
+    After local step ``rec_at[r]`` (sorted, in ``[1, nsteps]``) it stores the
+    training outputs ``F[r] = f`` ``(n,)``, the coefficients ``Cs[r] = C`` and
+    ``D2[r] = ||W - W_0||^2`` (:func:`quad_records`). Returns the number of steps
+    completed; the records made are those with ``rec_at[r] <= done``.
+    """
+    K, n2 = Z.shape
+    n = n2 // 2
+    D = np.empty((K, n2))
+    active = np.empty(n, dtype=np.int64)
+    u = np.empty(n2)
+    S = wts.shape[0]
+    t = 0
+    nrec = 0
+    for r in range(rec_at.shape[0]):
+        s = rec_at[r]
+        k = gram_steps(Z, C, G, Z0, wts[t:] if S > 1 else wts, s - t, eta, y, J, m,
+                       act_id, q, loss_id, track, t0 + t, False, D, active, u)
+        if k < s - t:
+            t += k
+            break
+        t = s
+        for i in range(n):
+            F[r, i] = f_sample(Z, i, J, m, act_id, q)
+        for row in range(K):
+            for col in range(n2):
+                Cs[r, row, col] = C[row, col]
+        nrec += 1
+    if nrec == rec_at.shape[0] and t < nsteps:
+        t += gram_steps(Z, C, G, Z0, wts[t:] if S > 1 else wts, nsteps - t, eta, y,
+                        J, m, act_id, q, loss_id, track, t0 + t, False, D, active, u)
+    if nrec > 0:
+        quad_records(Cs, G, nrec, D2)
+    return t
+
+
 def weight_run(W, C, Xp, W0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, track,
                 t0, stop_on_escape):
     """Run ``nsteps`` (S)GD steps on the weights ``W (K, d)``; same contract as
@@ -214,6 +443,17 @@ def gram_run_many(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id, tr
             done[c] = gram_run(Z[c], C[c], G[c], Z0[c], wts[c], nsteps, eta[c], y[c],
                                 J, m, act_id, q, loss_id, track[c], t0,
                                 stop_on_escape)
+
+
+def gram_record_many(Z, C, G, Z0, wts, nsteps, eta, y, J, m, act_id, q, loss_id,
+                     track, t0, rec_at, F, Cs, D2, live, done):
+    """:func:`gram_record` for a stack of configurations, ``prange`` over them
+    (``F``, ``Cs``, ``D2`` carry a leading configuration axis)."""
+    for c in prange(Z.shape[0]):
+        if live[c]:
+            done[c] = gram_record(Z[c], C[c], G[c], Z0[c], wts[c], nsteps, eta[c],
+                                  y[c], J, m, act_id, q, loss_id, track[c], t0,
+                                  rec_at, F[c], Cs[c], D2[c])
 
 
 def weight_run_many(W, C, Xp, W0, wts, nsteps, eta, y, J, m, act_id, q, loss_id,

@@ -14,6 +14,12 @@ exact forms of the update:
 Randomness (initialisation, minibatches) is drawn on the host from explicit
 seeds and passed to the kernels as per-step sample weights, so both methods,
 and any record schedule, give the same trajectory.
+
+History records cost little: in Gram form the kernel itself stops at each
+record step and keeps what the metrics need (``f`` from ``Z``, ``C``, and
+``||W - W_0||^2`` from ``C`` and ``G``), so a run with many records is still
+one call, and :class:`_History` turns a block of records into metrics with a
+few vectorised calls, the same arithmetic per record as one at a time.
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +27,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import _streams
+from .._jit import compile_family
 from .._validation import (
     check_batch,
     check_eta,
@@ -29,11 +37,9 @@ from .._validation import (
     check_seed,
 )
 from ..data import SignalNoise
-from .. import _streams
-from .._jit import compile_family
 from ..models import kernels as K
-from . import _train_step as TS
 from ..models.two_patch import TwoPatchModel, kernel_sharpness, loss_code
+from . import _train_step as TS
 
 __all__ = ["train", "train_many", "TrainResult", "memorization_scores",
            "batch_weights"]
@@ -164,6 +170,27 @@ class _Runner:
                  self.track, t0, stop_on_escape, live, done)
         return done
 
+    def advance_recording(self, wts, nsteps, t0, live, rec_at, F, Cs, D2):
+        """:meth:`advance` (Gram form, CPU driver) that records on the way.
+
+        After global step ``t0 + rec_at[r]`` configuration ``c`` stores its
+        training outputs in ``F[c, r]``, its coefficients in ``Cs[c, r]`` and
+        ``||W - W_0||^2`` in ``D2[c, r]`` (see ``_train_step.gram_record``).
+        """
+        done = np.zeros(self.n_cfg, dtype=np.int64)
+        J, m, act_id, q = self.kargs
+        if self.n_cfg == 1:
+            if live[0]:
+                done[0] = _cpu.gram_record(
+                    self.Z[0], self.C[0], self.G[0], self.Z0[0], wts[0], nsteps,
+                    self.eta[0], self.y[0], J, m, act_id, q, self.lid, self.track[0],
+                    t0, rec_at, F[0], Cs[0], D2[0])
+        else:
+            _cpu.gram_record_many(self.Z, self.C, self.G, self.Z0, wts, nsteps,
+                                  self.eta, self.y, J, m, act_id, q, self.lid,
+                                  self.track, t0, rec_at, F, Cs, D2, live, done)
+        return done
+
     def weights(self, c):
         """Current weights ``(K, d_c)`` of configuration ``c``."""
         if self.method == "gram":
@@ -204,13 +231,18 @@ class _Runner:
             else:
                 self._test.append(("direct", Xt))
 
-    def f_test(self, c):
+    def f_test(self, c, C=None):
+        """Test outputs of configuration ``c``, now or (Gram form) at the
+        coefficients ``C``."""
         t = self._test[c]
         if t is None:
             return None
         J, m, act_id, q = self.kargs
+        C = self.C[c] if C is None else C
         if t[0] == "gram":
-            Zt = K.add_ab(t[1], self.C[c], t[2])
+            Zt = K.add_ab(t[1], C, t[2])
+        elif self.method == "gram":
+            Zt = K.abt(K.add_ab(self.W0s[c], C, self.Xps[c]), t[1])
         else:
             Zt = K.abt(self.weights(c), t[1])
         return K.f_all(np.ascontiguousarray(Zt), J, m, act_id, q)
@@ -228,8 +260,9 @@ class _Runner:
     def dist2(self, c):
         """Exact ``||W - W_0||^2`` of configuration ``c``."""
         if self.method == "gram":
-            Cc = self.C[c]
-            return float(np.einsum("ik,kl,il->", Cc, self.G[c], Cc))
+            out = np.empty(1)
+            _cpu.quad_records(self.C[c][None], self.G[c], 1, out)
+            return float(out[0])
         return float(np.sum((self.W[c] - self.W0pad[c]) ** 2))
 
 
@@ -246,17 +279,100 @@ def _choose_method(method, n, ds, n_cfg):
 # metrics
 # --------------------------------------------------------------------------
 
-def _loss_acc(f, y, lid):
-    """Mean loss and accuracy (``y f > 0``)."""
-    return float(K.losses(f, y, lid).mean()), float(np.mean(y * f > 0))
-
-
 def _decomposition(C, sig, nsq, J, m):
     """``gamma (J, m)``, ``rho (J, m, n)`` from patch coefficients ``C (K, 2n)``."""
     signs = np.repeat([1.0, -1.0][:J], m)
     gamma = (signs * (C @ sig)).reshape(J, m)
     rho = (C[:, 1::2] * nsq).reshape(J, m, -1)
     return gamma, rho
+
+
+class _History:
+    """Per-configuration history records, computed a block of records at a time.
+
+    A record is a snapshot of what the metrics need: the training outputs
+    ``f``, the patch coefficients ``C`` (signal/noise decomposition, and the
+    test outputs in Gram form), ``||W - W_0||^2`` and, when the weights are not
+    in Gram form, the test outputs. The metrics of a block are computed in a few
+    vectorised NumPy calls, each the same per-record arithmetic as one record at
+    a time, so the numbers do not depend on how records are grouped.
+    """
+
+    _KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "test_acc_clean",
+             "gamma_max", "rho_max", "rho_min", "dist")
+
+    def __init__(self, runner, datasets, tests, lid, sig, nsq, J, m, with_sharpness):
+        self.runner = runner
+        self.datasets = datasets
+        self.tests = tests
+        self.lid = lid
+        self.sig = sig
+        self.nsq = nsq
+        self.signs = np.repeat([1.0, -1.0][:J], m)
+        self.with_sharpness = with_sharpness
+        n_cfg = len(datasets)
+        self._blocks = [{k: [] for k in ("step",) + self._KEYS} for _ in range(n_cfg)]
+        self._sharp = [([], []) for _ in range(n_cfg)]
+
+    def take(self, c, t, f):
+        """Record configuration ``c`` at step ``t`` from the runner's state
+        (``f``: its current training outputs)."""
+        runner = self.runner
+        C = runner.C[c]
+        ft = None
+        if self.tests[c] is not None:
+            ft = runner.f_test(c)[None]
+        self.add(c, np.array([t]), f[None], C[None], np.array([runner.dist2(c)]), ft)
+
+    def add(self, c, steps, F, Cs, D2, FT=None):
+        """Records of configuration ``c`` at ``steps`` ``(R,)`` from the outputs
+        ``F (R, n)``, coefficients ``Cs (R, K, 2n)`` and ``D2 (R,)`` (and test
+        outputs ``FT``, computed from ``Cs`` when not given)."""
+        R = len(steps)
+        if R == 0:
+            return
+        b = self._blocks[c]
+        y = self.datasets[c].y
+        n = y.shape[0]
+        b["step"].append(np.asarray(steps, dtype=np.int64))
+        b["train_loss"].append(
+            K.losses(F.ravel(), np.tile(y, R), self.lid).reshape(R, n).mean(axis=1))
+        b["train_acc"].append(np.mean(y * F > 0, axis=1))
+        te = self.tests[c]
+        if te is None:
+            nan = np.full(R, np.nan)
+            b["test_loss"].append(nan)
+            b["test_acc"].append(nan)
+            b["test_acc_clean"].append(nan)
+        else:
+            if FT is None:
+                FT = np.stack([self.runner.f_test(c, Cs[r]) for r in range(R)])
+            nt = te.y.shape[0]
+            b["test_loss"].append(K.losses(FT.ravel(), np.tile(te.y, R), self.lid)
+                                  .reshape(R, nt).mean(axis=1))
+            b["test_acc"].append(np.mean(te.y * FT > 0, axis=1))
+            b["test_acc_clean"].append(np.full(R, np.nan) if te.y_clean is None
+                                       else np.mean(te.y_clean * FT > 0, axis=1))
+        # gamma, rho: _decomposition of each record, reduced
+        b["gamma_max"].append((self.signs * (Cs @ self.sig[c])).max(axis=1))
+        rho = (Cs[:, :, 1::2] * self.nsq[c]).reshape(R, -1)
+        b["rho_max"].append(rho.max(axis=1))
+        b["rho_min"].append(rho.min(axis=1))
+        D2 = np.asarray(D2, dtype=np.float64)
+        b["dist"].append(np.sqrt(np.where(D2 < 0.0, 0.0, D2)))
+
+    def sharpness(self, c, t, value):
+        self._sharp[c][0].append(t)
+        self._sharp[c][1].append(value)
+
+    def records(self, c):
+        """The records of configuration ``c``: name -> 1-D array."""
+        b = self._blocks[c]
+        out = {k: np.concatenate(v) for k, v in b.items()}
+        if self.with_sharpness:
+            out["sharpness_step"] = np.asarray(self._sharp[c][0], dtype=np.int64)
+            out["sharpness"] = np.asarray(self._sharp[c][1], dtype=np.float64)
+        return out
 
 
 def memorization_scores(rho, y):
@@ -525,7 +641,8 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
         W0 = list(W0)
         if len(W0) != n_cfg:
             raise ValueError(f"W0 must hold one array per configuration ({n_cfg})")
-    W0k = [mod.kernel_weights(w, "W0").copy() for mod, w in zip(models, W0, strict=True)]
+    W0k = [mod.kernel_weights(w, "W0").copy()
+           for mod, w in zip(models, W0, strict=True)]
     method = _choose_method(method, n, [m.d for m in models], n_cfg)
     kargs = models[0].kernel_args
     Xps = [d.X.reshape(2 * n, d.d) for d in datasets]
@@ -539,38 +656,29 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
     nsq = [np.einsum("ij,ij->i", d.noise, d.noise) for d in datasets]
     J, m = kargs[0], kargs[1]
 
-    recs = [_empty_records(sharpness_every is not None) for _ in range(n_cfg)]
-
-    def record(c, t):
-        f = runner.f_train()[c] if fcache is None else fcache[c]
-        r = recs[c]
-        r["step"].append(t)
-        lo, acc = _loss_acc(f, datasets[c].y, lid)
-        r["train_loss"].append(lo)
-        r["train_acc"].append(acc)
-        ft = runner.f_test(c)
-        te = tests[c]
-        if ft is None:
-            r["test_loss"].append(np.nan)
-            r["test_acc"].append(np.nan)
-            r["test_acc_clean"].append(np.nan)
-        else:
-            lo, acc = _loss_acc(ft, te.y, lid)
-            r["test_loss"].append(lo)
-            r["test_acc"].append(acc)
-            r["test_acc_clean"].append(np.nan if te.y_clean is None
-                                       else float(np.mean(te.y_clean * ft > 0)))
-        g, rh = _decomposition(runner.C[c], sig[c], nsq[c], J, m)
-        r["gamma_max"].append(float(g.max()))
-        r["rho_max"].append(float(rh.max()))
-        r["rho_min"].append(float(rh.min()))
-        r["dist"].append(np.sqrt(max(runner.dist2(c), 0.0)))
+    book = _History(runner, datasets, tests, lid, sig, nsq, J, m,
+                    sharpness_every is not None)
 
     def record_sharpness(c, t):
         Wc = np.ascontiguousarray(runner.weights(c))
-        recs[c]["sharpness_step"].append(t)
-        recs[c]["sharpness"].append(kernel_sharpness(Wc, Xps[c], datasets[c].y, kargs,
-                                               lid, 1e-10, 0))
+        book.sharpness(c, t, kernel_sharpness(Wc, Xps[c], datasets[c].y, kargs,
+                                              lid, 1e-10, 0))
+
+    # The CPU Gram-form kernel records on its own way through a segment, so the
+    # host stops only where it has work (sharpness) and per chunk of minibatch
+    # weights or of records; otherwise it stops at every mark and records.
+    inside = method == "gram" and driver is None
+    is_rec = {mk for mk in marks if mk % record_every == 0 or mk == steps}
+    is_sharp = ({mk for mk in marks if mk % sharpness_every == 0 or mk == steps}
+                if sharpness_every is not None else set())
+    stops = sorted(is_sharp | {steps}) if inside and steps > 0 else marks
+    rec_marks = np.array(sorted(is_rec), dtype=np.int64)
+    if inside:
+        Kf, n2 = runner.C.shape[1], runner.C.shape[2]
+        cap = max(1, min(len(rec_marks), _CHUNK_ENTRIES // (n_cfg * Kf * n2)))
+        F = np.empty((n_cfg, cap, n))
+        Cs = np.empty((n_cfg, cap, Kf, n2))
+        D2 = np.empty((n_cfg, cap))
 
     rngs = [np.random.default_rng([s, _streams.TRAIN_BATCHES]) for s in seeds]
     live = np.ones(n_cfg, dtype=np.bool_)
@@ -579,30 +687,48 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
     t = 0
     fcache = runner.f_train()
     for c in range(n_cfg):
-        record(c, 0)
+        book.take(c, 0, fcache[c])
         if sharpness_every is not None:
             record_sharpness(c, 0)
-    for mark in marks:
-        while t < mark and live.any():
-            S = min(chunk, mark - t)
+    for stop in stops:
+        while t < stop and live.any():
+            S = min(chunk, stop - t)
+            if inside:
+                lo = np.searchsorted(rec_marks, t, side="right")
+                hi = np.searchsorted(rec_marks, t + S, side="right")
+                if hi - lo > cap:
+                    hi = lo + cap
+                    S = int(rec_marks[hi - 1]) - t
+                rec_at = rec_marks[lo:hi] - t
             if batch is None:
                 wts = np.full((n_cfg, 1, n), 1.0 / n)
             else:
                 wts = np.stack([batch_weights(r, S, n, batch, scheme) for r in rngs])
-            done = runner.advance(wts, S, t, live)
-            fcache = runner.f_train()
-            for c in np.flatnonzero(live & (done < S)):
+            if inside:
+                done = runner.advance_recording(wts, S, t, live, rec_at, F, Cs, D2)
+                for c in np.flatnonzero(live):
+                    k = np.searchsorted(rec_at, done[c], side="right")
+                    book.add(c, t + rec_at[:k], F[c, :k], Cs[c, :k], D2[c, :k])
+            else:
+                done = runner.advance(wts, S, t, live)
+            ended = np.flatnonzero(live & (done < S))
+            if ended.size:
+                fcache = runner.f_train()
+            for c in ended:
                 live[c] = False
                 stopped[c] = t + done[c]
-                record(c, int(stopped[c]))
+                book.take(c, int(stopped[c]), fcache[c])
             t += S
-        fcache = runner.f_train()
-        for c in np.flatnonzero(live):
-            if mark % record_every == 0 or mark == steps:
-                record(c, mark)
-            if sharpness_every is not None and (mark % sharpness_every == 0
-                                                or mark == steps):
-                record_sharpness(c, mark)
+        if not live.any():
+            break
+        if not inside and stop in is_rec:
+            fcache = runner.f_train()
+            for c in np.flatnonzero(live):
+                book.take(c, stop, fcache[c])
+        if stop in is_sharp:
+            for c in np.flatnonzero(live):
+                record_sharpness(c, stop)
+    recs = [book.records(c) for c in range(n_cfg)]
 
     results = []
     for c, mod in enumerate(models):
@@ -618,14 +744,6 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
             steps=int(stopped[c]), diverged=bool(stopped[c] < steps),
             y=datasets[c].y, _records=recs[c], _attrs=attrs))
     return results
-
-
-def _empty_records(with_sharpness):
-    keys = ["step", "train_loss", "train_acc", "test_loss", "test_acc",
-            "test_acc_clean", "gamma_max", "rho_max", "rho_min", "dist"]
-    if with_sharpness:
-        keys += ["sharpness_step", "sharpness"]
-    return {k: [] for k in keys}
 
 
 def _schedule(steps, record_every, sharpness_every):
