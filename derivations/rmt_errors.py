@@ -1,7 +1,7 @@
 """Measured errors of the random-matrix predictions (THEORY 11) on the seeded grid.
 
 Ground truth comes from simlab's exact code on data drawn with
-``simlab.theory.rmt.sample_linear_model`` (passed to simlab as the isometric
+``simlab.data.sample_linear_model`` (passed to simlab as the isometric
 factors ``V sqrt(Lambda)`` of the Gram matrix ``X X^T = V Lambda V^T``, which
 define the same Hessian family up to a rotation and make each call ``O(n^3)``
 instead of ``O(n^2 d)``):
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from simlab.coherence import block_coherence, coherence_measure
+from simlab.data import sample_linear_model
 from simlab.stability import critical_lr, kappa_plus
 from simlab.theory import rmt
 
@@ -72,7 +73,7 @@ def simulate(n, d, snr, seeds, *, what=("sharpness", "coherence", "ascent",
 
     bs = batches(n) if batch_sizes is None else batch_sizes
     for s in range(seeds):
-        X, _ = rmt.sample_linear_model(n, d, snr, seed=SEED0 + s)
+        X, _ = sample_linear_model(n, d, snr, seed=SEED0 + s)
         gram = X @ X.T
         ev, V = np.linalg.eigh(gram)
         lam = ev[-1] / n
@@ -115,7 +116,7 @@ def predict(n, d, snr, key):
         _, n_f, field = key
         return getattr(rmt.block_coherence(n - n_f, n_f, d, snr), field)
     if kind == "kappa":
-        return rmt.ascent_curvature(n, key[1], d, snr, key[2])
+        return rmt.kappa_plus(n, key[1], d, snr, key[2])
     if kind == "rate":
         return rmt.ascent_rate(n, key[1], d, snr, key[2])
     if kind == "critical":

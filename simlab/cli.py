@@ -249,6 +249,7 @@ def _cmd_info(args):
 
 
 def _cmd_threshold(args):
+    from ._validation import check_size
     from .curvature import coherence_dial
     from .stability import (
         coherence_bound_lr,
@@ -257,7 +258,6 @@ def _cmd_threshold(args):
         unlearning_bound_lr,
         unlearning_direction_bound_lr,
     )
-    from ._validation import check_size
     from .theory import dial_critical_lr
 
     if args.s > args.n:
@@ -281,8 +281,8 @@ def _cmd_threshold(args):
         kappa = kappa_plus(H, forget=H, alpha=args.alpha)
         print(f"net ascent curvature kappa_+  {kappa:.6g}")
         if args.scheme == "bernoulli":
-            print("unlearning coherence bound   "
-                  f"{unlearning_bound_lr(H, args.batch, forget=H, alpha=args.alpha):.12g}")
+            bound = unlearning_bound_lr(H, args.batch, forget=H, alpha=args.alpha)
+            print(f"unlearning coherence bound   {bound:.12g}")
         direction = unlearning_direction_bound_lr(H, args.batch, forget=H,
                                                   alpha=args.alpha, scheme=args.scheme)
         print(f"unlearning direction bound   {direction:.12g}")

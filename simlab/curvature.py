@@ -69,6 +69,39 @@ def sharpness(hessians):
     return float(np.linalg.eigvalsh(H.mean(axis=0))[-1])
 
 
+def range_eig(H, *, rank_one, rtol=None):
+    """Nonzero eigenpairs that define ``U = range(sum_i H_i)``: the one place
+    where ``config.RANGE_RTOL`` cuts the spectrum (THEORY section 4).
+
+    Parameters
+    ----------
+    H : ndarray
+        A validated family (:func:`simlab._validation.check_hessians`): rank-one
+        factors ``(n, p)`` or dense ``(n, p, p)``.
+    rank_one : bool
+    rtol : float, optional
+        Eigenvalues below ``rtol * lambda_max`` count as zero (default
+        ``config.RANGE_RTOL``).
+
+    Returns
+    -------
+    lam : ndarray, shape (r,)
+        Kept eigenvalues, ascending: of the Gram matrix ``H H^T`` (rank-one; the
+        squared singular values of ``H``) or of ``sum_i H_i`` (dense).
+    V : ndarray, shape (n, r) or (p, r)
+        Their eigenvectors; for rank-one factors ``U = H^T V / sqrt(lam)``.
+    """
+    rtol = config.RANGE_RTOL if rtol is None else rtol
+    if rank_one:
+        n = H.shape[0]
+        check_size((n, n), f"the Gram matrix of {n} rank-one samples")
+        lam, V = np.linalg.eigh(H @ H.T)
+    else:
+        lam, V = np.linalg.eigh(H.sum(axis=0))
+    keep = lam > rtol * max(lam[-1], 0.0)
+    return lam[keep], V[:, keep]
+
+
 def range_basis(hessians, rtol=None):
     """Orthonormal basis ``(p, r)`` of ``U = range(sum_i H_i)`` (THEORY section 4).
 
@@ -80,14 +113,8 @@ def range_basis(hessians, rtol=None):
                                                                  allow_zero=True)
     if rtol >= 1.0:
         raise ValueError(f"rtol must be < 1, got {rtol}")
-    if rank_one:
-        n = H.shape[0]
-        check_size((n, n), f"range_basis of {n} rank-one factors (Gram matrix)")
-        lam, V = np.linalg.eigh(H @ H.T)
-        keep = lam > rtol * max(lam[-1], 0.0)
-        return H.T @ (V[:, keep] / np.sqrt(lam[keep]))
-    lam, Q = np.linalg.eigh(H.sum(axis=0))
-    return Q[:, lam > rtol * max(lam[-1], 0.0)]
+    lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
+    return H.T @ (V / np.sqrt(lam)) if rank_one else V
 
 
 def coherence_dial(n, s, *, rank_one=True):

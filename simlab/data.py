@@ -33,6 +33,7 @@ __all__ = [
     "signal_noise",
     "signal_noise_pair",
     "rescale_signal",
+    "sample_linear_model",
     "select_forget",
     "check_split",
     "FORGET_RULES",
@@ -431,3 +432,55 @@ def select_forget(data, n_forget=None, *, rule="random", label=1, scores=None,
         else:
             forget = rng.choice(pool, size=n_forget, replace=False)
     return check_split(None, forget, n)
+
+
+def sample_linear_model(n, d, snr, *, seed, sigma_p=1.0):
+    """The linear model's inputs ``x_i = y_i mu + xi_i`` in canonical coordinates.
+
+    The law of :func:`signal_noise` as the linear model sees it
+    (``f = <w, x^(1) + x^(2)>``), rotated so that ``mu`` lies along the first
+    axis: the random-matrix predictions of :mod:`simlab.theory.rmt` are
+    rotation invariant, and these are the inputs they are checked against.
+
+    Parameters
+    ----------
+    n : int
+        Number of samples.
+    d : int
+        Ambient dimension, ``>= 2`` (the noise lives in ``p = d - 1``).
+    snr : float
+        ``||mu|| / (sigma_p sqrt(d))``, ``>= 0``.
+    seed : int
+        Explicit seed for ``np.random.default_rng``.
+    sigma_p : float
+        Noise scale.
+
+    Returns
+    -------
+    X : ndarray, shape (n, d)
+        Rows ``x_i = y_i mu + xi_i``; they are the rank-one factors of the
+        per-sample Hessians ``H_i = x_i x_i^T`` (squared loss).
+    y : ndarray, shape (n,)
+        Labels in ``{-1, +1}``.
+
+    Notes
+    -----
+    ``mu`` points along the first axis and ``xi_i`` fills the other ``d - 1``
+    coordinates, which is ``N(0, sigma_p^2 (I - mu mu^T / ||mu||^2))``
+    (THEORY 8); every quantity in this module is rotation invariant.
+
+    Examples
+    --------
+    >>> X, y = sample_linear_model(4, 10, 0.5, seed=0)
+    >>> X.shape, sorted(set(y.tolist()))
+    ((4, 10), [-1.0, 1.0])
+    """
+    n, d, sigma_p, _, seed = _common_checks(n, d, sigma_p, 0.0, seed)
+    norm = _signal_norm(snr, None, sigma_p, d)
+    check_size((n, d), f"sample_linear_model(n={n}, d={d})")
+    rng = np.random.default_rng(seed)
+    y = rng.choice(np.array([-1.0, 1.0]), size=n)
+    X = np.empty((n, d))
+    X[:, 0] = y * norm
+    X[:, 1:] = sigma_p * rng.standard_normal((n, d - 1))
+    return X, y

@@ -26,10 +26,10 @@ from ._validation import (
     check_seed,
 )
 from .coherence import BlockCoherence, block_coherence
-from .data import SignalNoise, check_split
-from .models.two_patch import TwoPatchModel
 from .curvature import range_basis, sharpness
+from .data import SignalNoise, check_split
 from .dynamics.linearized import linearized
+from .models.two_patch import TwoPatchModel
 from .stability import (
     critical_lr,
     escape_time,

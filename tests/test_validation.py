@@ -205,7 +205,7 @@ def test_huge_snr_and_scales_are_refused():
                         "sigma_p"),
                        (lambda: rmt.sharpness(50, 200, 1e200), "snr"),
                        (lambda: rmt.critical_lr(50, 200, 1e200, 10), "snr"),
-                       (lambda: rmt.ascent_curvature(50, 10, 200, 1e200, 0.3), "snr"),
+                       (lambda: rmt.kappa_plus(50, 10, 200, 1e200, 0.3), "snr"),
                        (lambda: rmt.coherence_top(50, 200, 1.0, 1e-200), "sigma_p")):
         with pytest.raises(ValueError, match=rf"^{name}"):
             call()
@@ -224,10 +224,10 @@ def test_rmt_large_snr_limits():
     n, n_f, d = 50, 10, 200
     for snr in (1e6, 1e10, 1e20):
         theta = snr**2 * d
-        npt.assert_allclose(rmt.ascent_curvature(n, n_f, d, snr, 0.7) / theta,
+        npt.assert_allclose(rmt.kappa_plus(n, n_f, d, snr, 0.7) / theta,
                             0.4, rtol=1e-6)
         limit = (d - 1) * 0.3 * 0.7 * (1 / n_f + 1 / (n - n_f)) / 0.4
-        npt.assert_allclose(rmt.ascent_curvature(n, n_f, d, snr, 0.3), limit,
+        npt.assert_allclose(rmt.kappa_plus(n, n_f, d, snr, 0.3), limit,
                             rtol=1e-6)
         # sharpness ~ theta (the spike dominates): finite, no brentq failure
         npt.assert_allclose(rmt.sharpness(n, d, snr) / theta, 1.0, rtol=1e-6)

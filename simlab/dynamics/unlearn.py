@@ -40,16 +40,16 @@ from .._validation import (
     check_alpha,
     check_batch,
     check_escape_factor,
-    check_forget_batch,
     check_eta,
+    check_forget_batch,
     check_int,
     check_positive,
     check_scheme,
     check_seed,
 )
 from ..data import SignalNoise, check_split
-from ..models.two_patch import TwoPatchModel, loss_code
 from ..models import kernels
+from ..models.two_patch import TwoPatchModel, loss_code
 from . import train as _train
 
 __all__ = ["TwinRun", "UnlearnResult", "membership_auc", "unlearn", "unlearn_twins"]
@@ -238,8 +238,8 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
         starts.append(Wk + delta0)
         ref2 = float(np.sum(delta0 * delta0))
     n_run = len(starts)
-    runner = _train._Runner(model.kernel_args, [Xp] * n_run, np.repeat(data.y[None], n_run,
-                                                                  axis=0),
+    runner = _train._Runner(model.kernel_args, [Xp] * n_run,
+                            np.repeat(data.y[None], n_run, axis=0),
                             starts, np.full(n_run, eta), lid, method,
                             escape_factor=K if perturbation is None else np.inf)
     marks = _train._schedule(steps, record_every, None)

@@ -232,7 +232,8 @@ def plot(ds):
     se = ds.attrs.get("exponent_se", float("nan"))
     se_txt = f" +- {se:.3f}" if np.isfinite(se) else ""
     ax.set_title(f"Benign vs harmful overfitting (n={params['n']}, m={params['m']}, "
-                 f"p={params['p_flip']}, GD eta={params['eta']}, {params['steps']} steps)"
+                 f"p={params['p_flip']}, GD eta={params['eta']}, "
+                 f"{params['steps']} steps)"
                  f"\nfitted exponent {b:.3f}{se_txt} vs predicted 0.25", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     return fig

@@ -20,8 +20,8 @@ import numpy as np
 import xarray as xr
 
 from .._provenance import provenance
-from ..dynamics.backends import get_kernel
 from ..curvature import coherence_dial
+from ..dynamics.backends import get_kernel
 from ..stability import spectral_radius
 from ..theory import dial_critical_lr, dial_spectral_radius
 

@@ -17,6 +17,7 @@ import xarray as xr
 
 from .._provenance import provenance
 from ..coherence import coherence_measure
+from ..data import sample_linear_model
 from ..stability import kappa_plus
 from ..theory import rmt
 
@@ -39,7 +40,7 @@ QUICK = dict(configs=[(50, 1000), (100, 1000)],
 
 
 def _simulate(n, d, snr, seed, n_forget, alphas):
-    X, _ = rmt.sample_linear_model(n, d, snr, seed=seed)
+    X, _ = sample_linear_model(n, d, snr, seed=seed)
     ev, V = np.linalg.eigh(X @ X.T)
     sharp = ev[-1] / n
     # isometric factors in span{x_i}: same Hessian family up to a rotation

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._jit import compile_family, jit
 from . import bodies as _body
-from .bodies import IDENTITY, LOGISTIC, RELU, SQUARED
+from .bodies import IDENTITY, LOGISTIC, RELU, SQUARED  # noqa: F401 - re-exported
 
 # --------------------------------------------------------------------------
 # scalar pieces: plain bodies in _body.py, compiled here for the CPU

@@ -13,7 +13,6 @@ import scipy.sparse.linalg as spla
 from .. import _streams
 from .._validation import (
     as_float_array,
-    check_int,
     check_labels,
     check_patches,
     check_positive,
@@ -238,7 +237,8 @@ class TwoPatchModel:
         """
         lid = loss_code(loss)
         Wk, (Xp, yv) = self.kernel_weights(W), self._Xy(X, y)
-        return kernel_sharpness(Wk, Xp, yv, self.kernel_args, lid, tol, check_seed(seed))
+        return kernel_sharpness(Wk, Xp, yv, self.kernel_args, lid, tol,
+                                check_seed(seed))
 
     # ------------------------------------------------------------------ theory
     def decompose(self, W, W0, data):

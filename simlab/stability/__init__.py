@@ -20,9 +20,10 @@ from .radius import (
     escape_time,
     escape_time_from_rho,
     gaussian_span_moment,
+    kappa_plus,
     mean_lower_bound,
     mean_square_growth,
-    kappa_plus,
+    secular_weights,
     spectral_radius,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "gram_operator",
     "mean_lower_bound",
     "mean_square_growth",
+    "secular_weights",
     "kappa_plus",
     "scheme_coefficients",
     "second_moment_matrix",

@@ -32,7 +32,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import config
 from .._validation import (
     as_float_array,
     check_eta,
@@ -41,6 +40,7 @@ from .._validation import (
     check_step,
     sample_curvature,
 )
+from ..curvature import range_eig
 
 __all__ = [
     "Problem",
@@ -203,24 +203,16 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
 def _restrict(prob):
     """Express ``prob`` in an orthonormal basis of ``U`` (THEORY sections 4, 6)."""
     H = prob.hessians
+    lam, V = range_eig(H, rank_one=prob.rank_one)
+    if lam.size == 0 or lam[-1] <= 0:
+        raise ValueError("all active Hessians are zero: the invariant subspace "
+                         "is empty")
     if prob.rank_one:
         # Gram route: K = G^T G = V L V^T; coordinates V_+ L_+^{1/2} preserve K.
-        N = H.shape[0]
-        check_size((N, N), f"the Gram matrix of {N} rank-one samples")
-        lam, V = np.linalg.eigh(H @ H.T)
-        keep = lam > config.RANGE_RTOL * max(lam[-1], 0.0)
-        if lam[-1] <= 0 or not keep.any():
-            raise ValueError("all active Hessians are zero: the invariant subspace "
-                             "is empty")
-        coords = V[:, keep] * np.sqrt(lam[keep])
-        basis = H.T @ (V[:, keep] / np.sqrt(lam[keep]))
+        coords = V * np.sqrt(lam)
+        basis = H.T @ (V / np.sqrt(lam))
     else:
-        lam, Q = np.linalg.eigh(H.sum(axis=0))
-        keep = lam > config.RANGE_RTOL * max(lam[-1], 0.0)
-        if lam[-1] <= 0 or not keep.any():
-            raise ValueError("all active Hessians are zero: the invariant subspace "
-                             "is empty")
-        basis = Q[:, keep]
+        basis = V
         coords = basis.T @ H @ basis
     return replace(prob, hessians=np.ascontiguousarray(coords), basis=basis)
 

@@ -31,6 +31,7 @@ from .._validation import (
     check_positive,
     check_step,
 )
+from ..curvature import range_eig
 from .operator import (
     OperatorAction,
     build_problem,
@@ -267,13 +268,24 @@ def _critical_singular(prob, lam, W, tol):
                      "threshold is not defined")
 
 
+def secular_weights(ell, eta):
+    """``w_kl = l_k l_l / (l_k + l_l - eta l_k l_l)`` of THEORY section 11.
+
+    The weights of the secular form of rank-one Bernoulli SGD over the
+    eigenvalues ``l_k`` of ``K / n`` (used by :func:`critical_lr` with
+    ``method="secular"`` and by :func:`simlab.theory.rmt.critical_lr`).
+    """
+    ell = np.asarray(ell, dtype=float)
+    prod = np.outer(ell, ell)
+    return prod / (ell[:, None] + ell[None, :] - eta * prod)
+
+
 def _critical_secular(prob, batch):
     """THEORY section 11 secular form for rank-one Bernoulli SGD."""
     F = prob.hessians                       # (n, r) coordinates in U
     n = F.shape[0]
-    ell, U = np.linalg.eigh(F @ F.T / n)
-    keep = ell > config.RANGE_RTOL * ell[-1]
-    ell, U = ell[keep], U[:, keep]
+    lam, U = range_eig(F, rank_one=True)
+    ell = lam / n
     if batch == n:
         return 2.0 / ell[-1]
     factor = n / batch - 1.0
@@ -281,8 +293,7 @@ def _critical_secular(prob, batch):
     def lam_max(eta):
         if eta == 0.0:
             return 0.0
-        Wkl = np.outer(ell, ell) / (ell[:, None] + ell[None, :]
-                                    - eta * np.outer(ell, ell))
+        Wkl = secular_weights(ell, eta)
 
         def mv(q):
             return factor * eta * np.einsum("ik,kl,il->i", U, Wkl * (U.T * q @ U), U)
@@ -662,9 +673,10 @@ def gaussian_span_moment(factors, *, normalized=True):
     if F.size == 0 or not np.any(F):
         raise ValueError(f"factors must hold at least one nonzero row, got shape "
                          f"{F.shape}")
-    _, s, Vt = np.linalg.svd(F, full_matrices=False)
-    keep = s**2 > config.RANGE_RTOL * s[0] ** 2
-    s, Vt = s[keep], Vt[keep]
+    lam, V = range_eig(F, rank_one=True)
+    lam, V = lam[::-1], V[:, ::-1]            # descending, like singular values
+    s = np.sqrt(lam)
+    Vt = (F.T @ (V / s)).T                    # right singular vectors
     r = s.size
     if not normalized:
         w = s**2

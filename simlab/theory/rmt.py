@@ -50,14 +50,13 @@ from .._validation import (
     check_batch,
     check_int,
     check_positive,
-    check_seed,
     check_size,
 )
+from ..stability.radius import secular_weights
 
 __all__ = [
     "TW1_MEAN",
     "BlockCoherencePrediction",
-    "sample_linear_model",
     "expected_max_chi2",
     "folded_normal_moments",
     "mp_quantiles",
@@ -65,7 +64,7 @@ __all__ = [
     "coherence_top",
     "coherence_measure",
     "block_coherence",
-    "ascent_curvature",
+    "kappa_plus",
     "ascent_rate",
     "ascent_rate_limit",
     "crossing_snr",
@@ -80,53 +79,6 @@ TW1_MEAN = -1.2065335745820
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
-
-def sample_linear_model(n, d, snr, *, seed, sigma_p=1.0):
-    """Draw the signal-plus-noise inputs of the linear model.
-
-    Parameters
-    ----------
-    n : int
-        Number of samples.
-    d : int
-        Ambient dimension, ``>= 2`` (the noise lives in ``p = d - 1``).
-    snr : float
-        ``||mu|| / (sigma_p sqrt(d))``, ``>= 0``.
-    seed : int
-        Explicit seed for ``np.random.default_rng``.
-    sigma_p : float
-        Noise scale.
-
-    Returns
-    -------
-    X : ndarray, shape (n, d)
-        Rows ``x_i = y_i mu + xi_i``; they are the rank-one factors of the
-        per-sample Hessians ``H_i = x_i x_i^T`` (squared loss).
-    y : ndarray, shape (n,)
-        Labels in ``{-1, +1}``.
-
-    Notes
-    -----
-    ``mu`` points along the first axis and ``xi_i`` fills the other ``d - 1``
-    coordinates, which is ``N(0, sigma_p^2 (I - mu mu^T / ||mu||^2))``
-    (THEORY 8); every quantity in this module is rotation invariant.
-
-    Examples
-    --------
-    >>> X, y = sample_linear_model(4, 10, 0.5, seed=0)
-    >>> X.shape, sorted(set(y.tolist()))
-    ((4, 10), [-1.0, 1.0])
-    """
-    n, d, snr, sigma_p = _check_nds(n, d, snr, sigma_p)
-    seed = check_seed(seed)
-    check_size((n, d), f"sample_linear_model(n={n}, d={d})")
-    rng = np.random.default_rng(seed)
-    y = rng.choice(np.array([-1.0, 1.0]), size=n)
-    X = np.empty((n, d))
-    X[:, 0] = y * snr * sigma_p * np.sqrt(d)
-    X[:, 1:] = sigma_p * rng.standard_normal((n, d - 1))
-    return X, y
-
 
 def _check_nds(n, d, snr, sigma_p, *, n_low=1):
     n = check_int(n, "n", low=n_low)
@@ -559,7 +511,7 @@ def _check_ascent(n, n_forget, d, snr, alpha):
     return n, n_f, d, snr, alpha
 
 
-def _ascent_curvature(n, n_f, d, snr, alpha):
+def _kappa_plus(n, n_f, d, snr, alpha):
     p, theta, n_r = d - 1, snr**2 * d, n - n_f
     _, t_star, _ = _noise_edge(p, n_r, n_f, alpha)
     lam_o, t_o = _outlier(p, n_r, n_f, alpha, theta)
@@ -569,7 +521,7 @@ def _ascent_curvature(n, n_f, d, snr, alpha):
     return E + TW1_MEAN * scale, "edge"
 
 
-def ascent_curvature(n, n_forget, d, snr, alpha, sigma_p=1.0):
+def kappa_plus(n, n_forget, d, snr, alpha, sigma_p=1.0):
     """Expected net ascent curvature ``kappa_+ = lambda_max(alpha H_f - (1-alpha) H_r)``
     (``H_r``, ``H_f``: mean Hessians of the retain and forget sets).
 
@@ -622,13 +574,13 @@ def ascent_curvature(n, n_forget, d, snr, alpha, sigma_p=1.0):
 
     Examples
     --------
-    >>> k = ascent_curvature(100, 10, 400_000, 0.01, 0.3)
+    >>> k = kappa_plus(100, 10, 400_000, 0.01, 0.3)
     >>> round(k / (0.3 * 399_999 / 10), 2)     # d >> n: ~ alpha sigma_p^2 p / n_f
     1.01
     """
     n, n_f, d, snr, alpha = _check_ascent(n, n_forget, d, snr, alpha)
     sigma_p = check_positive(sigma_p, "sigma_p")
-    return sigma_p**2 * _ascent_curvature(n, n_f, d, snr, alpha)[0]
+    return sigma_p**2 * _kappa_plus(n, n_f, d, snr, alpha)[0]
 
 
 def ascent_rate(n, n_forget, d, snr, alpha):
@@ -657,7 +609,7 @@ def ascent_rate(n, n_forget, d, snr, alpha):
 
     Notes
     -----
-    :func:`ascent_curvature` over :func:`sharpness`. For ``d >> n`` this is
+    :func:`kappa_plus` over :func:`sharpness`. For ``d >> n`` this is
     :func:`ascent_rate_limit` ``r(u)``, ``u = n SNR^2``.
 
     Measured error (mean of the per-seed ratio over 32 seeds, whole grid):
@@ -671,7 +623,7 @@ def ascent_rate(n, n_forget, d, snr, alpha):
     2.9
     """
     n, n_f, d, snr, alpha = _check_ascent(n, n_forget, d, snr, alpha)
-    return _ascent_curvature(n, n_f, d, snr, alpha)[0] / _top_eigen(
+    return _kappa_plus(n, n_f, d, snr, alpha)[0] / _top_eigen(
         n, d - 1, snr**2 * d)[0]
 
 
@@ -811,9 +763,7 @@ def _self_mode_lr(n, p, batch):
     c = n / batch - 1.0
 
     def D(eta):
-        prod = np.outer(ell, ell)
-        W = prod / (ell[:, None] + ell[None, :] - eta * prod)
-        return c * eta * (w @ W @ w) - 1.0
+        return c * eta * (w @ secular_weights(ell, eta) @ w) - 1.0
 
     hi = 2.0 / ell.max() * (1 - 1e-12)
     if D(hi) <= 0.0:

@@ -18,8 +18,8 @@ class (``a^s_{jr,i} = 1[y_i <w_jr, mu> > 0]``), so ``N^s_ik = N_{y_i}
 difference from the linear model (THEORY 11), where ``|K_ik|`` does not depend
 on the labels.
 
-Trained-network statistics (measured by :func:`simlab.predict.cnn_summary`; GD, ``eta = 0.1``,
-200 steps, ``sigma_0 = 0.01``, ``sigma_p = 1``, ``n in {20, 40}``,
+Trained-network statistics (measured by :func:`simlab.predict.cnn_summary`;
+GD, ``eta = 0.1``, 200 steps, ``sigma_0 = 0.01``, ``sigma_p = 1``, ``n in {20, 40}``,
 ``d in {200, 1000}``, ``m in {5, 10}``, ``SNR in [0.01, 1]``): in every run
 each class's own filters end aligned with ``j mu`` (``N_{+1} = N_{-1} = m``,
 in both regimes, because even a weak signal gradient beats
