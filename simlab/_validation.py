@@ -398,6 +398,15 @@ def check_data(data, name="data"):
     return check_instance(data, SignalNoise, name)
 
 
+def check_model_data(model, data, name="data"):
+    """The one model/data check: a simlab model and a data set of its ``d``."""
+    check_model(model)
+    check_data(data, name)
+    if data.d != model.d:
+        raise ValueError(f"{name} has d={data.d} but the model expects d={model.d}")
+    return model, data
+
+
 def check_patches(X, name="X", d=None):
     """``X`` as a finite C-contiguous float64 array of shape ``(n, 2, d)``.
 

@@ -22,14 +22,14 @@ from ._validation import (
     check_eta,
     check_forget_batch,
     check_int,
+    check_model_data,
     check_scheme,
     check_seed,
 )
 from .coherence import BlockCoherence, block_coherence
 from .curvature import range_basis, sharpness
-from .data import SignalNoise, check_split
+from .data import check_split
 from .dynamics.linearized import linearized
-from .models.two_patch import TwoPatchModel
 from .stability import (
     critical_lr,
     escape_time,
@@ -63,10 +63,7 @@ def curvature_split(model, W, data, forget_idx, *, retain_idx=None, loss="logist
     retain_factors : ndarray (n_r, p)
     forget_factors : ndarray (n_f, p)
     """
-    if not isinstance(model, TwoPatchModel):
-        raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
-    if not isinstance(data, SignalNoise):
-        raise ValueError("data must be a SignalNoise instance")
+    check_model_data(model, data)
     retain, forget = check_split(retain_idx, forget_idx, data.n)
     F = model.curvature_factors(W, data.X, data.y, loss)
     return F[retain], F[forget]

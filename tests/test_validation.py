@@ -396,3 +396,29 @@ def test_cnn_summary_refuses_complex_weights():
     data = signal_noise(4, 8, snr=0.5, seed=0)
     with pytest.raises(ValueError, match="W must be real"):
         cnn_summary(model, model.init(0.1) + 1j, data)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, d: __import__("simlab").train(m, d, eta=0.1, steps=3, scheme="foo"),
+     "scheme"),                                    # full batch used to ignore it
+    (lambda m, d: __import__("simlab").train(None, d, eta=0.1, steps=3),
+     "model must be a TwoPatchModel, got NoneType"),
+    (lambda m, d: __import__("simlab").train(m, None, eta=0.1, steps=3),
+     "must be a SignalNoise, got NoneType"),
+    (lambda m, d: __import__("simlab").unlearn(None, m.init(), d, [0], alpha=0.1,
+                                               eta=0.1, steps=2),
+     "model must be a TwoPatchModel"),
+    (lambda m, d: __import__("simlab").unlearn(m, m.init() + 0j, d, [0], alpha=0.1,
+                                               eta=0.1, steps=2),
+     "W must be real"),
+    (lambda m, d: __import__("simlab").predict_unlearning(m, m.init(), d, [0],
+                                                          alpha=0.1, eta=0.1,
+                                                          horizon=-1),
+     "horizon"),
+])
+def test_training_unlearning_prediction_bad_input(call, match):
+    from simlab.data import signal_noise
+    from simlab.models import CNN
+
+    with pytest.raises(ValueError, match=match):
+        call(CNN(10, 2), signal_noise(6, 10, snr=0.5, seed=0))

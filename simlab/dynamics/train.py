@@ -33,6 +33,8 @@ from .._validation import (
     check_batch,
     check_eta,
     check_int,
+    check_model,
+    check_model_data,
     check_scheme,
     check_seed,
 )
@@ -469,24 +471,21 @@ def _check_model_data(models, datasets, tests):
         raise ValueError("datasets must not be empty")
     if isinstance(models, TwoPatchModel):
         models = [models] * len(datasets)
+    elif not isinstance(models, list | tuple):
+        check_model(models)             # a clear error for None, a string, ...
     models = list(models)
     if len(models) != len(datasets):
         raise ValueError(f"model: got {len(models)} models for {len(datasets)} "
                          "data sets")
     ref = models[0]
     for mod in models:
-        if not isinstance(mod, TwoPatchModel):
-            raise ValueError(f"model must be a simlab model, got {type(mod).__name__}")
+        check_model(mod)
         if (mod.J, mod.m, mod.act_id, mod.q) != (ref.J, ref.m, ref.act_id, ref.q):
             raise ValueError("model: all configurations must share the "
                              "architecture (classes, m, activation, q)")
     n = None
     for k, (mod, data) in enumerate(zip(models, datasets, strict=True)):
-        if not isinstance(data, SignalNoise):
-            raise ValueError(f"data must be SignalNoise instances (entry {k})")
-        if data.d != mod.d:
-            raise ValueError(f"data has d={data.d} but the model expects d={mod.d} "
-                             f"(entry {k})")
+        check_model_data(mod, data, f"data (entry {k})")
         if n is not None and data.n != n:
             raise ValueError("data: all configurations must have the same n")
         n = data.n
@@ -628,9 +627,9 @@ def _train_many(model, datasets, *, eta, steps, tests, W0, sigma0, batch, scheme
     steps = check_int(steps, "steps", low=0)
     etas = np.array(_per_config(eta, n_cfg, "eta", lambda v, nm: check_eta(v, nm)))
     seeds = _per_config(seeds, n_cfg, "seeds", lambda v, nm: check_seed(v, nm))
+    scheme = check_scheme(scheme)       # checked even when GD does not sample
     if batch is not None:
         batch = check_batch(batch, n)
-        scheme = check_scheme(scheme)
     record_every = (max(1, steps // 100) if record_every is None
                     else check_int(record_every, "record_every", low=1))
     if sharpness_every is not None:

@@ -43,13 +43,15 @@ from .._validation import (
     check_eta,
     check_forget_batch,
     check_int,
+    check_model,
+    check_model_data,
     check_positive,
     check_scheme,
     check_seed,
 )
 from ..data import SignalNoise, check_split
 from ..models import kernels
-from ..models.two_patch import TwoPatchModel, loss_code
+from ..models.two_patch import loss_code
 from . import train as _train
 
 __all__ = ["TwinRun", "UnlearnResult", "membership_auc", "unlearn", "unlearn_twins"]
@@ -202,14 +204,9 @@ def unlearn(model, W, data, forget_idx, *, alpha, eta, batch=None, forget_batch=
     >>> float(res.history.dist[0]), res.steps
     (0.0, 20)
     """
-    if not isinstance(model, TwoPatchModel):
-        raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
-    if not isinstance(data, SignalNoise):
-        raise ValueError("data must be a SignalNoise instance")
-    if data.d != model.d:
-        raise ValueError(f"data has d={data.d} but the model expects d={model.d}")
-    if test is not None and (not isinstance(test, SignalNoise) or test.d != model.d):
-        raise ValueError(f"test must be a SignalNoise with d={model.d}")
+    check_model_data(model, data)
+    if test is not None:
+        check_model_data(model, test, "test")
     Wk = model.kernel_weights(W).copy()
     n = data.n
     retain, forget = check_split(retain_idx, forget_idx, n)
@@ -405,8 +402,7 @@ def unlearn_twins(model, runs, *, horizon, scheme="without", escape_factor=1e3,
         ``||W'_t - W_t||^2 / ||delta||^2`` at escape or at the horizon
         (``inf`` after a numerical blow-up).
     """
-    if not isinstance(model, TwoPatchModel):
-        raise ValueError(f"model must be a simlab model, got {type(model).__name__}")
+    check_model(model)
     if len(runs) == 0:
         raise ValueError("runs must not be empty")
     T = check_int(horizon, "horizon", low=1)
@@ -417,8 +413,9 @@ def unlearn_twins(model, runs, *, horizon, scheme="without", escape_factor=1e3,
     n = runs[0].data.n
     W0s, Xps, ys, etas, ref2, splits = [], [], [], [], [], []
     for r in runs:
-        if not isinstance(r.data, SignalNoise) or r.data.n != n:
-            raise ValueError(f"every run needs a SignalNoise data set with n={n}")
+        check_model_data(model, r.data, "runs[].data")
+        if r.data.n != n:
+            raise ValueError(f"runs[].data: every run needs a data set with n={n}")
         W = model.kernel_weights(r.W)
         delta = model.kernel_weights(r.delta, "delta")
         ref = float(np.sum(delta * delta))
