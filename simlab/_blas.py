@@ -1,4 +1,5 @@
-"""Single-threaded BLAS for the small dense linear algebra of the exact theory.
+"""Single-threaded BLAS for small dense linear algebra (exact theory, host-side
+preparation of the Monte Carlo).
 
 The operators of :mod:`simlab.stability` are small (``r^2 x r^2`` with
 ``r <= n``), where a threaded BLAS gains little and, right after a Numba

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._blas import serial_blas
 from .._jit import compile_family
 from .._validation import (
     check_escape_factor,
@@ -363,6 +364,7 @@ def _run(cells, seeds, run, driver=None):
 
 # ------------------------------------------------------------------- public API
 
+@serial_blas
 def linearized(retain, eta, batch, *, scheme="without", forget=None,
                forget_batch=None, alpha=0.0, steps=1000, trajectories=16,
                escape_factor=1e3, seed=0, record_every=1, stop_on_escape=False,
@@ -492,6 +494,7 @@ _CONFIG_KEYS = ("retain", "eta", "batch", "scheme", "forget", "forget_batch",
                 "alpha", "seed", "perturbation_samples")
 
 
+@serial_blas
 def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
                     seed=0, record_every=1, stop_on_escape=False):
     """Simulate many configurations in one compiled call.
