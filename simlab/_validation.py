@@ -386,27 +386,6 @@ def check_instance(value, cls, name):
     return value
 
 
-def check_model(model, name="model"):
-    """A :class:`simlab.models.TwoPatchModel` (e.g. not ``None``)."""
-    from .models.two_patch import TwoPatchModel
-    return check_instance(model, TwoPatchModel, name)
-
-
-def check_data(data, name="data"):
-    """A :class:`simlab.data.SignalNoise` data set."""
-    from .data import SignalNoise
-    return check_instance(data, SignalNoise, name)
-
-
-def check_model_data(model, data, name="data"):
-    """The one model/data check: a simlab model and a data set of its ``d``."""
-    check_model(model)
-    check_data(data, name)
-    if data.d != model.d:
-        raise ValueError(f"{name} has d={data.d} but the model expects d={model.d}")
-    return model, data
-
-
 def check_patches(X, name="X", d=None):
     """``X`` as a finite C-contiguous float64 array of shape ``(n, 2, d)``.
 

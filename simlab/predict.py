@@ -22,7 +22,6 @@ from ._validation import (
     check_eta,
     check_forget_batch,
     check_int,
-    check_model_data,
     check_scheme,
     check_seed,
 )
@@ -30,6 +29,7 @@ from .coherence import BlockCoherence, block_coherence
 from .curvature import range_basis, sharpness
 from .data import check_split
 from .dynamics.linearized import linearized
+from .models.two_patch import check_model_data
 from .stability import (
     critical_lr,
     escape_time,

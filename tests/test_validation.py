@@ -363,10 +363,16 @@ def test_curvature_arguments():
 
 
 def test_model_and_data_helpers():
+    from simlab.data import signal_noise
+    from simlab.models import CNN
+    from simlab.models.two_patch import check_model, check_model_data
+
     with pytest.raises(ValueError, match="^model must be a TwoPatchModel, got NoneType$"):
-        V.check_model(None)
+        check_model(None)
     with pytest.raises(ValueError, match="^data must be a SignalNoise, got list"):
-        V.check_data([1, 2])
+        check_model_data(CNN(3, 1), [1, 2])
+    with pytest.raises(ValueError, match="^data has d=4 but the model expects d=3"):
+        check_model_data(CNN(3, 1), signal_noise(2, 4, snr=0.1, seed=0))
     with pytest.raises(ValueError, match="scheme must be one of"):
         V.check_scheme(np.array("without"))
     with pytest.raises(ValueError, match="^y must contain only labels"):

@@ -33,14 +33,18 @@ from .._validation import (
     check_batch,
     check_eta,
     check_int,
-    check_model,
-    check_model_data,
     check_scheme,
     check_seed,
 )
 from ..data import SignalNoise
 from ..models import kernels as K
-from ..models.two_patch import TwoPatchModel, kernel_sharpness, loss_code
+from ..models.two_patch import (
+    TwoPatchModel,
+    check_model,
+    check_model_data,
+    kernel_sharpness,
+    loss_code,
+)
 from . import _train_step as TS
 
 __all__ = ["train", "train_many", "TrainResult", "memorization_scores",

@@ -43,15 +43,13 @@ from .._validation import (
     check_eta,
     check_forget_batch,
     check_int,
-    check_model,
-    check_model_data,
     check_positive,
     check_scheme,
     check_seed,
 )
 from ..data import SignalNoise, check_split
 from ..models import kernels
-from ..models.two_patch import loss_code
+from ..models.two_patch import check_model, check_model_data, loss_code
 from . import train as _train
 
 __all__ = ["TwinRun", "UnlearnResult", "membership_auc", "unlearn", "unlearn_twins"]

@@ -13,6 +13,7 @@ import scipy.sparse.linalg as spla
 from .. import _streams
 from .._validation import (
     as_float_array,
+    check_instance,
     check_labels,
     check_patches,
     check_positive,
@@ -21,7 +22,8 @@ from .._validation import (
 from ..data import SignalNoise
 from . import kernels as K
 
-__all__ = ["LOSSES", "TwoPatchModel", "kernel_sharpness", "loss_code"]
+__all__ = ["LOSSES", "TwoPatchModel", "check_model", "check_model_data",
+           "kernel_sharpness", "loss_code"]
 
 #: Loss names understood by every model method.
 LOSSES = {"logistic": K.LOGISTIC, "squared": K.SQUARED}
@@ -305,3 +307,17 @@ def kernel_sharpness(Wk, Xp, y, kargs, lid, tol, seed):
     lam = spla.eigsh(op, k=1, which="LA", v0=v0, tol=tol, ncv=min(p - 1, 20),
                      return_eigenvectors=False)
     return float(lam[0])
+
+
+def check_model(model, name="model"):
+    """A :class:`TwoPatchModel` (e.g. not ``None``), else a clear error."""
+    return check_instance(model, TwoPatchModel, name)
+
+
+def check_model_data(model, data, name="data"):
+    """The one model/data check: a simlab model and a data set of its ``d``."""
+    check_model(model)
+    check_instance(data, SignalNoise, name)
+    if data.d != model.d:
+        raise ValueError(f"{name} has d={data.d} but the model expects d={model.d}")
+    return model, data
