@@ -94,3 +94,18 @@ def test_import_loads_no_dask_or_cuda():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_figure_names_the_verdict_it_tests():
+    """Every catalogue entry says which question it answers (mean-square
+    stability, typical behaviour, finite-horizon escape, or no dynamics), and
+    the manifest carries it."""
+    from simlab import experiments
+
+    kinds = ("mean-square", "typical", "finite-horizon", "no dynamics",
+             "no stability verdict")
+    manifest = (Path(__file__).parents[1] / "figures" / "README.md").read_text()
+    for name in experiments.REGISTRY:
+        tested = experiments.get(name).TESTED
+        assert any(k in tested for k in kinds), (name, tested)
+        assert tested in manifest, name

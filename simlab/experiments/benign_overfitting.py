@@ -30,6 +30,10 @@ from ..dynamics.backends import get_kernel
 NAME = "benign-overfitting"
 CLAIM = ("THEORY 9.6: the CNN reproduces the benign/harmful overfitting transition "
          "n ||mu||^4 ~ sigma_p^4 d (Kou et al., ICML 2023)")
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("no stability verdict: test error of trained CNNs (generalization) "
+          "against the predicted benign/harmful boundary")
 DESCRIPTION = ("Clean test error of the two-layer ReLU CNN trained to zero training "
                "error on 10%-label-noise data over (d, ||mu||), with the measured "
                "critical ||mu||* (error = level), the fitted power law and the "

@@ -32,6 +32,9 @@ NAME = "cnn-coherence"
 CLAIM = ("THEORY 9.4 for the CNN: memorization (low SNR) gives low coherence, "
          "signal learning (high SNR) high coherence; trained ReLU CNN, "
          "random-matrix prediction vs simulation")
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("no dynamics: predicted against measured coherence of trained CNNs")
 DESCRIPTION = ("Coherence sigma of the logistic-loss curvature factors of trained "
                "two-layer ReLU CNNs vs SNR for several (n, d, m): fully predictive "
                "random-matrix form (lines), semi-empirical form from measured "

@@ -87,6 +87,11 @@ CLAIM = ("THEORY 9.5 (finite-horizon escape, typical behaviour): descent-ascent 
          "unlearning of trained CNNs escapes within the horizon where the "
          "linearized dynamics at the trained weights says a typical run does; "
          "kappa_+ > 0 in every cell here, so this tests how fast, not whether")
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("finite-horizon escape, typical behaviour: majority of real runs scored "
+          "against the typical prediction; the mean-square (delta_0 law) prediction "
+          "scored beside it")
 DESCRIPTION = ("Escape fraction of real descent-ascent unlearning runs of a two-layer "
                "ReLU CNN trained to interpolation (squared loss) over (SNR, alpha), "
                "(B, alpha) and (eta, B). Overlaid: the typical boundary T lambda_typ "

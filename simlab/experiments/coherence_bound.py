@@ -15,6 +15,10 @@ from ..stability import coherence_bound_lr, critical_lr
 
 NAME = "coherence-bound"
 CLAIM = "THEORY 9.2: the SGD coherence bound is never violated; tightness ratios"
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("mean-square stability only: the exact critical learning rate (rho(T) = "
+          "1) against the Bernoulli coherence bound; no simulation")
 DESCRIPTION = ("Histogram of eta*/eta_bound (exact critical eta over the Dexter et "
                "al. coherence bound) for random rank-one and full-rank PSD "
                "families, Bernoulli sampling.")

@@ -27,6 +27,11 @@ from ..theory import dial_critical_lr, dial_spectral_radius
 
 NAME = "hessian-test"
 CLAIM = "THEORY 9.3: the exact frontier of the Hessian-test family matches simulation"
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("mean-square stability (exact rho(T) = 1 frontier) and typical behaviour "
+          "(median Lyapunov exponent = 0; escape fraction > 1/2 of Monte-Carlo runs "
+          "within the horizon), both drawn")
 DESCRIPTION = ("Escape fraction of the linearized dynamics over (batch size, coherence "
                "s) for SGD and unlearning (alpha=0.1, retain=forget=dial family), "
                "with the exact mean-square frontier rho(T)=1 (solid) and the "

@@ -24,6 +24,12 @@ from ..theory import rmt
 NAME = "rmt-coherence"
 CLAIM = ("THEORY 9.4: memorization makes forgetting easier (lower SNR -> lower "
          "coherence -> faster ascent escape); linear model, RMT vs simulation")
+#: Which question the figure answers (THEORY section 4): mean-square
+#: stability, typical behaviour, finite-horizon escape, or none.
+TESTED = ("no dynamics: random-matrix predictions of coherence, sharpness and the "
+          "normalized ascent rate kappa_+/lambda_max (the deterministic escape "
+          "rate, a lower bound on mean-square growth) against exact values on "
+          "sampled data")
 DESCRIPTION = ("Coherence sigma, sharpness lambda_max(H) and normalized ascent rate "
                "kappa_+/lambda_max(H) of the linear model vs SNR and vs n SNR^2, "
                "for several (n, d): random-matrix predictions (lines) against "
