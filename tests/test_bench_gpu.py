@@ -54,6 +54,7 @@ def _result(out):
     return lines, json.loads(lines[-1][len("RESULT "):])
 
 
+@pytest.mark.slow    # ~100 s on 2 cores: the simulator runs every device step in Python
 def test_bench_gpu_toy_on_simulator(tmp_path):
     pytest.importorskip("numba.cuda")
     out = _run(["--toy"], {"NUMBA_ENABLE_CUDASIM": "1"}, tmp_path, timeout=600)

@@ -100,6 +100,7 @@ def test_coherence_bound_experiment():
     coherence_bound.plot(ds)
 
 
+@pytest.mark.slow      # every figure at its quick size: ~30 s warm, minutes cold
 @pytest.mark.parametrize("name", sorted(__import__("simlab.experiments",
                                                    fromlist=["REGISTRY"]).REGISTRY))
 def test_every_catalogue_entry_runs_quick(name, tmp_path):

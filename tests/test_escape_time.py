@@ -18,7 +18,6 @@ passage of the reference curve up to ``1e-9`` relative at the threshold (so a
 step where the reference lies within rounding of ``K`` may go either way).
 """
 
-import itertools
 import math
 
 import numpy as np
@@ -41,6 +40,7 @@ from simlab.stability import (
 import reference
 from strategies import SCHEMES, families, unlearning_problems
 
+
 def uniform(lo, hi):
     """Evenly spread floats (``st.floats`` favours the ends and tiny values)."""
     return st.integers(0, 1000).map(lambda k: lo + (hi - lo) * k / 1000)
@@ -48,42 +48,6 @@ def uniform(lo, hi):
 
 TIE = 1e-9          # relative slack at the threshold (rounding only)
 CURVE_RTOL = 1e-8   # reference vs package growth curves
-
-
-# ------------------------------------------------------------------ reference
-
-
-def ref_operator(retain, eta, B, scheme, forget=None, B_f=None, alpha=0.0):
-    """``T = E[A (x) A]``, ``A = I - eta M_hat``, on row-major ``vec`` of ``p x p``
-    matrices (``vec(A X A) = (A (x) A) vec(X)`` for symmetric ``A``), over the full
-    space, by enumerating every minibatch outcome (``reference.batches``)."""
-    Hr = reference.dense(retain)
-    p = Hr.shape[1]
-    sets = [(Hr, B, 1.0 - alpha)]
-    if forget is not None:
-        sets.append((reference.dense(forget), B_f, -alpha))
-    outcomes = [list(reference.batches(h.shape[0], b, scheme)) for h, b, _ in sets]
-    out = np.zeros((p * p, p * p))
-    for combo in itertools.product(*outcomes):
-        prob = 1.0
-        Mhat = np.zeros((p, p))
-        for (h, b, w), (pr, z) in zip(sets, combo, strict=True):
-            prob *= pr
-            Mhat += w / b * np.tensordot(z, h, axes=1)
-        A = np.eye(p) - eta * Mhat
-        out += prob * np.kron(A, A)
-    return out
-
-
-def ref_growth(Tmat, S0, steps):
-    """``tr Sigma_t / tr Sigma_0`` for ``t = 0..steps`` by iterating ``vec(Sigma)``."""
-    p = S0.shape[0]
-    v = S0.ravel() / np.trace(S0)
-    out = [1.0]
-    for _ in range(steps):
-        v = Tmat @ v
-        out.append(np.trace(v.reshape(p, p)))
-    return np.array(out)
 
 
 def _event(msg):
@@ -157,7 +121,8 @@ def test_sgd_first_passage_matches_reference(fam, extra, scheme, c, u, kind, see
     eta = c / lam
     law, S0 = random_law(rng, p, kind)
     horizon = 60
-    f = ref_growth(ref_operator(H, eta, B, scheme), S0, horizon)
+    f = reference.growth_curve(reference.operator_matrix(H, eta, B, scheme), S0,
+                               horizon)
     K = pick_K(f, u)
     npt.assert_allclose(mean_square_growth(H, eta, B, scheme=scheme, steps=horizon,
                                            **law), f, rtol=CURVE_RTOL, atol=1e-13)
@@ -184,8 +149,8 @@ def test_unlearning_first_passage_matches_reference(prob, extra, scheme, c, u, k
     law, S0 = random_law(rng, p, kind)
     horizon = 40
     kw = dict(scheme=scheme, forget=forget, forget_batch=B_f, alpha=alpha)
-    f = ref_growth(ref_operator(retain, eta, B_r, scheme, forget, B_f, alpha), S0,
-                   horizon)
+    Tmat = reference.operator_matrix(retain, eta, B_r, scheme, forget, B_f, alpha)
+    f = reference.growth_curve(Tmat, S0, horizon)
     K = pick_K(f, u)
     npt.assert_allclose(mean_square_growth(retain, eta, B_r, steps=horizon, **kw,
                                            **law), f, rtol=CURVE_RTOL, atol=1e-13)
@@ -212,7 +177,8 @@ def test_fixed_cases_escape_and_outside_mass(scheme, rank_one):
     kw = dict(scheme=scheme, forget=F, forget_batch=1, alpha=0.35)
     A = rng.standard_normal((6, 5))
     S0 = A.T @ A
-    f = ref_growth(ref_operator(R, eta, 2, scheme, F, 1, 0.35), S0, 60)
+    Tmat = reference.operator_matrix(R, eta, 2, scheme, F, 1, 0.35)
+    f = reference.growth_curve(Tmat, S0, 60)
     assert f[-1] > 50, "the case must escape for K = 50"
     comp = escape_time(R, eta, 2, escape_factor=50, horizon=60, perturbation_cov=S0,
                        **kw)
@@ -254,7 +220,8 @@ def test_cross_terms_do_not_matter():
     g_full = mean_square_growth(R, eta, 2, steps=40, perturbation_cov=S0, **kw)
     g_block = mean_square_growth(R, eta, 2, steps=40, perturbation_cov=S_block, **kw)
     npt.assert_allclose(g_full, g_block, rtol=1e-12)
-    f = ref_growth(ref_operator(R, eta, 2, "without", F, 1, 0.3), S0, 40)
+    Tmat = reference.operator_matrix(R, eta, 2, "without", F, 1, 0.3)
+    f = reference.growth_curve(Tmat, S0, 40)
     npt.assert_allclose(g_full, f, rtol=CURVE_RTOL)
 
 
@@ -275,7 +242,7 @@ def test_top_eigenmatrix_start_gives_asymptotic_time(scheme):
     R, F = random_rank_one(5, 3, seed=61), random_rank_one(2, 3, seed=62)
     eta = 0.5 / np.linalg.eigvalsh(R.T @ R / 5)[-1]
     kw = dict(scheme=scheme, forget=F, forget_batch=1, alpha=0.5)
-    Tmat = ref_operator(R, eta, 2, scheme, F, 1, 0.5)
+    Tmat = reference.operator_matrix(R, eta, 2, scheme, F, 1, 0.5)
     lam, V = np.linalg.eig(Tmat)
     top = np.argmax(lam.real)
     X = V[:, top].real.reshape(3, 3)

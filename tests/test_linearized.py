@@ -1,6 +1,6 @@
 """Tests of the Monte-Carlo simulator ``simlab.simulate.linearized``.
 
-1. kernel vs the slow NumPy reference (``reference_linearized.py``), 1e-12;
+1. kernel vs the slow NumPy reference (``reference.linearized``), 1e-12;
 2. random numbers and batch-drawing statistics (chi-square, fixed seeds);
 3. exact operator vs Monte Carlo (second moments, growth rate vs rho(T));
 4. determinism, overflow/underflow, exact zero, escape;
@@ -35,7 +35,7 @@ from simlab.dynamics import linearized as lin
 from simlab.simulate import LinearizedResult, linearized, linearized_grid
 from simlab.stability import second_moment_operator, spectral_radius
 
-from reference_linearized import ref_initial_directions, ref_linearized
+import reference
 
 RTOL = 1e-12
 
@@ -79,7 +79,7 @@ _CASES = {
 def test_kernel_matches_reference(case, scheme):
     retain, eta, batch, kw = _CASES[case]
     kw = {"steps": 25, "trajectories": 3, "seed": 11, **kw}
-    ref = ref_linearized(retain, eta, batch, scheme=scheme, **kw)
+    ref = reference.linearized(retain, eta, batch, scheme=scheme, **kw)
     comp = linearized(retain, eta, batch, scheme=scheme, **kw)
     npt.assert_array_equal(comp.escape_step, ref["escape_step"])
     npt.assert_array_equal(comp.escaped, ref["escaped"])
@@ -96,7 +96,7 @@ def test_exact_zero_matches_reference_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         comp = linearized(G, 1.0, 1, steps=5, trajectories=2)
-        ref = ref_linearized(G, 1.0, 1, steps=5, trajectories=2)
+        ref = reference.linearized(G, 1.0, 1, steps=5, trajectories=2)
         assert comp.lyapunov_mean == -math.inf
         assert comp.ms_growth == 0.0
     npt.assert_array_equal(comp.log_sq_norm, ref["log_sq_norm"])
@@ -279,7 +279,7 @@ def test_second_moment_matches_exact_operator(case, scheme):
     res = linearized(_MC_RETAIN, eta, batch, scheme=scheme, steps=t,
                      trajectories=N_MC, seed=32, **kw)
     active = _MC_RETAIN if not kw else np.concatenate([_MC_RETAIN, kw["forget"]])
-    delta0 = ref_initial_directions(active, N_MC, 32)
+    delta0 = reference.initial_directions(active, N_MC, 32)
     T = second_moment_operator(_MC_RETAIN, eta, batch, scheme=scheme, **kw)
     p = delta0.shape[1]
     Tt = _operator_power_matrix(T, p, t)
@@ -305,7 +305,7 @@ def test_second_moment_test_detects_wrong_scheme():
     t, eta, batch = 3, 0.6, 2
     res = linearized(_MC_RETAIN, eta, batch, scheme="without", steps=t,
                      trajectories=N_MC, seed=33)
-    delta0 = ref_initial_directions(_MC_RETAIN, N_MC, 33)
+    delta0 = reference.initial_directions(_MC_RETAIN, N_MC, 33)
     p = delta0.shape[1]
     wrong = _operator_power_matrix(
         second_moment_operator(_MC_RETAIN, eta, batch, scheme="with"), p, t)
@@ -352,7 +352,7 @@ def test_ms_growth_matches_spectral_radius(scheme, eta, kw):
                      trajectories=N, seed=42, **kw)
     rho = spectral_radius(_GAP_RETAIN, eta, batch, scheme=scheme, **kw)
     T = second_moment_operator(_GAP_RETAIN, eta, batch, scheme=scheme, **kw)
-    delta0 = ref_initial_directions(_GAP_RETAIN, N, 42)
+    delta0 = reference.initial_directions(_GAP_RETAIN, N, 42)
     Q = np.eye(3)
     exact_k = np.empty((N, steps + 1))
     for t in range(steps + 1):
@@ -474,7 +474,7 @@ def test_full_batch_is_gradient_descent(n, p, rank_one, scheme, c, seed):
     steps = 12
     res = linearized(H, eta, n, scheme=scheme, steps=steps, trajectories=2,
                      seed=seed)
-    delta = ref_initial_directions(H, 2, seed)
+    delta = reference.initial_directions(H, 2, seed)
     A = np.eye(p) - eta * Hm
     for t in range(steps + 1):
         if t:

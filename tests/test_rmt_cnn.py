@@ -5,9 +5,9 @@
 2. prediction vs the exact ``coherence_measure`` of trained CNNs on the seeded
    grid of ``derivations/rmt_cnn.py`` (deterministic seeds, so each cell
    reproduces the measured errors): two cells in the fast suite, the whole
-   grid under ``slow``. :data:`TOL` is the measured worst error (over three
-   seed sets, of which the tests replay the first) times 1.25, as stated in
-   :func:`simlab.theory.rmt_cnn.cnn_coherence`.
+   grid (and the figure at its quick size) under ``slow``. :data:`TOL` is the
+   measured worst error (over three seed sets, of which the tests replay the
+   first) times 1.25, as stated in :func:`simlab.theory.rmt_cnn.cnn_coherence`.
 """
 
 import dataclasses
@@ -110,6 +110,20 @@ def test_trained_cnn_grid(n, d, m):
     _check(n, d, m)
 
 
+def test_figure_small():
+    """The figure's run/plot path at a toy size (one config, two SNRs). The
+    claim is robust here: sigma is 1.05 at SNR 0.01 and 1.9 / 3.1 (both seeds)
+    at SNR 1; the quick size runs under ``slow`` and in ``simlab reproduce``."""
+    from simlab.experiments import cnn_coherence as E
+
+    ds = E.run(quick=True, configs=[(10, 200, 5)], snrs=[0.01, 1.0], seeds=2, fine=5)
+    assert "claim 4 (CNN) holds" in ds.attrs["summary"]
+    assert ds.sim_sigma.shape == (1, 2, 2)
+    assert float(ds.sim_sigma.isel(snr=0).max()) < 1.2
+    assert E.plot(ds) is not None
+
+
+@pytest.mark.slow
 def test_figure_quick():
     from simlab.experiments import cnn_coherence as E
 

@@ -18,8 +18,8 @@ from simlab.stability import (
     critical_lr,
     escape_time,
     gram_operator,
-    mean_lower_bound,
     kappa_plus,
+    mean_lower_bound,
     second_moment_matrix,
     second_moment_operator,
     spectral_radius,
@@ -228,7 +228,8 @@ def test_critical_lr_geneig_equals_bisection(fam, scheme, data):
     eta_b = critical_lr(H, B, scheme=scheme, method="bisect")
     npt.assert_allclose(eta_g, eta_b, rtol=1e-9)
     if r1 and scheme == "bernoulli":
-        npt.assert_allclose(critical_lr(H, B, scheme="bernoulli", method="secular"), eta_g, rtol=1e-9)
+        npt.assert_allclose(critical_lr(H, B, scheme="bernoulli", method="secular"),
+                            eta_g, rtol=1e-9)
     # rho crosses 1 at eta*
     assert spectral_radius(H, eta_g * (1 - 1e-6), B, scheme=scheme) <= 1 + 1e-12
     assert spectral_radius(H, eta_g * (1 + 1e-6), B, scheme=scheme) > 1
@@ -283,13 +284,43 @@ def test_singular_mean_with_noise_is_zero():
         critical_lr(R, 5, scheme="without", forget=R, forget_batch=5, alpha=0.5)
 
 
-def test_escape_time():
-    H = coherence_dial(20, 5)
-    rho = spectral_radius(H, 0.9, 2, scheme="with")
-    assert rho > 1
-    npt.assert_allclose(escape_time(H, 0.9, 2, scheme="with"),
-                        np.log(1e3) / np.log(rho))
-    assert escape_time(H, 0.1, 20, scheme="without") == np.inf
+@pytest.mark.parametrize("case", ["sgd-with", "unlearn-bernoulli"])
+def test_escape_time_is_first_passage_from_top_eigenmatrix(case):
+    """Without a perturbation law ``escape_time`` is the mean-square escape time
+    from the top eigenmatrix of ``T``. Reference (no simlab code): ``T`` as a dense
+    ``p^2 x p^2`` matrix on the full space by enumerating every minibatch
+    (``reference.operator_matrix``), its Perron eigenmatrix ``X`` by a dense
+    eigensolve, and the first ``t`` with ``tr T^t(X) >= K tr X`` found by iterating
+    ``vec(Sigma)``. ``escape_time`` is not rounded to a step, so it must lie in
+    ``(t - 1, t]``; the cases keep ``tr T^t(X) / K`` at least 1e-6 away from 1, far
+    beyond the ~1e-13 rounding of the iteration, so the step is unambiguous."""
+    H = coherence_dial(6, 3)                        # n = 6, p = 4, U = R^4
+    if case == "sgd-with":
+        eta, kw, ref_args = 0.7, dict(scheme="with"), ("with",)
+    else:
+        F = random_rank_one(2, 4, seed=5)
+        eta = 0.7
+        kw = dict(scheme="bernoulli", forget=F, forget_batch=1, alpha=0.3)
+        ref_args = ("bernoulli", F, 1, 0.3)
+    Tmat = reference.operator_matrix(H, eta, 2, *ref_args)
+    lam, V = np.linalg.eig(Tmat)
+    top = np.argmax(lam.real)
+    X = V[:, top].real.reshape(4, 4)
+    X = 0.5 * (X + X.T)
+    X *= np.sign(np.trace(X))
+    assert np.linalg.eigvalsh(X)[0] > -1e-10 * np.abs(X).max()      # Perron: PSD
+    assert 1.05 < lam.real[top] < 1.5                             # a few dozen steps
+    for K in (10.0, 1e3, 1e6):
+        f = reference.growth_curve(Tmat, X, 400)
+        t = int(np.argmax(f >= K))
+        assert t > 1 and np.all(np.abs(f[1:t + 1] / K - 1) > 1e-6)
+        comp = escape_time(H, eta, 2, escape_factor=K, **kw)
+        assert t - 1 < comp <= t, (K, comp, t)
+    # stable: the reference's largest |eigenvalue| is < 1, so E||delta_t||^2 only
+    # shrinks from any start and never reaches K
+    Tmat = reference.operator_matrix(H, 0.1, 6, "without")
+    assert np.abs(np.linalg.eigvals(Tmat)).max() < 1
+    assert escape_time(H, 0.1, 6, scheme="without") == np.inf
 
 
 def test_dial_family_facts():

@@ -1,4 +1,5 @@
-"""Training driver (simlab.dynamics.train) against an independent NumPy reference."""
+"""Training driver (simlab.dynamics.train) against an independent NumPy reference
+(``reference.gd_run``)."""
 
 import numpy as np
 import numpy.testing as npt
@@ -14,42 +15,7 @@ from simlab.dynamics.train import (
 )
 from simlab.models import CNN, Linear
 
-# --------------------------------------------------------------------------
-# plain NumPy reference: weight-space (S)GD, no Gram trick, no Numba
-# --------------------------------------------------------------------------
-
-
-def ref_f(model, W, X):
-    if isinstance(model, Linear):
-        return X.sum(axis=1) @ W
-    Z = np.einsum("jrd,ipd->ijrp", W, X)
-    F = (np.maximum(Z, 0.0) ** model.q).sum(axis=(2, 3)) / model.m
-    return F[:, 0] - F[:, 1]
-
-
-def ref_grad_f(model, W, X):
-    """(n, *W.shape) gradients of f."""
-    if isinstance(model, Linear):
-        return X.sum(axis=1)
-    Z = np.einsum("jrd,ipd->ijrp", W, X)
-    dA = model.q * np.where(Z > 0, np.maximum(Z, 0.0) ** (model.q - 1), 0.0)
-    return np.einsum("j,ijrp,ipd->ijrd", np.array([1.0, -1.0]), dA, X) / model.m
-
-
-def ref_dloss(f, y, loss):
-    if loss == "squared":
-        return f - y
-    return -y / (1.0 + np.exp(y * f))
-
-
-def ref_run(model, W0, X, y, eta, wts, loss):
-    W = W0.copy()
-    for w in wts:
-        g = np.einsum("i,i...->...", w * ref_dloss(ref_f(model, W, X), y, loss),
-                      ref_grad_f(model, W, X))
-        W = W - eta * g
-    return W
-
+import reference  # gd_run: plain NumPy weight-space (S)GD, no Gram trick, no Numba
 
 CASES = [(CNN(40, 4), "logistic"), (CNN(40, 3, q=2), "squared"),
          (Linear(40), "squared"), (Linear(40), "logistic")]
@@ -63,8 +29,8 @@ def test_gd_matches_numpy_reference(model, loss, method):
     eta = 0.05 if loss == "squared" else 0.2
     res = train(model, data, eta=eta, steps=200, loss=loss, method=method, seed=2,
                 sigma0=0.1, record_every=50)
-    ref = ref_run(model, res.W0, data.X, data.y, eta,
-                  np.full((200, 12), 1.0 / 12), loss)
+    ref = reference.gd_run(model, res.W0, data.X, data.y, eta,
+                           np.full((200, 12), 1.0 / 12), loss)
     assert not res.diverged
     npt.assert_allclose(res.W, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
 
@@ -77,7 +43,7 @@ def test_sgd_matches_numpy_reference(scheme):
                 sigma0=0.1, record_every=40)
     rng = np.random.default_rng([5, _streams.TRAIN_BATCHES])
     wts = batch_weights(rng, 150, 10, 3, scheme)
-    ref = ref_run(model, res.W0, data.X, data.y, 0.2, wts, "logistic")
+    ref = reference.gd_run(model, res.W0, data.X, data.y, 0.2, wts, "logistic")
     npt.assert_allclose(res.W, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
 
 
@@ -112,7 +78,6 @@ def test_train_many_equals_train():
         npt.assert_allclose(many[k].W, one.W, rtol=0, atol=1e-14)
         npt.assert_allclose(many[k].history.test_loss, one.history.test_loss,
                             rtol=1e-13)
-
 
 
 def _assert_same_records(dense, sparse, test_rtol=0.0):

@@ -13,7 +13,6 @@ from simlab.predict import NonStationaryWarning, curvature_split, predict_unlear
 from simlab.stability import kappa_plus, spectral_radius
 
 import reference
-from test_train import ref_run  # the plain NumPy (S)GD reference
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_matches_numpy_reference(trained, scheme, batch, fbatch, method):
     B = retain.size if batch is None else batch
     Bf = forget.size if fbatch is None else fbatch
     wts = _ref_weights(3, 80, tr.n, retain, forget, 0.3, B, Bf, scheme)
-    ref = ref_run(model, W, tr.X, tr.y, 0.2, wts, "logistic")
+    ref = reference.gd_run(model, W, tr.X, tr.y, 0.2, wts, "logistic")
     npt.assert_allclose(res.W, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
     npt.assert_allclose(res.history.dist.values[-1], np.linalg.norm(ref - W),
                         rtol=1e-9)
