@@ -253,8 +253,9 @@ def tightness(families=400, seed=0):
                                alpha=al)
         except ValueError:
             continue
-        rows.append((eta_, unlearning_bound_lr(R, Br, forget=F, alpha=al, forget_batch=Bf),
-                     unlearning_direction_bound_lr(R, Br, forget=F, alpha=al, forget_batch=Bf, scheme="bernoulli"), al,
+        kw = dict(forget=F, alpha=al, forget_batch=Bf)
+        rows.append((eta_, unlearning_bound_lr(R, Br, **kw),
+                     unlearning_direction_bound_lr(R, Br, scheme="bernoulli", **kw), al,
                      R.ndim == 3, inside))
     cols = [np.array(c) for c in zip(*rows)]
     return dict(zip(("eta", "bound_u", "bound_dir", "alpha", "dense", "inside"), cols))

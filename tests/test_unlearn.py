@@ -4,13 +4,12 @@ import numpy as np
 import numpy.testing as npt
 import pytest
 
+from simlab import _streams
 from simlab.data import select_forget, signal_noise, signal_noise_pair
 from simlab.dynamics.train import batch_weights, train
-from simlab import _streams
 from simlab.dynamics.unlearn import membership_auc, unlearn
 from simlab.models import CNN, Linear
-from simlab.predict import NonStationaryWarning, curvature_split, predict_unlearning
-from simlab.stability import kappa_plus, spectral_radius
+from simlab.predict import NonStationaryWarning, predict_unlearning
 
 import reference
 
@@ -104,7 +103,8 @@ def test_twin_separation_is_the_linearized_dynamics():
                   forget_batch=1, steps=40, loss="squared", perturbation=1e-3,
                   seed=4, record_every=10)
     Xp = tr.X.reshape(20, 25)
-    delta = np.random.default_rng([4, _streams.UNLEARN_PERTURBATION]).standard_normal((1, 20)) @ Xp
+    rng = np.random.default_rng([4, _streams.UNLEARN_PERTURBATION])
+    delta = rng.standard_normal((1, 20)) @ Xp
     delta = delta.ravel()
     delta0 = delta.copy()
     x = tr.X.sum(axis=1)

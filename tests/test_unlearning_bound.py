@@ -48,6 +48,12 @@ def problems(draw, inside=None, dense=None):
     return ub.random_family(np.random.default_rng(seed), inside=ins, dense=den)
 
 
+def _direction(R, F, alpha, Br, Bf):
+    """The direction bound for Bernoulli sampling (the scheme of the theorem)."""
+    return unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf,
+                                         scheme="bernoulli")
+
+
 def _exact(R, F, alpha, Br, Bf):
     try:
         return critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
@@ -63,7 +69,7 @@ def test_bound_never_violated(prob):
     R, F, alpha, Br, Bf = prob
     eta = _exact(R, F, alpha, Br, Bf)
     coh = unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf)
-    dirb = unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli")
+    dirb = _direction(R, F, alpha, Br, Bf)
     assert eta <= coh * (1 + RTOL)
     assert eta <= dirb * (1 + RTOL)
     assert dirb <= coh * (1 + RTOL)
@@ -77,7 +83,7 @@ def test_divergence_just_above_bound(prob):
     R, F, alpha, Br, Bf = prob
     _exact(R, F, alpha, Br, Bf)
     for bound in (unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf),
-                  unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli")):
+                  _direction(R, F, alpha, Br, Bf)):
         if 0 < bound < np.inf:
             rho = spectral_radius(R, bound * (1 + 1e-6), Br, scheme="bernoulli",
                                   forget=F, forget_batch=Bf, alpha=alpha)
@@ -89,7 +95,8 @@ def test_divergence_just_above_bound(prob):
 def test_alpha_zero_is_dexter(prob, B):
     R, F, _, _, Bf = prob
     B = min(B, R.shape[0])
-    assert unlearning_bound_lr(R, B, forget=F, alpha=0.0, forget_batch=Bf) == coherence_bound_lr(R, B)
+    coh = unlearning_bound_lr(R, B, forget=F, alpha=0.0, forget_batch=Bf)
+    assert coh == coherence_bound_lr(R, B)
     assert unlearning_bound_lr(R, B, alpha=0.0) == coherence_bound_lr(R, B)
 
 
@@ -102,7 +109,7 @@ def test_forget_outside_range_diverges(prob, alpha):
     assert critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
                            alpha=alpha) == 0.0
     assert unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf) == 0.0
-    assert unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli") == 0.0
+    assert _direction(R, F, alpha, Br, Bf) == 0.0
 
 
 @settings(max_examples=60)
@@ -113,7 +120,7 @@ def test_rank_one_direction_bound_reads_off_coherence(prob):
     R, F, alpha, Br, Bf = prob
     assume(unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf) > 0)
     ref = ub.rank_one_direction_bound(R, F, alpha, Br, Bf)
-    assert unlearning_direction_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf, scheme="bernoulli") <= ref * (1 + 1e-12)
+    assert _direction(R, F, alpha, Br, Bf) <= ref * (1 + 1e-12)
 
 
 @settings(max_examples=60)
@@ -134,7 +141,8 @@ def test_direction_bound_exact_on_dial(scheme, n, s, B, alpha):
     is a single axis, which is a test direction: the bound is exact."""
     H = coherence_dial(n, s)
     ref = dial_critical_lr(n, s, B, scheme=scheme, alpha=alpha)
-    comp = unlearning_direction_bound_lr(H, B, forget=H, alpha=alpha, forget_batch=B, scheme=scheme)
+    comp = unlearning_direction_bound_lr(H, B, forget=H, alpha=alpha, forget_batch=B,
+                                         scheme=scheme)
     np.testing.assert_allclose(comp, ref, rtol=1e-12)
 
 
@@ -145,7 +153,8 @@ def test_tightness_helper():
     td = unlearning_bound_tightness(R, 2, direction=True, scheme="bernoulli")
     assert t <= td <= 1 + RTOL
     F = random_psd(2, 3, seed=4)
-    assert np.isnan(unlearning_bound_tightness(R, 2, forget=F, alpha=1.0, forget_batch=1))   # both 0
+    t0 = unlearning_bound_tightness(R, 2, forget=F, alpha=1.0, forget_batch=1)
+    assert np.isnan(t0)   # both 0
 
 
 def test_vacuous_at_full_batch():
@@ -154,7 +163,7 @@ def test_vacuous_at_full_batch():
     assert unlearning_bound_lr(R, 4, forget=F, alpha=0.0, forget_batch=2) == np.inf
     # the direction form still gives the GD-type bound 2/lambda_max(M)
     lam = np.linalg.eigvalsh(mean_hessian(R))[-1]
-    np.testing.assert_allclose(unlearning_direction_bound_lr(R, 4, forget=F, alpha=0.0, forget_batch=2, scheme="bernoulli"),
+    np.testing.assert_allclose(_direction(R, F, 0.0, 4, 2),
                                2 / lam, rtol=1e-12)
 
 

@@ -367,7 +367,7 @@ def test_model_and_data_helpers():
     from simlab.models import CNN
     from simlab.models.two_patch import check_model, check_model_data
 
-    with pytest.raises(ValueError, match="^model must be a TwoPatchModel, got NoneType$"):
+    with pytest.raises(ValueError, match="^model must be a TwoPatchModel, got None"):
         check_model(None)
     with pytest.raises(ValueError, match="^data must be a SignalNoise, got list"):
         check_model_data(CNN(3, 1), [1, 2])
