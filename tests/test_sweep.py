@@ -78,7 +78,7 @@ def test_spec_errors_name_field_and_line(bad, match):
 
 
 CNN_BASE = 'experiment = "cnn-train"\n[fixed]\nd = 30\nmu_norm = 1.0\n'
-CNN_LR = "eta" if "eta" in cells_mod.CNNTrain.PARAMS else "lr"   # issue 8 rename
+CNN_LR = "eta"
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -79,7 +79,6 @@ CONSTRAINTS = {
     "steps": _int_at_least(0), "trajectories": _int_at_least(1),
     "family_seed": lambda v, name: check_seed(v, name),
     "eta": lambda v, name: check_eta(v, name),
-    "lr": lambda v, name: check_eta(v, name),  # cnn-train until renamed eta
     "eta_rel": lambda v, name: check_positive(v, name),
     "alpha": lambda v, name: check_alpha(v, name),
     "escape_factor": lambda v, name: check_escape_factor(v, name),
