@@ -20,6 +20,7 @@ __all__ = [
     "to_dense",
     "mean_hessian",
     "range_basis",
+    "eigenbasis",
     "coherence_dial",
     "random_psd",
     "random_rank_one",
@@ -115,6 +116,49 @@ def range_basis(hessians, rtol=None):
         raise ValueError(f"rtol must be < 1, got {rtol}")
     lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
     return H.T @ (V / np.sqrt(lam)) if rank_one else V
+
+
+def eigenbasis(hessians, rtol=None):
+    """Eigenpairs of the mean Hessian ``H = (1/n) sum_i H_i`` on its range,
+    largest first: the curvature eigenbasis.
+
+    This is the one curvature basis of the package: the memorization study
+    orders weight components by it and the label-noise study measures
+    subspaces in it. For rank-one factors ``G`` (``n x p``) it comes from the
+    ``n x n`` Gram matrix, so ``p`` may be large; for the squared-loss linear
+    model (factors ``z_i = x_i^(1) + x_i^(2)``) it is the eigenbasis of
+    ``Z^T Z / n``.
+
+    Parameters
+    ----------
+    hessians : array_like
+        Rank-one factors ``(n, p)`` or dense ``(n, p, p)``.
+    rtol : float, optional
+        Eigenvalues below ``rtol * lambda_max`` count as zero (default
+        ``config.RANGE_RTOL``; see :func:`range_eig`).
+
+    Returns
+    -------
+    values : ndarray, shape (r,)
+        Eigenvalues of ``H``, descending.
+    vectors : ndarray, shape (p, r)
+        Orthonormal eigenvectors, column ``k`` for ``values[k]``.
+
+    Examples
+    --------
+    >>> vals, vecs = eigenbasis([[2.0, 0.0], [0.0, 1.0]])
+    >>> vals.tolist(), vecs.shape
+    ([2.0, 0.5], (2, 2))
+    """
+    H, rank_one = check_hessians(hessians)
+    rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
+                                                                 allow_zero=True)
+    if rtol >= 1.0:
+        raise ValueError(f"rtol must be < 1, got {rtol}")
+    lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
+    lam, V = lam[::-1], V[:, ::-1]
+    vectors = H.T @ (V / np.sqrt(lam)) if rank_one else V
+    return lam / H.shape[0], np.ascontiguousarray(vectors)
 
 
 def coherence_dial(n, s, *, rank_one=True):

@@ -6,7 +6,7 @@ cached on disk).
 """
 
 from .cnn import CNN
-from .linear import Linear
+from .linear import Linear, min_norm_interpolator
 from .two_patch import LOSSES, TwoPatchModel
 
-__all__ = ["CNN", "LOSSES", "Linear", "TwoPatchModel"]
+__all__ = ["CNN", "LOSSES", "Linear", "TwoPatchModel", "min_norm_interpolator"]
