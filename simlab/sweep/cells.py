@@ -8,6 +8,8 @@ Backends: ``"cpu"`` (Numba ``prange``) and ``"cuda"`` (numba-cuda kernels with
 the same step bodies); the Dask backend ships batches of ``"cpu"`` work.
 """
 
+import importlib
+
 import numpy as np
 
 from ..curvature import coherence_dial, random_rank_one, sharpness
@@ -170,6 +172,8 @@ class CNNTrain:
 
 
 #: Name -> cell experiment class.
+#: Built-in cell experiments: name -> class, or ``"module:object"`` imported on
+#: first use (so a figure's cell can live next to its figure module).
 CELL_EXPERIMENTS = {
     "linearized-dial": LinearizedDial,
     "linearized-random": LinearizedRandom,
@@ -182,4 +186,8 @@ def get_cell_experiment(name):
     if name not in CELL_EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: "
                          f"{sorted(CELL_EXPERIMENTS)}")
-    return CELL_EXPERIMENTS[name]
+    exp = CELL_EXPERIMENTS[name]
+    if isinstance(exp, str):
+        module, _, obj = exp.partition(":")
+        exp = getattr(importlib.import_module(module), obj)
+    return exp
