@@ -10,7 +10,7 @@ from .data import SignalNoise, select_forget, signal_noise, signal_noise_pair
 from .dynamics.train import train, train_many
 from .dynamics.unlearn import unlearn
 from .models import CNN, Linear
-from .predict import predict_unlearning
+from .predict import predict_stability, predict_unlearning
 from .stability import critical_lr, escape_time, spectral_radius
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "escape_time",
     "models",
     "predict",
+    "predict_stability",
     "predict_unlearning",
     "select_forget",
     "signal_noise",
