@@ -114,7 +114,8 @@ def as_float_array(x, name, *, ndim=None):
 def sample_curvature(hessians, rank_one):
     """Upper bound on ``lambda_max(H_i)`` for each sample of a validated family.
 
-    ``|g_i|^2`` for rank-one factors (exact), the largest absolute row sum of
+    ``|g_i|^2`` for rank-one factors and ``lambda_max(G_i G_i^T)`` for rank-k
+    factors ``(n, k, p)`` (exact), the largest absolute row sum of
     ``H_i`` for dense Hessians (at most ``p`` times ``lambda_max``). Computed
     without overflow or underflow in the intermediate steps; the result itself
     is ``inf`` (``0``) where it is beyond the float64 range.
@@ -126,10 +127,14 @@ def sample_curvature(hessians, rank_one):
     with np.errstate(over="ignore", under="ignore"):
         if not rank_one:
             return np.abs(hessians).sum(axis=2).max(axis=1)
-        a = np.abs(hessians).max(axis=1)
+        n = hessians.shape[0]
+        a = np.abs(hessians).reshape(n, -1).max(axis=1)
         safe = np.where(a > 0, a, 1.0)
-        u = hessians / safe[:, None]
-        return a * a * np.einsum("ij,ij->i", u, u)
+        if hessians.ndim == 2:
+            u = hessians / safe[:, None]
+            return a * a * np.einsum("ij,ij->i", u, u)
+        u = hessians / safe[:, None, None]
+        return a * a * np.linalg.eigvalsh(u @ u.transpose(0, 2, 1))[:, -1]
 
 
 def _check_curvature(arr, rank_one, name):
@@ -139,7 +144,7 @@ def _check_curvature(arr, rank_one, name):
             a = np.abs(arr).max()
             if a == 0.0:
                 return
-            u = arr / a
+            u = (arr / a).reshape(arr.shape[0], -1)
             log_c = 2.0 * np.log10(a) + np.log10(np.einsum("ij,ij->i", u, u).max())
         else:
             c = sample_curvature(arr, False).max()
@@ -175,22 +180,104 @@ def check_step(eta, curvature, name="eta"):
             f"only: rescale)")
 
 
-def check_hessians(hessians, name="hessians"):
+class Factors:
+    """Per-sample curvature given by rank-k factors: ``H_i = sum_j g_ij g_ij^T``.
+
+    The one way to pass rank-k factors: a plain 3-D array always means dense
+    Hessians ``(n, p, p)`` and a plain 2-D array rank-one factors ``(n, p)``,
+    so the rank-k form ``(n, k, p)`` is marked by this wrapper (never guessed
+    from the shape). ``k`` is the number of outputs of the model for a
+    Gauss-Newton Hessian ``H_i = J_i^T J_i`` (``J_i`` the ``k x p`` output
+    Jacobian of sample ``i``, weighted by the loss curvature).
+
+    Every operator, coherence and bound function of the package accepts it
+    where it accepts a family; the Gram reduction then works in ``n k``
+    coordinates (the outputs of one sample are never split into separate
+    rank-one samples, which would drop the cross terms of ``H_i X H_i``).
+
+    Parameters
+    ----------
+    G : array_like, shape (n, k, p) or (n, p)
+        Factors ``g_ij`` (row ``j`` of ``G[i]``); ``(n, p)`` is ``k = 1``.
+        Validated where the family is used (finite, real, non-empty).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from simlab.curvature import Factors, to_dense
+    >>> G = np.array([[[1.0, 0.0], [0.0, 2.0]]])        # n=1, k=2, p=2
+    >>> to_dense(Factors(G))[0]
+    array([[1., 0.],
+           [0., 4.]])
+    """
+
+    __slots__ = ("G",)
+
+    def __init__(self, G):
+        if isinstance(G, Factors):
+            G = G.G
+        self.G = G
+
+    @property
+    def shape(self):
+        """``(n, k, p)`` (``k = 1`` for a 2-D array)."""
+        shape = np.shape(self.G)
+        return (shape[0], 1, shape[1]) if len(shape) == 2 else tuple(shape)
+
+    def __repr__(self):
+        return f"Factors(shape={self.shape})"
+
+
+Factors.__module__ = "simlab.curvature"
+
+
+def _check_factors(G, name):
+    """Validate rank-k factors: finite float64 ``(n, k, p)``."""
+    arr = as_float_array(G, f"{name} (Factors)", ndim=(2, 3))
+    if arr.ndim == 2:
+        arr = arr[:, None, :]
+    if min(arr.shape) < 1:
+        raise ValueError(f"{name} (Factors) must have shape (n, k, p) with n, k, "
+                         f"p >= 1, got {arr.shape}")
+    _check_curvature(arr, True, name)
+    return np.ascontiguousarray(arr)
+
+
+def check_hessians(hessians, name="hessians", *, rank_k=False):
     """Validate a per-sample Hessian family.
 
     Parameters
     ----------
-    hessians : array_like, shape (n, p, p) or (n, p)
-        Dense PSD Hessians, or rank-one factors ``g_i`` with ``H_i = g_i g_i^T``.
+    hessians : array_like, shape (n, p, p) or (n, p), or Factors
+        Dense PSD Hessians, rank-one factors ``g_i`` with ``H_i = g_i g_i^T``,
+        or :class:`Factors` ``(n, k, p)`` with ``H_i = sum_j g_ij g_ij^T``.
     name : str
         Argument name used in error messages.
+    rank_k : bool
+        Whether the caller handles rank-k factor arrays ``(n, k, p)``. If not,
+        :class:`Factors` with ``k > 1`` are expanded to dense ``(n, p, p)``
+        (refused with :class:`SizeError` when that does not fit in memory).
 
     Returns
     -------
     arr : ndarray of float64
+        ``(n, p)`` rank-one factors (also for ``Factors`` with ``k = 1``),
+        ``(n, k, p)`` rank-k factors (only with ``rank_k=True``) or dense
+        ``(n, p, p)``.
     rank_one : bool
-        True for the ``(n, p)`` factor representation.
+        True for the factor representations (2-D or, with ``rank_k``, 3-D):
+        a validated 3-D array is rank-k factors iff this is True.
     """
+    if isinstance(hessians, Factors):
+        G = _check_factors(hessians.G, name)
+        n, k, p = G.shape
+        if k == 1:
+            return np.ascontiguousarray(G[:, 0, :]), True
+        if rank_k:
+            return G, True
+        check_size((n, p, p), f"{name}: dense form of {n} rank-{k} factors of "
+                              f"dimension p={p}")
+        return np.einsum("iaj,iak->ijk", G, G), False
     arr = as_float_array(hessians, name, ndim=(2, 3))
     n = arr.shape[0]
     if n < 1 or arr.shape[1] < 1:
@@ -202,7 +289,8 @@ def check_hessians(hessians, name="hessians"):
     p = arr.shape[1]
     if arr.shape[2] != p:
         raise ValueError(f"{name} must have shape (n, p, p) for dense Hessians, "
-                         f"got {arr.shape}")
+                         f"got {arr.shape} (rank-k factors (n, k, p) are passed "
+                         f"as simlab.curvature.Factors(G))")
     _check_curvature(arr, False, name)
     scale = max(np.abs(arr).max(), np.finfo(float).tiny)
     asym = np.abs(arr - arr.transpose(0, 2, 1)).max()
@@ -218,29 +306,50 @@ def check_hessians(hessians, name="hessians"):
     return arr, False
 
 
-def check_pair(retain, forget):
-    """Validate retain/forget families: same representation and dimension."""
-    r, r1 = check_hessians(retain, "retain")
+def _as_rank_k(H, k):
+    """Factors ``(n, p)`` or ``(n, k', p)`` as ``(n, k, p)``, zero-padded (a zero
+    factor adds nothing to ``H_i``)."""
+    if H.ndim == 2:
+        H = H[:, None, :]
+    if H.shape[1] == k:
+        return H
+    out = np.zeros((H.shape[0], k, H.shape[2]))
+    out[:, :H.shape[1]] = H
+    return out
+
+
+def check_pair(retain, forget, *, rank_k=False):
+    """Validate retain/forget families: same representation and dimension.
+
+    With ``rank_k``, rank-one and rank-k factors mix: both are returned as
+    ``(n, k, p)`` with the larger ``k`` (zero-padded).
+    """
+    r, r1 = check_hessians(retain, "retain", rank_k=rank_k)
     if forget is None:
         return r, None, r1
-    f, f1 = check_hessians(forget, "forget")
+    f, f1 = check_hessians(forget, "forget", rank_k=rank_k)
     if r1 != f1:
         raise ValueError("forget must use the same representation as retain "
-                         "(both dense (n, p, p) or both rank-one (n, p))")
-    if f.shape[1:] != r.shape[1:]:
-        raise ValueError(f"forget has dimension {f.shape[1:]} but retain has "
-                         f"{r.shape[1:]}")
+                         "(both dense (n, p, p) or both factors: rank-one (n, p) "
+                         "or simlab.curvature.Factors (n, k, p))")
+    if f.shape[-1] != r.shape[-1]:
+        raise ValueError(f"forget has dimension p={f.shape[-1]} but retain has "
+                         f"p={r.shape[-1]}")
+    if r1 and (r.ndim == 3 or f.ndim == 3):
+        k = max(r.shape[1] if r.ndim == 3 else 1, f.shape[1] if f.ndim == 3 else 1)
+        r, f = _as_rank_k(r, k), _as_rank_k(f, k)
     return r, f, r1
 
 
-def check_linearized(retain, batch, scheme, forget, forget_batch, alpha):
+def check_linearized(retain, batch, scheme, forget, forget_batch, alpha, *,
+                     rank_k=False):
     """Validate the arguments shared by the exact operator and the simulator.
 
     Returns ``(retain, forget, rank_one, batch, forget_batch, scheme, alpha)``;
     ``forget_batch`` defaults as in :func:`check_forget_batch` and is ``None``
-    without a forget set.
+    without a forget set. ``rank_k`` as in :func:`check_pair`.
     """
-    retain, forget, rank_one = check_pair(retain, forget)
+    retain, forget, rank_one = check_pair(retain, forget, rank_k=rank_k)
     scheme = check_scheme(scheme)
     alpha = check_alpha(alpha)
     batch = check_batch(batch, retain.shape[0], "batch")

@@ -2,7 +2,9 @@
 
 THEORY.md section 5. ``S_ij = ||H_i^{1/2} H_j^{1/2}||_F = sqrt(<H_i, H_j>_F)``
 (the two are equal because ``||A^{1/2} B^{1/2}||_F^2 = tr(A B)``), which is
-``|<g_i, g_j>|`` for rank-one ``H_i = g_i g_i^T``.
+``|<g_i, g_j>|`` for rank-one ``H_i = g_i g_i^T`` and ``||G_i G_j^T||_F`` for
+rank-k factors ``H_i = G_i^T G_i`` (:class:`simlab.curvature.Factors`, ``G_i`` of
+shape ``k x p``).
 """
 
 from dataclasses import dataclass
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validation import check_hessians, check_pair, check_size
+from .curvature import factor_rank, factor_rows
 
 __all__ = [
     "coherence_matrix",
@@ -19,21 +22,29 @@ __all__ = [
 ]
 
 
-def _flat(H, rank_one):
-    return H if rank_one else H.reshape(H.shape[0], -1)
-
-
 def _cross(A, a1, B, b1):
-    """``S`` between two validated families."""
+    """``S`` between two validated families (same representation)."""
     check_size((A.shape[0], B.shape[0]),
                f"the coherence matrix of {A.shape[0]} x {B.shape[0]} samples")
-    G = _flat(A, a1) @ _flat(B, b1).T
-    return np.abs(G) if a1 else np.sqrt(np.maximum(G, 0.0))
+    if not a1:
+        G = A.reshape(A.shape[0], -1) @ B.reshape(B.shape[0], -1).T
+        return np.sqrt(np.maximum(G, 0.0))
+    ka, kb = factor_rank(A), factor_rank(B)
+    check_size((A.shape[0] * ka, B.shape[0] * kb),
+               f"the factor Gram matrix of {A.shape[0]} x {B.shape[0]} samples")
+    G = factor_rows(A) @ factor_rows(B).T
+    if ka == kb == 1:
+        return np.abs(G)
+    # ||G_i G_j^T||_F over the k x k blocks of the factor Gram matrix
+    G = G.reshape(A.shape[0], ka, B.shape[0], kb)
+    return np.sqrt(np.einsum("iajb,iajb->ij", G, G))
 
 
 def _lam_max_each(H, rank_one):
-    if rank_one:
+    if rank_one and H.ndim == 2:
         return np.einsum("ij,ij->i", H, H)
+    if rank_one:
+        return np.linalg.eigvalsh(H @ H.transpose(0, 2, 1))[:, -1]
     return np.linalg.eigvalsh(H)[:, -1]
 
 
@@ -42,7 +53,9 @@ def coherence_matrix(hessians):
 
     Parameters
     ----------
-    hessians : array_like, shape (n, p, p) or (n, p)
+    hessians : array_like, shape (n, p, p) or (n, p), or Factors
+        Dense PSD Hessians, rank-one factors or rank-k
+        :class:`simlab.curvature.Factors` ``(n, k, p)``.
 
     Examples
     --------
@@ -50,7 +63,7 @@ def coherence_matrix(hessians):
     array([[1., 1.],
            [1., 2.]])
     """
-    H, r1 = check_hessians(hessians)
+    H, r1 = check_hessians(hessians, rank_k=True)
     return _cross(H, r1, H, r1)
 
 
@@ -66,7 +79,12 @@ def coherence_measure(hessians):
     ``n`` (``H_i = I_p`` gives ``n sqrt(p)``); the upper bound is
     ``n max_i ||H_i||_F / max_i lambda_max(H_i)``.
     """
-    H, r1 = check_hessians(hessians)
+    H, r1 = check_hessians(hessians, rank_k=True)
+    return _measure(H, r1)
+
+
+def _measure(H, r1):
+    """:func:`coherence_measure` of a validated family."""
     if not np.any(_lam_max_each(H, r1) > 0):
         raise ValueError("hessians are all zero: coherence is undefined")
     return _sigma(_cross(H, r1, H, r1), H, r1)
@@ -98,7 +116,7 @@ class BlockCoherence:
 
 def block_coherence(retain, forget):
     """Coherence blocks ``S_rr``, ``S_ff``, ``S_rf`` and their top values."""
-    R, F, r1 = check_pair(retain, forget)
+    R, F, r1 = check_pair(retain, forget, rank_k=True)
     if F is None:
         raise ValueError("forget must be given for a block summary")
     both = np.concatenate([R, F])

@@ -1,13 +1,15 @@
 """Per-sample Hessian families: representations, synthetic families, range basis.
 
-A family is either a dense array ``(n, p, p)`` of PSD matrices or an array
-``(n, p)`` of rank-one factors ``g_i`` with ``H_i = g_i g_i^T`` (THEORY section 1).
+A family is a dense array ``(n, p, p)`` of PSD matrices, an array ``(n, p)`` of
+rank-one factors ``g_i`` with ``H_i = g_i g_i^T`` (THEORY section 1), or rank-k
+factors ``(n, k, p)`` wrapped as :class:`Factors` (``H_i = sum_j g_ij g_ij^T``).
 """
 
 import numpy as np
 
 from . import config
 from ._validation import (
+    Factors,
     as_float_array,
     check_hessians,
     check_int,
@@ -17,6 +19,7 @@ from ._validation import (
 )
 
 __all__ = [
+    "Factors",
     "to_dense",
     "mean_hessian",
     "range_basis",
@@ -36,20 +39,38 @@ def to_dense(hessians):
     array([[1., 2.],
            [2., 4.]])
     """
-    H, rank_one = check_hessians(hessians)
+    H, rank_one = check_hessians(hessians, rank_k=True)
     if not rank_one:
         return H
-    n, p = H.shape
-    check_size((n, p, p), f"to_dense of {n} rank-one factors of dimension p={p}")
+    n, p = H.shape[0], H.shape[-1]
+    check_size((n, p, p), f"to_dense of {n} factors of dimension p={p}")
+    if H.ndim == 3:
+        return np.einsum("iaj,iak->ijk", H, H)
     return np.einsum("ij,ik->ijk", H, H)
+
+
+def factor_rows(H):
+    """All factors of a validated factor family stacked as rows ``(n k, p)``.
+
+    ``sum_i c_i H_i = F^T diag(repeat(c, k)) F`` with ``F = factor_rows(H)``;
+    the Gram matrix ``F F^T`` (``n k x n k``) is the one of THEORY section 6
+    extended to rank-k factors.
+    """
+    return H.reshape(-1, H.shape[-1])
+
+
+def factor_rank(H):
+    """``k`` of a validated factor family (1 for ``(n, p)``)."""
+    return 1 if H.ndim == 2 else H.shape[1]
 
 
 def mean_hessian(hessians):
     """``H = (1/n) sum_i H_i`` as a dense ``(p, p)`` matrix."""
-    H, rank_one = check_hessians(hessians)
+    H, rank_one = check_hessians(hessians, rank_k=True)
     if rank_one:
-        check_size((H.shape[1],) * 2, f"mean_hessian of dimension p={H.shape[1]}")
-        return H.T @ H / H.shape[0]
+        F = factor_rows(H)
+        check_size((F.shape[1],) * 2, f"mean_hessian of dimension p={F.shape[1]}")
+        return F.T @ F / H.shape[0]
     return H.mean(axis=0)
 
 
@@ -64,9 +85,17 @@ def sharpness(hessians):
     >>> round(sharpness(coherence_dial(10, 3)), 12)
     2.0
     """
-    H, rank_one = check_hessians(hessians)
+    H, rank_one = check_hessians(hessians, rank_k=True)
+    return _sharpness(H, rank_one)
+
+
+def _sharpness(H, rank_one):
+    """:func:`sharpness` of a validated family (factors through the Gram
+    matrix, or ``F^T F`` when ``p`` is smaller than ``n k``)."""
     if rank_one:
-        return float(np.linalg.eigvalsh(H @ H.T)[-1] / H.shape[0])
+        F = factor_rows(H)
+        A = F @ F.T if F.shape[0] <= F.shape[1] else F.T @ F
+        return float(np.linalg.eigvalsh(A)[-1] / H.shape[0])
     return float(np.linalg.eigvalsh(H.mean(axis=0))[-1])
 
 
@@ -78,7 +107,8 @@ def range_eig(H, *, rank_one, rtol=None):
     ----------
     H : ndarray
         A validated family (:func:`simlab._validation.check_hessians`): rank-one
-        factors ``(n, p)`` or dense ``(n, p, p)``.
+        factors ``(n, p)``, rank-k factors ``(n, k, p)`` (with ``rank_one``
+        True) or dense ``(n, p, p)``.
     rank_one : bool
     rtol : float, optional
         Eigenvalues below ``rtol * lambda_max`` count as zero (default
@@ -87,16 +117,18 @@ def range_eig(H, *, rank_one, rtol=None):
     Returns
     -------
     lam : ndarray, shape (r,)
-        Kept eigenvalues, ascending: of the Gram matrix ``H H^T`` (rank-one; the
-        squared singular values of ``H``) or of ``sum_i H_i`` (dense).
-    V : ndarray, shape (n, r) or (p, r)
-        Their eigenvectors; for rank-one factors ``U = H^T V / sqrt(lam)``.
+        Kept eigenvalues, ascending: of the Gram matrix ``F F^T`` of the factor
+        rows ``F = factor_rows(H)`` (the squared singular values of ``F``) or
+        of ``sum_i H_i`` (dense).
+    V : ndarray, shape (n k, r) or (p, r)
+        Their eigenvectors; for factors ``U = F^T V / sqrt(lam)``.
     """
     rtol = config.RANGE_RTOL if rtol is None else rtol
     if rank_one:
-        n = H.shape[0]
-        check_size((n, n), f"the Gram matrix of {n} rank-one samples")
-        lam, V = np.linalg.eigh(H @ H.T)
+        F = factor_rows(H)
+        n = F.shape[0]
+        check_size((n, n), f"the Gram matrix of {n} factor rows")
+        lam, V = np.linalg.eigh(F @ F.T)
     else:
         lam, V = np.linalg.eigh(H.sum(axis=0))
     keep = lam > rtol * max(lam[-1], 0.0)
@@ -109,13 +141,13 @@ def range_basis(hessians, rtol=None):
     Eigenvalues of ``sum_i H_i`` below ``rtol * lambda_max`` (default
     ``config.RANGE_RTOL``) count as zero.
     """
-    H, rank_one = check_hessians(hessians)
+    H, rank_one = check_hessians(hessians, rank_k=True)
     rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
                                                                  allow_zero=True)
     if rtol >= 1.0:
         raise ValueError(f"rtol must be < 1, got {rtol}")
     lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
-    return H.T @ (V / np.sqrt(lam)) if rank_one else V
+    return factor_rows(H).T @ (V / np.sqrt(lam)) if rank_one else V
 
 
 def eigenbasis(hessians, rtol=None):
@@ -131,8 +163,9 @@ def eigenbasis(hessians, rtol=None):
 
     Parameters
     ----------
-    hessians : array_like
-        Rank-one factors ``(n, p)`` or dense ``(n, p, p)``.
+    hessians : array_like or Factors
+        Rank-one factors ``(n, p)``, :class:`Factors` ``(n, k, p)`` or dense
+        ``(n, p, p)``.
     rtol : float, optional
         Eigenvalues below ``rtol * lambda_max`` count as zero (default
         ``config.RANGE_RTOL``; see :func:`range_eig`).
@@ -150,14 +183,14 @@ def eigenbasis(hessians, rtol=None):
     >>> vals.tolist(), vecs.shape
     ([2.0, 0.5], (2, 2))
     """
-    H, rank_one = check_hessians(hessians)
+    H, rank_one = check_hessians(hessians, rank_k=True)
     rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
                                                                  allow_zero=True)
     if rtol >= 1.0:
         raise ValueError(f"rtol must be < 1, got {rtol}")
     lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
     lam, V = lam[::-1], V[:, ::-1]
-    vectors = H.T @ (V / np.sqrt(lam)) if rank_one else V
+    vectors = factor_rows(H).T @ (V / np.sqrt(lam)) if rank_one else V
     return lam / H.shape[0], np.ascontiguousarray(vectors)
 
 

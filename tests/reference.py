@@ -291,3 +291,54 @@ def gd_run(model, W0, X, y, eta, wts, loss):
                       model_output_grads(model, W, X))
         W = W - eta * g
     return W
+
+
+# ------------------------------------------------------------------------
+# 5. tangent dynamics along a descent-ascent reference run (logistic loss)
+# ------------------------------------------------------------------------
+
+
+def loss_second_derivative(f, y, loss):
+    """``d^2 loss / d f^2`` for the ``squared`` and ``logistic`` losses."""
+    if loss == "squared":
+        return np.ones_like(f)
+    s = 1.0 / (1.0 + np.exp(-y * f))
+    return s * (1.0 - s)
+
+
+def drift_tangent(model, W0, X, y, eta, wts, delta0, loss):
+    """``||delta_t||`` for ``t = 0..T`` of the tangent along the reference run.
+
+    Weight space, dense: the reference takes the real steps of :func:`gd_run`;
+    the tangent ``delta <- delta - eta sum_i w_ti l''_i(W_t) <g_i, delta> g_i``
+    with ``g_i = grad f_i(W_t)`` (the per-sample Hessian of the ReLU CNN and the
+    linear model off the kinks), for ``simlab.predict``'s drift-aware path.
+    """
+    W, d = W0.copy(), delta0.copy()
+    norms = [np.linalg.norm(d)]
+    for w in wts:
+        f = model_output(model, W, X)
+        g = model_output_grads(model, W, X)
+        proj = g.reshape(g.shape[0], -1) @ d.ravel()
+        d = d - eta * np.einsum("i,i...->...",
+                                w * loss_second_derivative(f, y, loss) * proj, g)
+        W = W - eta * np.einsum("i,i...->...", w * loss_derivative(f, y, loss), g)
+        norms.append(np.linalg.norm(d))
+    return np.array(norms)
+
+
+# ------------------------------------------------------------------------
+# rank-k factors (simlab.curvature.Factors)
+# ------------------------------------------------------------------------
+
+
+def dense_from_factors(G):
+    """``H_i = sum_j g_ij g_ij^T`` by explicit outer products, ``G`` ``(n, k, p)``:
+    the dense family every rank-k route of the package must reproduce."""
+    G = np.asarray(G, dtype=float)
+    n, k, p = G.shape
+    H = np.zeros((n, p, p))
+    for i in range(n):
+        for j in range(k):
+            H[i] += np.outer(G[i, j], G[i, j])
+    return H

@@ -96,3 +96,23 @@ def test_coherence_bad_input():
         coherence_matrix(np.ones((3,)))
     with pytest.raises(ValueError, match="all zero"):
         coherence_measure(np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_coherence_rank_k_factors(k):
+    """S, sigma and the blocks of Factors (n, k, p) equal the dense form's
+    (explicit matrix square roots): S_ij = ||G_i G_j^T||_F."""
+    from simlab.curvature import Factors
+
+    rng = np.random.default_rng(k)
+    G, Gf = rng.standard_normal((5, k, 6)), rng.standard_normal((3, k + 1, 6))
+    Hd, Fd = reference.dense_from_factors(G), reference.dense_from_factors(Gf)
+    S = coherence_matrix(Factors(G))
+    npt.assert_allclose(S, reference.coherence_matrix(Hd), rtol=1e-10)
+    npt.assert_allclose(coherence_measure(Factors(G)), coherence_measure(Hd),
+                        rtol=1e-10)
+    a, b = block_coherence(Factors(G), Factors(Gf)), block_coherence(Hd, Fd)
+    for field in ("lam_rr", "lam_ff", "s_rf", "sigma", "sigma_r", "sigma_f"):
+        npt.assert_allclose(getattr(a, field), getattr(b, field), rtol=1e-10)
+    npt.assert_allclose(coherence_bound_lr(Factors(G), 2),
+                        coherence_bound_lr(Hd, 2), rtol=1e-10)

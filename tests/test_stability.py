@@ -377,3 +377,167 @@ def test_bad_input_critical_lr():
         critical_lr(np.zeros((3, 2)), 2)
     with pytest.raises(ValueError, match="escape_factor"):
         escape_time(np.ones((3, 2)), 0.1, 2, escape_factor=0.5)
+
+
+# ------------------------------------------------- rank-k factors (issue 13)
+# Factors(G), G of shape (n, k, p), means H_i = sum_j g_ij g_ij^T. Truth: the
+# dense family built by reference.dense_from_factors (explicit outer products)
+# through the dense routes and the enumeration of reference.py. Tolerance
+# 1e-10 relative: both sides are exact and differ by the rounding of r^2 x r^2
+# eigenproblems in different (Gram vs eigen-) coordinates.
+
+RK_TOL = 1e-10
+
+
+def _rank_k_family(seed, n, k, p, n_f=None, k_f=None, inside=True):
+    """Gaussian rank-k factors; forget factors are combinations of retain
+    factor rows (inside the retain span) unless ``inside=False``."""
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((n, k, p)) * np.exp(rng.uniform(-1, 1, n))[:, None, None]
+    if n_f is None:
+        return G, None
+    if inside:
+        Gf = np.einsum("fkm,mp->fkp", rng.standard_normal((n_f, k_f, n * k)),
+                       G.reshape(-1, p)) / np.sqrt(n * k)
+    else:
+        Gf = rng.standard_normal((n_f, k_f, p))
+    return G, Gf
+
+
+@pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rank_k_operator_matches_enumeration(scheme, seed):
+    from simlab.curvature import Factors
+
+    G, Gf = _rank_k_family(seed, 3, 2, 4, n_f=2, k_f=3)
+    X = _sym(np.random.default_rng(seed + 10), 4)
+    for alpha, forget in [(0.0, None), (0.3, Gf)]:
+        ref = reference.second_moment(
+            reference.dense_from_factors(G), 0.2, 2, scheme, X,
+            None if forget is None else reference.dense_from_factors(Gf), 1, alpha)
+        got = second_moment_operator(
+            Factors(G), 0.2, 2, scheme=scheme, alpha=alpha, forget_batch=1,
+            forget=None if forget is None else Factors(Gf))(X)
+        npt.assert_allclose(got, ref, rtol=RK_TOL, atol=RK_TOL * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
+@pytest.mark.parametrize("n, k, p", [(4, 3, 5), (6, 4, 30), (3, 2, 40)])
+def test_rank_k_equals_dense(scheme, n, k, p):
+    """rho(T), eta*, kappa_+, the mean bound, bounds and the first passage of
+    rank-k factors equal the dense form (r = min(n k, p): dense and Lanczos
+    routes)."""
+    from simlab.curvature import Factors
+    from simlab.stability import (
+        unlearning_bound_lr,
+        unlearning_direction_bound_lr,
+    )
+
+    G, Gf = _rank_k_family(n * 100 + p, n, k, p, n_f=2, k_f=2)
+    R, F = Factors(G), Factors(Gf)
+    Rd, Fd = reference.dense_from_factors(G), reference.dense_from_factors(Gf)
+    eta_gd = 2.0 / np.linalg.eigvalsh(Rd.mean(axis=0))[-1]
+    for alpha in (0.0, 0.2):
+        fk = dict(forget=F, alpha=alpha, forget_batch=1) if alpha else {}
+        fd = dict(forget=Fd, alpha=alpha, forget_batch=1) if alpha else {}
+        for eta in (0.3 * eta_gd, 0.9 * eta_gd):
+            a = spectral_radius(R, eta, 2, scheme=scheme, **fk)
+            b = spectral_radius(Rd, eta, 2, scheme=scheme, **fd)
+            npt.assert_allclose(a, b, rtol=RK_TOL)
+            npt.assert_allclose(mean_lower_bound(R, eta, 2, scheme=scheme, **fk),
+                                mean_lower_bound(Rd, eta, 2, scheme=scheme, **fd),
+                                rtol=RK_TOL)
+        npt.assert_allclose(critical_lr(R, 2, scheme=scheme, **fk),
+                            critical_lr(Rd, 2, scheme=scheme, **fd), rtol=RK_TOL)
+        npt.assert_allclose(
+            unlearning_direction_bound_lr(R, 2, scheme=scheme, **fk),
+            unlearning_direction_bound_lr(Rd, 2, scheme=scheme, **fd), rtol=RK_TOL)
+        npt.assert_allclose(unlearning_bound_lr(R, 2, **fk),
+                            unlearning_bound_lr(Rd, 2, **fd), rtol=RK_TOL)
+    npt.assert_allclose(kappa_plus(R, forget=F, alpha=0.6),
+                        kappa_plus(Rd, forget=Fd, alpha=0.6), rtol=RK_TOL,
+                        atol=RK_TOL * eta_gd**-1)
+    law = dict(perturbation_cov=np.eye(p), horizon=500)
+    assert (escape_time(R, 1.1 * eta_gd, 2, scheme=scheme, **law)
+            == escape_time(Rd, 1.1 * eta_gd, 2, scheme=scheme, **law))
+
+
+def test_rank_k_is_not_split_into_rank_one_samples():
+    """Treating the k outputs of a sample as k rank-one samples drops the cross
+    terms g_ia g_ib^T of H_i X H_i: a different operator. Factors keeps them."""
+    from simlab.curvature import Factors
+
+    G, _ = _rank_k_family(7, 4, 3, 6)
+    Hd = reference.dense_from_factors(G)
+    eta = 1.0 / np.linalg.eigvalsh(Hd.mean(0))[-1]
+    exact = reference.radius(Hd, eta, 2, "bernoulli")
+    npt.assert_allclose(spectral_radius(Factors(G), eta, 2, scheme="bernoulli"),
+                        exact, rtol=RK_TOL)
+    # the split family (n k rows, mean H / k) at the same mean step 3 eta and
+    # the same sampled fraction: same mean dynamics, different noise
+    split = G.reshape(-1, 6)
+    npt.assert_allclose(mean_lower_bound(split, 3 * eta, 6),
+                        mean_lower_bound(Factors(G), eta, 2), rtol=1e-10)
+    eta_k = critical_lr(Factors(G), 1, scheme="bernoulli")
+    npt.assert_allclose(eta_k, critical_lr(Hd, 1, scheme="bernoulli"), rtol=RK_TOL)
+    eta_split = critical_lr(split, 3, scheme="bernoulli") / 3
+    assert abs(eta_split - eta_k) > 0.05 * eta_k     # measured: 14 % apart
+
+
+@pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
+def test_rank_k_gram_operator(scheme):
+    """T(F^T C F) = F^T R(C) F in the n k Gram coordinates (THEORY 6 extended)."""
+    from simlab.curvature import Factors
+
+    G, Gf = _rank_k_family(3, 3, 2, 5, n_f=2, k_f=2)
+    R_op, K = gram_operator(Factors(G), 0.2, 2, scheme=scheme, forget=Factors(Gf),
+                            forget_batch=1, alpha=0.3)
+    F = np.concatenate([G, Gf]).reshape(-1, 5)
+    npt.assert_allclose(K, F @ F.T, rtol=1e-14)
+    C = _sym(np.random.default_rng(8), K.shape[0])
+    ref = reference.second_moment(reference.dense_from_factors(G), 0.2, 2, scheme,
+                                  F.T @ C @ F, reference.dense_from_factors(Gf), 1,
+                                  0.3)
+    npt.assert_allclose(F.T @ R_op(C) @ F, ref, rtol=RK_TOL,
+                        atol=RK_TOL * np.abs(ref).max())
+
+
+def test_factors_rank_one_and_mixed():
+    """Factors with k = 1 is the rank-one family; rank-one forget factors mix
+    with rank-k retain factors (zero-padded rows add nothing)."""
+    from simlab.curvature import Factors
+
+    G, Gf = _rank_k_family(4, 5, 3, 7, n_f=3, k_f=1)
+    g1 = G[:, 0, :]
+    assert spectral_radius(Factors(g1[:, None, :]), 0.1, 2) == spectral_radius(
+        g1, 0.1, 2)
+    a = spectral_radius(Factors(G), 0.05, 2, forget=Gf[:, 0, :], alpha=0.3)
+    b = spectral_radius(reference.dense_from_factors(G), 0.05, 2,
+                        forget=reference.dense_from_factors(Gf), alpha=0.3)
+    npt.assert_allclose(a, b, rtol=RK_TOL)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.full((2, 2, 3), np.nan), "NaN"),
+    (np.ones((2, 3, 4, 5)), "ndim"),
+    (np.ones((0, 2, 3)), "n, k, p >= 1"),
+    (np.ones((2, 2, 3)) * 1j, "real"),
+])
+def test_factors_bad_input(bad, match):
+    from simlab.curvature import Factors
+
+    with pytest.raises(ValueError, match=match):
+        spectral_radius(Factors(bad), 0.1, 1)
+
+
+def test_factors_representation_errors():
+    from simlab.curvature import Factors
+
+    G = np.ones((3, 2, 4))
+    with pytest.raises(ValueError, match="same representation"):
+        spectral_radius(Factors(G), 0.1, 1, forget=np.eye(4)[None], alpha=0.1)
+    with pytest.raises(ValueError, match="p=5 but retain has p=4"):
+        spectral_radius(Factors(G), 0.1, 1, forget=Factors(np.ones((2, 2, 5))),
+                        alpha=0.1)
+    with pytest.raises(ValueError, match="Factors"):    # (n, k, p) is not dense
+        spectral_radius(G, 0.1, 1)

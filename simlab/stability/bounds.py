@@ -45,8 +45,8 @@ from .._validation import (
     check_pair,
     check_scheme,
 )
-from ..coherence import coherence_measure
-from ..curvature import mean_hessian
+from ..coherence import _measure
+from ..curvature import _sharpness
 from .operator import build_problem
 from .radius import _parts_scale, critical_lr
 
@@ -76,13 +76,17 @@ def coherence_bound_lr(hessians, batch):
     ``eta* <= n / (L sqrt(n/B - 1))``, ``L = max_i lambda_max(H_i)``, because
     ``n lambda_max(H) <= lambda_max(S)``.
     """
-    H, _ = check_hessians(hessians)
+    H, r1 = check_hessians(hessians, rank_k=True)
+    return _coherence_bound(H, r1, batch)
+
+
+def _coherence_bound(H, r1, batch):
+    """:func:`coherence_bound_lr` of a validated family."""
     n = H.shape[0]
     batch = check_batch(batch, n)
     if batch == n:
         return np.inf
-    lam = np.linalg.eigvalsh(mean_hessian(H))[-1]
-    return float(coherence_measure(H) / (lam * np.sqrt(n / batch - 1.0)))
+    return float(_measure(H, r1) / (_sharpness(H, r1) * np.sqrt(n / batch - 1.0)))
 
 
 def coherence_bound_tightness(hessians, batch):
@@ -112,8 +116,9 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
 
     Parameters
     ----------
-    retain : array_like, shape (n_r, p, p) or (n_r, p)
-        Retain-set Hessians (dense PSD or rank-one factors).
+    retain : array_like, shape (n_r, p, p) or (n_r, p), or Factors
+        Retain-set Hessians (dense PSD, rank-one factors or rank-k
+        :class:`simlab.curvature.Factors`).
     batch : int
         Retain batch size ``B_r``.
     forget : array_like, optional
@@ -155,7 +160,7 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
     >>> unlearning_bound_lr(R, 2) == coherence_bound_lr(R, 2)
     True
     """
-    retain_arr, forget_arr, _ = check_pair(retain, forget)
+    retain_arr, forget_arr, r1 = check_pair(retain, forget, rank_k=True)
     alpha = check_alpha(alpha)
     _, lam, _, tol = _mean_part(retain, forget, alpha, batch, forget_batch,
                                 "bernoulli")
@@ -163,11 +168,11 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
         return 0.0
     bound = np.inf
     if alpha < 1.0:
-        bound = coherence_bound_lr(retain_arr, batch) / (1.0 - alpha)
+        bound = _coherence_bound(retain_arr, r1, batch) / (1.0 - alpha)
     if forget_arr is not None and alpha > 0.0:
         fb = check_forget_batch(forget_batch, batch, retain_arr.shape[0],
                                 forget_arr.shape[0])
-        bound = min(bound, coherence_bound_lr(forget_arr, fb) / alpha)
+        bound = min(bound, _coherence_bound(forget_arr, r1, fb) / alpha)
     return float(bound)
 
 
@@ -224,16 +229,23 @@ def unlearning_direction_bound_lr(retain, batch, *, forget=None, alpha=0.0,
     if lam[0] < -tol:
         return 0.0
     H = prob.hessians
-    if prob.rank_one:
+    if prob.rank == 1:
         norms = np.linalg.norm(H, axis=1)
         tops = (H[norms > 0] / norms[norms > 0, None]).T
+    elif prob.rank_one:
+        # top eigenvector of H_i = G_i^T G_i: top right singular vector of G_i
+        _, sv, vt = np.linalg.svd(H, full_matrices=False)
+        keep = sv[:, 0] > 0
+        tops = vt[keep, 0, :].T
     else:
         tops = np.linalg.eigh(H)[1][:, :, -1].T
     V = np.concatenate([W, tops], axis=1)                 # (r, k) unit columns
     M = prob.mean()
     m = np.einsum("ik,ij,jk->k", V, M, V)
-    if prob.rank_one:
+    if prob.rank == 1:
         quad = (H @ V) ** 2                                # v^T H_i v, (N, k)
+    elif prob.rank_one:
+        quad = np.sum((H @ V) ** 2, axis=1)                # |G_i v|^2
     else:
         quad = np.einsum("ik,nij,jk->nk", V, H, V)
     q = prob.noise_coef @ quad**2

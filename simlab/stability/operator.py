@@ -40,7 +40,7 @@ from .._validation import (
     check_step,
     sample_curvature,
 )
-from ..curvature import range_eig
+from ..curvature import factor_rank, factor_rows, range_eig
 
 __all__ = [
     "Problem",
@@ -89,10 +89,12 @@ class Problem:
 
     Attributes
     ----------
-    hessians : ndarray, shape (N, r) or (N, r, r)
-        Active per-sample Hessians (retain first, then forget), rank-one factors
-        or dense.
+    hessians : ndarray, shape (N, r), (N, k, r) or (N, r, r)
+        Active per-sample Hessians (retain first, then forget): rank-one
+        factors, rank-k factors or dense.
     rank_one : bool
+        True for the factor representations (a 3-D ``hessians`` is rank-k
+        factors iff this is True).
     mean_coef : ndarray, shape (N,)
         ``M = sum_i mean_coef[i] H_i``.
     noise_coef : ndarray, shape (N,)
@@ -117,13 +119,19 @@ class Problem:
     @property
     def dim(self):
         """Dimension ``r`` of the space the operator acts on (``r x r`` matrices)."""
-        return self.hessians.shape[1]
+        return self.hessians.shape[-1]
+
+    @property
+    def rank(self):
+        """Factors per sample ``k`` (1 for rank-one); ``None`` for dense."""
+        return factor_rank(self.hessians) if self.rank_one else None
 
     def weighted_sum(self, coef):
         """Return ``sum_i coef[i] H_i`` as a dense ``r x r`` matrix."""
         H = self.hessians
         if self.rank_one:
-            return (H.T * coef) @ H
+            F = factor_rows(H)
+            return (F.T * np.repeat(coef, self.rank)) @ F
         return np.tensordot(coef, H, axes=1)
 
     def mean(self):
@@ -146,13 +154,15 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
 
     Parameters
     ----------
-    retain : array_like, shape (n_r, p, p) or (n_r, p)
-        Retain-set Hessians, dense PSD or rank-one factors.
+    retain : array_like, shape (n_r, p, p) or (n_r, p), or Factors
+        Retain-set Hessians: dense PSD, rank-one factors, or rank-k factors
+        ``simlab.curvature.Factors`` ``(n_r, k, p)``.
     batch : int
         Retain batch size ``B_r`` in ``[1, n_r]``.
     scheme : {"bernoulli", "with", "without"}
     forget : array_like, optional
-        Forget-set Hessians in the same representation.
+        Forget-set Hessians: dense with dense retain, factors (rank-one or
+        :class:`~simlab.curvature.Factors`, any ``k``) with factor retain.
     forget_batch : int, optional
         Forget batch size ``B_f``; defaults to ``batch``.
     alpha : float
@@ -173,7 +183,7 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
     is raised.
     """
     retain, forget, rank_one, batch, forget_batch, scheme, alpha = check_linearized(
-        retain, batch, scheme, forget, forget_batch, alpha)
+        retain, batch, scheme, forget, forget_batch, alpha, rank_k=True)
     n_r = retain.shape[0]
     sets = []
     if alpha < 1.0:
@@ -208,9 +218,11 @@ def _restrict(prob):
         raise ValueError("all active Hessians are zero: the invariant subspace "
                          "is empty")
     if prob.rank_one:
-        # Gram route: K = G^T G = V L V^T; coordinates V_+ L_+^{1/2} preserve K.
-        coords = V * np.sqrt(lam)
-        basis = H.T @ (V / np.sqrt(lam))
+        # Gram route: K = F F^T = V L V^T over the factor rows F (n k of them);
+        # coordinates V_+ L_+^{1/2} preserve K, one row per factor.
+        F = factor_rows(H)
+        coords = (V * np.sqrt(lam)).reshape(H.shape[:-1] + (lam.size,))
+        basis = F.T @ (V / np.sqrt(lam))
     else:
         basis = V
         coords = basis.T @ H @ basis
@@ -220,9 +232,16 @@ def _restrict(prob):
 def _sandwich(prob, coef, Y):
     """``sum_i coef[i] H_i Y H_i``."""
     H = prob.hessians
-    if prob.rank_one:
+    if prob.rank_one and H.ndim == 2:
         q = np.einsum("ij,ij->i", H @ Y, H)
         return (H.T * (coef * q)) @ H
+    if prob.rank_one:
+        # H_i Y H_i = G_i^T (G_i Y G_i^T) G_i with the k x k core G_i Y G_i^T
+        N, k, r = H.shape
+        F = factor_rows(H)
+        Z = (F @ Y).reshape(N, k, r)
+        core = coef[:, None, None] * (Z @ H.transpose(0, 2, 1))
+        return F.T @ factor_rows(core @ H)
     N, r, _ = H.shape
     A = (coef[:, None, None] * (H @ Y)).transpose(1, 0, 2).reshape(r, N * r)
     return A @ H.reshape(N * r, r)
@@ -290,8 +309,11 @@ def quadratic_matrix(prob):
     M = prob.mean()
     D = np.kron(M, M)
     if prob.rank_one:
-        V = np.einsum("ij,ik->ijk", H, H).reshape(H.shape[0], r * r)
-        D += (V.T * prob.noise_coef) @ V
+        # H_i (x) H_i = sum_{a,b} (g_ia (x) g_ib)(g_ia (x) g_ib)^T
+        G = H if H.ndim == 3 else H[:, None, :]
+        k = G.shape[1]
+        V = np.einsum("iaj,ibk->iabjk", G, G).reshape(-1, r * r)
+        D += (V.T * np.repeat(prob.noise_coef, k * k)) @ V
     else:
         D += np.einsum("i,ijk,ilm->jlkm", prob.noise_coef, H, H).reshape(r * r, r * r)
     for b, d in prob.groups:
@@ -383,46 +405,57 @@ def second_moment_matrix(retain, eta, batch, *, scheme="without", forget=None,
 
 def gram_operator(retain, eta, batch, *, scheme="without", forget=None,
                   forget_batch=None, alpha=0.0):
-    """Gram-reduced operator of THEORY section 6 for rank-one families.
+    """Gram-reduced operator of THEORY section 6 for factor families.
 
-    With ``G = [g_1 .. g_N]`` (active samples, retain first), ``K = G^T G`` and
-    ``X = G C G^T``, the operator becomes ``C -> R(C)`` on ``N x N`` matrices::
+    With ``F`` the factor rows of the active samples (retain first; ``k`` rows
+    ``g_i1 .. g_ik`` per sample, ``k = 1`` for rank-one factors), ``K = F F^T``
+    (``N k x N k``) and ``X = F^T C F``, the operator becomes ``C -> R(C)``::
 
-        R(C) = P C P^T + eta^2 [ diag(a_i k_i^T C k_i) - sum_s b_s D_s K C K D_s ]
+        R(C) = P C P^T + eta^2 [ A o (K C K) - sum_s b_s D_s K C K D_s ]
 
-    with ``P = I - eta diag(c) K``, so that ``T(G C G^T) = G R(C) G^T``. For plain
-    Bernoulli SGD this is THEORY's ``P C P + c diag(k_i^T C k_i)``.
+    with ``P = I - eta diag(c) K``, ``A`` block-diagonal with the ``k x k``
+    block ``a_i`` for sample ``i`` (``o`` the entrywise product), ``c`` and
+    ``d_s`` the per-sample coefficients repeated ``k`` times, so that
+    ``T(F^T C F) = F^T R(C) F``. For rank-one Bernoulli SGD this is THEORY's
+    ``P C P + c diag(k_i^T C k_i)``; for rank-k factors the blocks keep the
+    cross terms ``g_ia g_ib^T`` of ``H_i X H_i`` (the outputs of one sample are
+    not independent samples).
 
     Returns
     -------
     R : callable
-        ``C -> R(C)`` for ``C`` of shape ``(N, N)``.
-    K : ndarray, shape (N, N)
+        ``C -> R(C)`` for ``C`` of shape ``(N k, N k)``.
+    K : ndarray, shape (N k, N k)
         The Gram matrix. Where ``K`` is singular, ``R`` has spurious eigenvalues
-        on the kernel of ``C -> G C G^T``: restrict to the row space of ``K``.
+        on the kernel of ``C -> F^T C F``: restrict to the row space of ``K``.
     """
     eta = check_eta(eta)
     prob = build_problem(retain, batch, scheme=scheme, forget=forget,
                          forget_batch=forget_batch, alpha=alpha, restrict=False)
     if not prob.rank_one:
-        raise ValueError("retain must be rank-one factors of shape (n, p) for the "
+        raise ValueError("retain must be factors (rank-one (n, p) or "
+                         "simlab.curvature.Factors (n, k, p)) for the "
                          "Gram-reduced operator")
     check_step(eta, prob.curvature())
-    G = prob.hessians.T
-    N = G.shape[1]
-    check_size((N, N), f"the Gram matrix of {N} rank-one samples")
-    K = G.T @ G
-    P = np.eye(N) - eta * prob.mean_coef[:, None] * K
+    F = factor_rows(prob.hessians)
+    k = prob.rank
+    N = F.shape[0]
+    check_size((N, N), f"the Gram matrix of {N} factor rows")
+    K = F @ F.T
+    P = np.eye(N) - eta * np.repeat(prob.mean_coef, k)[:, None] * K
+    sample = np.repeat(np.arange(N // k), k)
+    A = np.where(sample[:, None] == sample[None, :],
+                 np.repeat(prob.noise_coef, k)[:, None], 0.0)
 
     def R(C):
         C = as_float_array(C, "C")
         if C.shape != (N, N):
             raise ValueError(f"C must have shape {(N, N)}, got {C.shape}")
-        out = P @ C @ P.T + eta**2 * np.diag(
-            prob.noise_coef * np.einsum("ij,ij->j", K, C @ K))
+        KCK = K @ C @ K
+        out = P @ C @ P.T + eta**2 * A * KCK
         for b, d in prob.groups:
-            DK = d[:, None] * K
-            out -= eta**2 * b * (DK @ C @ DK.T)
+            dd = np.repeat(d, k)
+            out -= eta**2 * b * (dd[:, None] * KCK * dd[None, :])
         return out
 
     return R, K

@@ -109,8 +109,9 @@ def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
 
     Parameters
     ----------
-    retain : array_like, shape (n_r, p, p) or (n_r, p)
-        Per-sample Hessians (dense PSD) or rank-one factors ``g_i``.
+    retain : array_like, shape (n_r, p, p) or (n_r, p), or Factors
+        Per-sample Hessians (dense PSD), rank-one factors ``g_i``, or rank-k
+        factors :class:`simlab.curvature.Factors` ``(n_r, k, p)``.
     eta : float
         Learning rate ``> 0``.
     batch : int
@@ -125,8 +126,9 @@ def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
     method : {"auto", "dense", "lanczos", "power"}
         ``dense`` builds the ``r^2 x r^2`` matrix; ``lanczos`` is matrix-free
         ARPACK; ``power`` iterates on PSD matrices. ``auto`` picks dense for
-        ``r <= config.DENSE_MAX_DIM`` and Lanczos otherwise. Rank-one input is
-        always reduced to ``r <= N`` through the Gram matrix (THEORY section 6).
+        ``r <= config.DENSE_MAX_DIM`` and Lanczos otherwise. Factor input is
+        always reduced to ``r <= N k`` through the Gram matrix of the factor
+        rows (THEORY section 6).
 
     Returns
     -------
@@ -215,7 +217,7 @@ def critical_lr(retain, batch, *, scheme="without", forget=None, forget_batch=No
         return _critical_bisect(prob, lam[-1])
     if method == "secular":
         sgd = prob.n_retain == prob.hessians.shape[0]
-        if not (prob.rank_one and sgd and scheme == "bernoulli"):
+        if not (prob.rank == 1 and sgd and scheme == "bernoulli"):
             raise ValueError("method='secular' needs rank-one retain, "
                              "scheme='bernoulli' and plain SGD (alpha=0)")
         return _critical_secular(prob, batch)
