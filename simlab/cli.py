@@ -320,10 +320,15 @@ def _cmd_sweep(args):
                                  f"({' '.join(str(exc).split())})") from None
         else:
             client = Client(LocalCluster(dashboard_address=None, processes=True))
+    from .sweep import CellError
+
     try:
         ds = run_sweep(spec, args.out, backend=args.backend, client=client,
                        restart=args.restart, quiet=args.quiet,
                        batch_size=args.batch_size)
+    except CellError as exc:         # the cells' own errors: reported, work kept
+        print(f"simlab sweep: {args.out}: {exc}", file=sys.stderr)
+        return 1
     finally:
         if client is not None:
             client.close()

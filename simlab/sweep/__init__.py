@@ -18,7 +18,9 @@ from .run import (
     run_sweep,
 )
 from .spec import Spec, SpecError, load_spec, parse_spec
+from .user import CellError, cell
 
-__all__ = ["CELL_EXPERIMENTS", "Spec", "SpecError", "StoreError", "StoreLockedError",
-           "SweepEstimate", "check_batch_size", "estimate", "get_cell_experiment",
-           "load_spec", "open_store", "parse_spec", "run_sweep"]
+__all__ = ["CELL_EXPERIMENTS", "CellError", "Spec", "SpecError", "StoreError",
+           "StoreLockedError", "SweepEstimate", "cell", "check_batch_size", "estimate",
+           "get_cell_experiment", "load_spec", "open_store", "parse_spec",
+           "run_sweep"]

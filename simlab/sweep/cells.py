@@ -182,10 +182,16 @@ CELL_EXPERIMENTS = {
 
 
 def get_cell_experiment(name):
-    """The cell experiment registered as ``name``."""
+    """The cell experiment registered as ``name``, or a user's cell experiment
+    named ``"package.module:object"`` (see :mod:`simlab.sweep.user`)."""
     if name not in CELL_EXPERIMENTS:
+        from . import user
+
+        if user.is_reference(name):
+            return user.load(name)
         raise ValueError(f"unknown experiment {name!r}; known: "
-                         f"{sorted(CELL_EXPERIMENTS)}")
+                         f"{sorted(CELL_EXPERIMENTS)}, or a user cell experiment "
+                         "'package.module:object'")
     exp = CELL_EXPERIMENTS[name]
     if isinstance(exp, str):
         module, _, obj = exp.partition(":")

@@ -46,6 +46,7 @@ from .._provenance import provenance
 from ..dynamics.backends import BACKENDS as KERNEL_BACKENDS
 from .cells import get_cell_experiment
 from .spec import RENAMED, Spec, parse_spec
+from .user import CellError, check_workers, evaluate_reporting
 
 #: Kernel backends plus Dask (which submits batches of ``"cpu"`` work).
 BACKENDS = (*KERNEL_BACKENDS, "dask")
@@ -136,6 +137,10 @@ def _write(spec, path):
     ds.attrs.update(provenance(params, spec.seed))
     ds.attrs.update(spec=spec.canonical(), spec_hash=spec.hash(),
                     experiment=spec.experiment)
+    if spec.code is not None:          # a user experiment: which code computed it
+        ds.attrs.update(experiment_module=spec.code["module"],
+                        experiment_source_sha256=spec.code["source_sha256"] or "",
+                        experiment_version=spec.code["version"] or "")
     enc = {v: {"chunks": chunks} for v in ds.data_vars}
     ds.to_zarr(path, mode="w", encoding=enc, zarr_format=2, consolidated=False)
     _checkpoint("create:unconsolidated")
@@ -201,6 +206,7 @@ def _check_existing(spec, store):
         with xr.open_zarr(store) as ds:
             old = ds.attrs.get("spec_hash")
             old_spec = ds.attrs.get("spec", "{}")
+            old_code = ds.attrs.get("experiment_source_sha256")
             names = set(ds.data_vars)
     except Exception as exc:  # noqa: BLE001 - any unreadable store
         raise StoreError(f"{store} exists but is not a simlab sweep store "
@@ -218,6 +224,14 @@ def _check_existing(spec, store):
         raise StoreError(f"{store} holds a different sweep (spec hash {old}, "
                          f"this spec {spec.hash()}); pass restart=True "
                          "(--restart) to start over, or use another --out")
+    new_code = (spec.code or {}).get("source_sha256") or ""
+    if spec.code is not None and old_code != new_code:
+        raise StoreError(
+            f"{store}: the source of the cell experiment {spec.experiment!r} changed "
+            f"since the store was written (module {spec.code['module']}, sha256 "
+            f"{(old_code or 'unrecorded')[:12]} -> {new_code[:12] or 'unknown'}); "
+            "its finished cells may not be what this code computes: pass "
+            "restart=True (--restart) to recompute, or use another --out")
     missing = {"done", "seed", *spec.metrics} - names
     if missing:
         raise StoreError(f"{store} lacks the variables {sorted(missing)}; pass "
@@ -289,6 +303,8 @@ def open_store(spec, store, *, restart=False):
 
 def _commit(group, spec, flat, values):
     """Write one batch: metrics first, ``done`` last (see module docstring)."""
+    if not len(flat):
+        return
     idx = np.unravel_index(np.asarray(flat), spec.shape)
     for m in spec.metrics:
         group[m].vindex[idx] = np.asarray(values[m], dtype=np.float64)
@@ -296,9 +312,24 @@ def _commit(group, spec, flat, values):
 
 
 def _evaluate(experiment, params_list, seeds, backend):
-    """Evaluate a batch of cells (also the function Dask workers run)."""
+    """Evaluate a batch of cells."""
     exp = get_cell_experiment(experiment)
     return exp.evaluate(params_list, seeds, backend=backend)
+
+
+def _evaluate_reporting(experiment, params_list, seeds, backend):
+    """``(ok, values, failures)`` of a batch, a raising cell isolated (see
+    :func:`simlab.sweep.user.evaluate_reporting`); the function Dask workers run."""
+    exp = get_cell_experiment(experiment)
+    return evaluate_reporting(exp, params_list, seeds, backend)
+
+
+def _commit_reported(group, spec, flat, result, failures):
+    """Commit the cells of a batch that produced values; collect the others."""
+    ok, values, failed = result
+    _commit(group, spec, [flat[i] for i in ok], values)
+    failures.extend(failed)
+    return len(ok)
 
 
 def _batches(spec, todo, seeds, batch_size):
@@ -381,6 +412,10 @@ def run_sweep(spec, store, *, backend="cpu", client=None, restart=False, quiet=T
         The store holds another sweep or is not a sweep store.
     StoreLockedError
         Another process is writing the store (checked before any work).
+    CellError
+        After the run, if cells raised: every other cell was committed; the
+        error lists each failed cell's parameters, seed and exception (they
+        stay pending and are retried by the next run).
     """
     import zarr
 
@@ -402,39 +437,46 @@ def run_sweep(spec, store, *, backend="cpu", client=None, restart=False, quiet=T
         todo = np.flatnonzero(done == 0)
         progress = _Progress(spec.n_cells, spec.n_cells - len(todo), quiet)
         batches = _batches(spec, todo, seeds, batch_size)
+        failures = []
         try:
             if backend == "dask":
-                _run_dask(client, spec, group, batches, progress)
+                if spec.code is not None:
+                    check_workers(client, spec.experiment)
+                committed = _run_dask(client, spec, group, batches, progress, failures)
             else:
                 committed = 0
                 for flat, params, cell_seeds in batches:
-                    values = _evaluate(spec.experiment, params, cell_seeds, backend)
-                    _commit(group, spec, flat, values)
+                    res = _evaluate_reporting(spec.experiment, params, cell_seeds,
+                                              backend)
+                    k = _commit_reported(group, spec, flat, res, failures)
                     progress.update(len(flat))
-                    committed += len(flat)
-                    _checkpoint("cells", committed, committed - len(flat))
+                    committed += k
+                    _checkpoint("cells", committed, committed - k)
         finally:
             progress.close()
     finally:
         lock.release()
+    if failures:
+        raise CellError(failures, committed, spec.n_cells)
     return xr.open_zarr(store)
 
 
-def _run_dask(client, spec, group, batches, progress):
+def _run_dask(client, spec, group, batches, progress, failures):
     from distributed import as_completed
 
     futures = {}
     for flat, params, cell_seeds in batches:
-        fut = client.submit(_evaluate, spec.experiment, params, cell_seeds, "cpu",
-                            pure=False)
+        fut = client.submit(_evaluate_reporting, spec.experiment, params, cell_seeds,
+                            "cpu", pure=False)
         futures[fut] = flat
     committed = 0
     for fut in as_completed(list(futures)):
         flat = futures.pop(fut)
-        _commit(group, spec, flat, fut.result())
+        k = _commit_reported(group, spec, flat, fut.result(), failures)
         progress.update(len(flat))
-        committed += len(flat)
-        _checkpoint("cells", committed, committed - len(flat))
+        committed += k
+        _checkpoint("cells", committed, committed - k)
+    return committed
 
 
 #: Sample cells are first timed with ``steps`` capped at ``_SAMPLE_STEPS``,

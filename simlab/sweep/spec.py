@@ -1,6 +1,7 @@
 """Sweep specifications: TOML -> validated grid of cells.
 
-A spec names a registered cell experiment (:mod:`simlab.sweep.cells`), fixed
+A spec names a registered cell experiment (:mod:`simlab.sweep.cells`) or a
+user's own (``experiment = "package.module:object"``, :mod:`simlab.sweep.user`), fixed
 parameters, axes, replicates and the metrics to keep::
 
     experiment = "linearized-dial"
@@ -129,6 +130,9 @@ class Spec:
     replicates: int = 1
     batch_size: int | None = None
     source: dict = field(default_factory=dict, compare=False)
+    #: For a user experiment (``"module:object"``): its module's source hash and
+    #: version (:func:`simlab.sweep.user.source_info`); ``None`` for built-ins.
+    code: dict | None = field(default=None, compare=False)
 
     @property
     def shape(self):
@@ -293,7 +297,7 @@ def _check_at_most(spec, origin, err):
 
 def parse_spec(source, path="<spec>"):
     """Validate a spec given as TOML text or a dict; return a :class:`Spec`."""
-    from .cells import get_cell_experiment
+    from .cells import CELL_EXPERIMENTS, get_cell_experiment
 
     text = source if isinstance(source, str) else ""
     err = _Errors(path, text)
@@ -392,9 +396,14 @@ def parse_spec(source, path="<spec>"):
         raise err("axes", None, f"the grid has {n_cells} cells (axes "
                   f"{ {a.name: a.size for a in axes} } x {reps} replicates), more "
                   f"than a sweep may hold ({MAX_CELLS}); split the sweep")
+    code = None
+    if raw["experiment"] not in CELL_EXPERIMENTS:
+        from .user import source_info
+
+        code = source_info(raw["experiment"])
     spec = Spec(experiment=raw["experiment"], fixed=fixed, axes=tuple(axes),
                 metrics=tuple(metrics), seed=seed, replicates=reps, batch_size=bs,
-                source=raw)
+                source=raw, code=code)
     _check_at_most(spec, origin, err)
     return spec
 
