@@ -302,7 +302,7 @@ def loss_second_derivative(f, y, loss):
     """``d^2 loss / d f^2`` for the ``squared`` and ``logistic`` losses."""
     if loss == "squared":
         return np.ones_like(f)
-    s = 1.0 / (1.0 + np.exp(-y * f))
+    s = 0.5 * (1.0 + np.tanh(0.5 * y * f))         # sigma(y f), no overflow
     return s * (1.0 - s)
 
 
