@@ -69,6 +69,26 @@ every ``alpha > 0`` (THEORY section 11: ``r(0) = alpha n / n_f``): the verdict
 boundaries drawn are finite-horizon ones (typical: solid red; mean square:
 dotted cyan); the ``rho = 1`` contour (dashed) is drawn where a grid crosses it.
 These panels therefore test *how fast* unlearning escapes, not *whether*.
+
+Duplicate-forget panels (``dup_eta_alpha``: ``(eta, alpha)`` at ``B =
+dup_batch0``; ``dup_batch_alpha``: ``(B, alpha)`` at ``c = dup_c0``; SNR
+``snr0``). The forget rows are appended copies (same ``x``, same ``y``) of
+retain rows ``0..n_forget-1``, and the network is trained on the augmented set
+(:func:`_duplicate_minimum`); retain and forget indices stay disjoint. Every
+forget factor is then a retain factor, the ascent acts inside the retain span,
+and a genuine ``rho(T_u) = 1`` frontier exists (THEORY section 10.0): below
+``alpha ~ n_f / (n_r + n_f)`` the mean drift restores, and at large ``eta`` or
+small ``B`` minibatch noise alone destabilises. Three frontiers are stored per
+row (``<panel>_alpha_rho1``: ``rho = 1``; ``<panel>_alpha_lyap0``:
+``lambda_typ = 0``; ``<panel>_alpha_typ``: ``T lambda_typ = log(K)/2``) with
+the real one (``<panel>_alpha_real``), and the cells *between* the mean-square
+and typical frontiers (``rho > 1`` but the typical verdict resists) are marked
+(``<panel>_between``, magenta squares): there ``E||delta_t||^2`` grows through
+rare batches while a typical run contracts, and the real majority resists. At
+paper size (seed 0) ``rho`` crosses 1 at ``alpha ~ 0.13`` (row median),
+``lambda_typ`` crosses 0 at ``~0.18`` and the real majority escapes from
+``~0.19-0.22``; the typical verdict agrees with it on every far cell, the
+mean-square one on ``~88%`` of them.
 """
 
 import json
@@ -86,15 +106,23 @@ NAME = "cnn-unlearning"
 CLAIM = ("THEORY 9.5 (finite-horizon escape, typical behaviour): descent-ascent "
          "unlearning of trained CNNs escapes within the horizon where the "
          "linearized dynamics at the trained weights says a typical run does; "
-         "kappa_+ > 0 in every cell here, so this tests how fast, not whether")
+         "on random forget sets kappa_+ > 0 in every cell (how fast, not "
+         "whether); on forget rows duplicating retain rows a genuine rho(T_u) = 1 "
+         "frontier exists and real runs follow the typical (Lyapunov) frontier, "
+         "not the mean-square one")
 #: Which question the figure answers (THEORY section 4): mean-square
 #: stability, typical behaviour, finite-horizon escape, or none.
 TESTED = ("finite-horizon escape, typical behaviour: majority of real runs scored "
           "against the typical prediction; the mean-square (delta_0 law) prediction "
-          "scored beside it")
+          "scored beside it; on the duplicate-forget panels also stability "
+          "(rho(T_u) = 1 and lambda_typ = 0 frontiers vs the real one)")
 DESCRIPTION = ("Escape fraction of real descent-ascent unlearning runs of a two-layer "
                "ReLU CNN trained to interpolation (squared loss) over (SNR, alpha), "
-               "(B, alpha) and (eta, B). Overlaid: the typical boundary T lambda_typ "
+               "(B, alpha) and (eta, B) with a random forget set, and over (eta, "
+               "alpha) and (B, alpha) with forget rows duplicating retain rows "
+               "(genuine rho(T_u) = 1 frontier; magenta squares: cells between the "
+               "mean-square and typical frontiers). Overlaid: the typical boundary "
+               "T lambda_typ "
                "= log(K)/2 (red; the verdict scored against the majority of runs), "
                "the mean-square boundary from the delta_0 law (cyan dotted) and "
                "rho(T_u) = 1 (white dashed, where present); crosses mark cells where "
@@ -109,6 +137,13 @@ FULL = dict(
     batch=[1, 2, 3, 4, 6, 8, 10, 12, 14, 16],
     c=np.geomspace(0.02, 3.0, 10).round(4).tolist(),
     snr0=0.1, alpha0=0.01, batch0=4, c0=0.15,
+    # duplicate-forget panels (forget rows = appended copies of retain rows
+    # 0..n_forget-1, at SNR snr0): a genuine rho(T_u) = 1 frontier in alpha
+    dup_alpha=[0.01, 0.03, 0.05, 0.07, 0.09, 0.11, 0.13, 0.15, 0.17, 0.19, 0.22,
+               0.26, 0.32, 0.4],
+    dup_c=np.geomspace(0.2, 1.6, 12).round(3).tolist(),
+    dup_batch=[1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17, 20],
+    dup_c0=0.6, dup_batch0=8,
 )
 QUICK = dict(
     FULL, train_steps=2000, horizon=200, trajectories=6,
@@ -116,23 +151,36 @@ QUICK = dict(
     alpha=[3e-3, 0.01, 0.03, 0.1, 0.3],
     batch=[1, 2, 4, 8, 16],
     c=[0.02, 0.08, 0.3, 1.0, 3.0],
+    dup_alpha=[0.02, 0.08, 0.14, 0.2, 0.3],
+    dup_c=[0.25, 0.5, 0.9, 1.6],
+    dup_batch=[2, 5, 10, 20],
 )
 
 #: heatmap name -> (row axis, column axis)
 PANELS = {"snr_alpha": ("snr", "alpha"), "batch_alpha": ("batch", "alpha"),
-          "eta_batch": ("c", "batch")}
+          "eta_batch": ("c", "batch"),
+          "dup_eta_alpha": ("c", "alpha"), "dup_batch_alpha": ("batch", "alpha")}
+#: panels whose forget rows duplicate retain rows (grids ``dup_<axis>``, fixed
+#: values ``dup_c0``, ``dup_batch0``; SNR ``snr0``)
+DUP_PANELS = ("dup_eta_alpha", "dup_batch_alpha")
 _LABELS = {"snr": "SNR", "alpha": "alpha (ascent weight)", "batch": "retain batch B",
            "c": "eta * lambda_max(H(w*))"}
+
+
+def _grid(params, panel, axis):
+    """The values of ``axis`` on ``panel`` (``dup_<axis>`` on a duplicate panel)."""
+    return params[f"dup_{axis}" if panel in DUP_PANELS else axis]
 
 
 def _cells(params, panel):
     """Per cell of ``panel``: (row value, column value, cell parameters)."""
     rows, cols = PANELS[panel]
-    base = dict(snr=params["snr0"], alpha=params["alpha0"], batch=params["batch0"],
-                c=params["c0"])
+    pre = "dup_" if panel in DUP_PANELS else ""
+    base = dict(snr=params["snr0"], alpha=params["alpha0"],
+                batch=params[pre + "batch0"], c=params[pre + "c0"])
     out = []
-    for a in params[rows]:
-        for b in params[cols]:
+    for a in _grid(params, panel, rows):
+        for b in _grid(params, panel, cols):
             cell = dict(base, **{rows: a, cols: b})
             out.append((a, b, cell))
     return out
@@ -156,14 +204,71 @@ def _train_minima(params, snrs, seed):
     return model, datasets, res
 
 
+def _duplicate_minimum(model, data, params, seed):
+    """Forget rows that duplicate retain rows, and the minimum trained on them.
+
+    The data set is ``data`` with its rows ``0..n_forget-1`` appended again
+    (same ``x``, same ``y``); the forget set is the appended rows, so retain and
+    forget indices stay disjoint (:func:`simlab.data.check_split`) while every
+    forget curvature factor equals a retain one. The ascent then acts only
+    inside the retain span and ``kappa_+ > 0`` needs ``alpha / n_f`` to beat
+    ``(1 - alpha) / n_r`` on the duplicated directions: a genuine
+    ``rho(T_u) = 1`` frontier (THEORY section 10.0). Trained like
+    :func:`_train_minima` (same initialisation seed) on the augmented set.
+
+    Returns
+    -------
+    data : SignalNoise (n + n_forget rows)
+    result : the training result (``.W``, ``.history``)
+    forget : ndarray of int, the appended rows
+    """
+    from ..dynamics.train import train_many
+
+    n, n_f = data.n, int(params["n_forget"])
+    aug = data.subset(np.concatenate([np.arange(n), np.arange(n_f)]))
+    steps = int(params["train_steps"])
+    res = train_many(model, [aug], eta=params["train_eta"], steps=steps,
+                     loss="squared", sigma0=params["sigma0"], seeds=seed,
+                     record_every=steps)[0]
+    return aug, res, np.arange(n, n + n_f)
+
+
+def _frontier_alphas(alpha, rho, lyap, frac, horizon, escape_factor):
+    """Per row of an ``(x, alpha)`` panel: the ``alpha`` where ``rho`` crosses 1,
+    where ``lambda_typ`` crosses 0, where ``T lambda_typ`` crosses ``log(K)/2``
+    (the typical finite-horizon boundary; all three interpolated linearly
+    between columns, in ``log rho`` and ``lambda_typ``) and the smallest
+    ``alpha`` from which the real majority escapes at every larger ``alpha``
+    (``nan``: no crossing, last upward one if several)."""
+    def crossing(f):
+        out = np.full(f.shape[0], np.nan)
+        for i, row in enumerate(f):
+            up = np.flatnonzero((row[:-1] <= 0) & (row[1:] > 0))
+            if up.size:
+                j = up[-1]
+                out[i] = alpha[j] + (alpha[j + 1] - alpha[j]) * (
+                    -row[j] / (row[j + 1] - row[j]))
+        return out
+
+    real = np.full(frac.shape[0], np.nan)
+    for i, row in enumerate(frac > 0.5):
+        if row[-1]:
+            j = row.size - 1
+            while j > 0 and row[j - 1]:
+                j -= 1
+            real[i] = alpha[j]
+    return (crossing(np.log(np.maximum(rho, 1e-300))), crossing(lyap),
+            crossing(horizon * lyap - 0.5 * np.log(escape_factor)), real)
+
+
 def run(quick=False, seed=0, **overrides):
-    """Train, predict and unlearn on the three grids.
+    """Train, predict and unlearn on the grids of ``PANELS``.
 
     Parameters
     ----------
     quick : bool
-        5 x 5 grids, 6 trajectories, horizon 200 (well under a minute) instead of
-        ``FULL`` (10 x 10, 10 trajectories, horizon 300).
+        5 x 5 grids (4 x 5 on the duplicate panels), 6 trajectories, horizon 200
+        instead of ``FULL`` (10 x 10 and 12 x 14, 10 trajectories, horizon 300).
     seed : int
         Seeds the data, the initialisation, the perturbations and the minibatches.
     **overrides
@@ -172,8 +277,9 @@ def run(quick=False, seed=0, **overrides):
     Returns
     -------
     xarray.Dataset
-        Per heatmap ``<panel>`` (``snr_alpha``, ``batch_alpha``, ``eta_batch``)
-        over its two axes ``<panel>_row``, ``<panel>_col``:
+        Per heatmap ``<panel>`` (``snr_alpha``, ``batch_alpha``, ``eta_batch``,
+        ``dup_eta_alpha``, ``dup_batch_alpha``) over its two axes
+        ``<panel>_row``, ``<panel>_col``:
         ``<panel>_escape_fraction``, ``<panel>_escapes`` (real verdict),
         ``<panel>_ms_growth`` (Monte-Carlo mean of the squared twin separation
         over ``||delta_0||^2``; at escape for escaped trajectories),
@@ -185,7 +291,14 @@ def run(quick=False, seed=0, **overrides):
         (``agreement_<panel>_{near,far,all}`` and ``agreement_{near,far,all}``,
         ``nan`` where a class is empty; ``agreement_start_*`` likewise for the
         start-corrected prediction), cell counts, the definitions and
-        ``summary``. Runtime on 2 shared cores: quick ~10-30 s, full ~90 s.
+        ``summary``. The duplicate-forget panels add per row
+        ``<panel>_alpha_{rho1,lyap0,typ,real}`` (frontiers in ``alpha``) and
+        ``<panel>_between``, with ``frontier_<panel>_alpha_*`` (row medians) and
+        ``between_<panel>_{cells,real_escaping}`` in ``attrs``;
+        ``dup_sharpness`` and ``dup_train_loss`` describe their minimum.
+        Runtime on 2 shared cores: quick ~10-30 s; full ~90 s for the three
+        random-forget panels, ~6 min for the two duplicate panels (under a
+        load of ~13).
     """
     params = dict(QUICK if quick else FULL)
     unknown = set(overrides) - set(params)
@@ -194,9 +307,7 @@ def run(quick=False, seed=0, **overrides):
     params.update(overrides)
     from ..dynamics.unlearn import TwinRun, unlearn_twins
 
-    n, n_f = int(params["n"]), int(params["n_forget"])
-    forget = np.arange(n_f)
-    n_r = n - n_f
+    forget = np.arange(int(params["n_forget"]))
     K, T = float(params["escape_factor"]), int(params["horizon"])
     scheme = params["scheme"]
     n_traj = int(params["trajectories"])
@@ -210,13 +321,16 @@ def run(quick=False, seed=0, **overrides):
         sharp[s] = sharpness(F)
     train_loss = {s: float(r.history.train_loss.values[-1]) for s, (_, r) in
                   minima.items()}
+    dup = _duplicate_minimum(model, minima[float(params["snr0"])][0], params, seed)
+    dup_sharp = sharpness(model.curvature_factors(dup[1].W, dup[0].X, dup[0].y,
+                                                  "squared"))
 
     ds_out = xr.Dataset()
     stats, stats_start = {}, {}
     for p_i, panel in enumerate(PANELS):
         cells = _cells(params, panel)
         rows, cols = PANELS[panel]
-        shape = (len(params[rows]), len(params[cols]))
+        shape = (len(_grid(params, panel, rows)), len(_grid(params, panel, cols)))
         v = {k: np.empty(shape) for k in ("frac", "ms", "rho", "kappa", "tesc",
                                           "tstart", "lyap", "lyap_se", "prob")}
         pred = np.empty(shape, dtype=bool)        # typical verdict
@@ -225,14 +339,17 @@ def run(quick=False, seed=0, **overrides):
         runs = []
         for c_i, (_, _, cell) in enumerate(cells):
             s = float(cell["snr"])
-            data, res = minima[s]
+            if panel in DUP_PANELS:
+                data, res, fgt, sh = *dup, dup_sharp
+            else:
+                (data, res), fgt, sh = minima[s], forget, sharp[s]
             alpha = float(cell["alpha"])
             B = int(cell["batch"])
-            Bf = check_forget_batch(None, B, n_r, n_f)
-            eta = float(cell["c"]) / sharp[s]
+            Bf = check_forget_batch(None, B, data.n - fgt.size, fgt.size)
+            eta = float(cell["c"]) / sh
             idx = np.unravel_index(c_i, shape)
             pr = predict_unlearning(
-                model, res.W, data, forget, alpha=alpha, eta=eta, batch=B,
+                model, res.W, data, fgt, alpha=alpha, eta=eta, batch=B,
                 forget_batch=Bf, scheme=scheme, loss="squared", escape_factor=K,
                 horizon=T, trajectories=int(params["mc_trajectories"]), seed=seed)
             v["rho"][idx], v["kappa"][idx] = pr.rho, pr.kappa_plus
@@ -245,9 +362,9 @@ def run(quick=False, seed=0, **overrides):
             for k in range(n_traj):
                 rng = np.random.default_rng(
                     [seed, _streams.CNN_UNLEARNING_RUNS, p_i, c_i, k])
-                delta = (rng.standard_normal(n) @ F).reshape(model.shape)
+                delta = (rng.standard_normal(F.shape[0]) @ F).reshape(model.shape)
                 delta *= params["eps"] * np.linalg.norm(res.W) / np.linalg.norm(delta)
-                runs.append(TwinRun(data=data, W=res.W, delta=delta, forget_idx=forget,
+                runs.append(TwinRun(data=data, W=res.W, delta=delta, forget_idx=fgt,
                                     alpha=alpha, eta=eta, batch=B, forget_batch=Bf,
                                     rng=rng))
 
@@ -264,8 +381,9 @@ def run(quick=False, seed=0, **overrides):
         agree = real == pred
         agree_ms = real == pred_ms
         dims = (f"{panel}_row", f"{panel}_col")
-        ds_out = ds_out.assign_coords({dims[0]: np.asarray(params[rows], dtype=float),
-                                       dims[1]: np.asarray(params[cols], dtype=float)})
+        ds_out = ds_out.assign_coords(
+            {dims[0]: np.asarray(_grid(params, panel, rows), dtype=float),
+             dims[1]: np.asarray(_grid(params, panel, cols), dtype=float)})
         for key, val, attrs in [
             ("escape_fraction", v["frac"], "fraction of twin runs whose separation "
              "reached K ||delta_0||^2 within the horizon"),
@@ -297,12 +415,19 @@ def run(quick=False, seed=0, **overrides):
         ds_out[dims[1]].attrs["long_name"] = _LABELS[cols]
         stats[panel] = (agree, near, real)
         stats_start[panel] = (agree_ms, near, real)
+        if panel in DUP_PANELS:
+            ds_out = _store_frontiers(ds_out, panel, v, pred, real, dims, T, K)
 
     ds_out["snr"] = ("snr", np.array(snrs))
     ds_out["sharpness"] = ("snr", np.array([sharp[s] for s in snrs]),
                            {"long_name": "lambda_max(H(w*))"})
     ds_out["train_loss"] = ("snr", np.array([train_loss[s] for s in snrs]),
                             {"long_name": "final squared training loss"})
+    ds_out["dup_sharpness"] = ((), dup_sharp, {"long_name": "lambda_max(H(w*)) on "
+                                               "the duplicate-forget set"})
+    train_loss["dup"] = float(dup[1].history.train_loss.values[-1])
+    ds_out["dup_train_loss"] = ((), train_loss["dup"], {
+        "long_name": "final squared training loss on the duplicate-forget set"})
     ds_out.attrs.update(provenance(params, seed))
     ds_out.attrs.update(_agreement_attrs(stats))
     ds_out.attrs.update({k.replace("agreement_", "agreement_ms_"): val
@@ -329,6 +454,34 @@ def run(quick=False, seed=0, **overrides):
                                  "E||delta_0||^2 for some t <= horizon"),
     )
     ds_out.attrs["summary"] = _summary(ds_out.attrs)
+    return ds_out
+
+
+def _store_frontiers(ds_out, panel, v, pred, real, dims, horizon, escape_factor):
+    """Duplicate-forget panel extras: per row the three frontiers in ``alpha``
+    (``rho = 1``, ``lambda_typ = 0``, real majority) and the cells between the
+    mean-square and typical frontiers (``rho > 1``, typical verdict: resists)."""
+    alpha = ds_out[dims[1]].values
+    a_rho, a_lyap, a_typ, a_real = _frontier_alphas(
+        alpha, v["rho"], v["lyap"], v["frac"], horizon, escape_factor)
+    for key, val, text in [
+        ("alpha_rho1", a_rho, "alpha where rho(T_u) crosses 1 (mean-square frontier)"),
+        ("alpha_lyap0", a_lyap, "alpha where lambda_typ crosses 0 (typical frontier)"),
+        ("alpha_typ", a_typ, "alpha where horizon * lambda_typ crosses log(K)/2 "
+         "(typical finite-horizon boundary)"),
+        ("alpha_real", a_real, "smallest alpha from which the real majority escapes "
+         "at every larger alpha of the row")]:
+        ds_out[f"{panel}_{key}"] = (dims[:1], val, {"long_name": text})
+    between = (v["rho"] > 1.0) & ~pred
+    ds_out[f"{panel}_between"] = (dims, between.astype(np.int8), {
+        "long_name": "between the frontiers: rho(T_u) > 1 (mean square unstable) "
+                     "but the typical verdict resists"})
+    ds_out.attrs[f"between_{panel}_cells"] = int(between.sum())
+    ds_out.attrs[f"between_{panel}_real_escaping"] = int((between & real).sum())
+    for key, val in (("rho1", a_rho), ("lyap0", a_lyap), ("typ", a_typ),
+                     ("real", a_real)):
+        ds_out.attrs[f"frontier_{panel}_alpha_{key}"] = (
+            float(np.nanmedian(val)) if np.isfinite(val).any() else float("nan"))
     return ds_out
 
 
@@ -363,6 +516,17 @@ def _summary(a):
                      f"{a[c + 'far_escaping']} escaping, {a[c + 'far_resisting']} "
                      f"resisting), near {a[k + 'near']:.0%} ({a[c + 'near']} cells); "
                      f"mean-square far {a[m + 'far']:.0%}, near {a[m + 'near']:.0%}")
+    for panel in DUP_PANELS:
+        if f"between_{panel}_cells" in a:
+            parts.append(
+                f"{panel} frontiers in alpha (row medians): rho = 1 at "
+                f"{a[f'frontier_{panel}_alpha_rho1']:.3g}, lambda_typ = 0 at "
+                f"{a[f'frontier_{panel}_alpha_lyap0']:.3g}, T lambda_typ = "
+                f"log(K)/2 at {a[f'frontier_{panel}_alpha_typ']:.3g}, real "
+                "majority from "
+                f"{a[f'frontier_{panel}_alpha_real']:.3g}; "
+                f"{a[f'between_{panel}_cells']} cells between the frontiers, "
+                f"{a[f'between_{panel}_real_escaping']} escaping for real")
     return ("real majority verdict vs the typical prediction (horizon * lambda_typ "
             ">= log(K)/2) and the mean-square one (delta_0 law), "
             + "; ".join(parts)
@@ -370,18 +534,26 @@ def _summary(a):
 
 
 def plot(ds):
-    """Three heatmaps of the real escape fraction with the predicted boundary."""
+    """One heatmap per panel: real escape fraction, predicted boundaries."""
     from matplotlib.figure import Figure
 
     params = json.loads(ds.attrs["params"])
     K, T = params["escape_factor"], params["horizon"]
-    fig = Figure(figsize=(15, 4.6), layout="constrained")
-    axes = fig.subplots(1, 3)
+    panels = [p for p in PANELS if f"{p}_escape_fraction" in ds]
+    n_rows = -(-len(panels) // 3)
+    fig = Figure(figsize=(15, 4.6 * n_rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(n_rows, 3)).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     fixed = {"snr_alpha": f"B={params['batch0']}, c={params['c0']}",
              "batch_alpha": f"SNR={params['snr0']}, c={params['c0']}",
-             "eta_batch": f"SNR={params['snr0']}, alpha={params['alpha0']}"}
+             "eta_batch": f"SNR={params['snr0']}, alpha={params['alpha0']}",
+             "dup_eta_alpha": f"duplicate forget, SNR={params.get('snr0')}, "
+                              f"B={params.get('dup_batch0')}",
+             "dup_batch_alpha": f"duplicate forget, SNR={params.get('snr0')}, "
+                                f"c={params.get('dup_c0')}"}
     im = None
-    for ax, panel in zip(axes, PANELS, strict=True):
+    for ax, panel in zip(axes, panels, strict=False):
         r, c = f"{panel}_row", f"{panel}_col"
         xv, yv = ds[c].values, ds[r].values
         # cells on an index grid (the axes are log-spaced), labelled by value
@@ -402,23 +574,29 @@ def plot(ds):
                        linewidths=1.8)
         dis = ds[f"{panel}_agree"].values == 0
         yy, xx = np.meshgrid(y, x, indexing="ij")
+        if f"{panel}_between" in ds:
+            btw = ds[f"{panel}_between"].values == 1
+            ax.plot(xx[btw], yy[btw], "s", mfc="none", mec="m", ms=11, mew=1.2,
+                    label="between frontiers (rho > 1, typical: resists)")
         ax.plot(xx[dis], yy[dis], "x", color="orange", ms=9, mew=2,
                 label="real != typical prediction")
         near = ds[f"{panel}_near"].values == 1
         ax.plot(xx[near], yy[near], "o", mfc="none", mec="w", ms=5, mew=0.8,
                 label="near boundary")
+        if f"{panel}_between" in ds:
+            ax.legend(loc="lower right", fontsize=6)
         ax.set_xticks(x, [f"{v:.3g}" for v in xv], rotation=45, fontsize=7)
         ax.set_yticks(y, [f"{v:.3g}" for v in yv], fontsize=7)
         ax.set_xlabel(ds[c].attrs.get("long_name", c))
         ax.set_ylabel(ds[r].attrs.get("long_name", r))
         a = ds.attrs
-        ax.set_title(f"{panel} ({fixed[panel]})\ntypical: far "
+        ax.set_title(f"{panel} ({fixed.get(panel, '')})\ntypical: far "
                      f"{a[f'agreement_{panel}_far']:.0%}, near "
                      f"{a[f'agreement_{panel}_near']:.0%}; mean-square: far "
                      f"{a[f'agreement_ms_{panel}_far']:.0%}, near "
                      f"{a[f'agreement_ms_{panel}_near']:.0%}", fontsize=9)
     axes[0].legend(loc="lower left", fontsize=7)
-    fig.colorbar(im, ax=axes, label="escape fraction (real CNN runs)")
+    fig.colorbar(im, ax=axes[:len(panels)], label="escape fraction (real CNN runs)")
     fig.suptitle(f"CNN unlearning (squared loss, n={params['n']}, n_f="
                  f"{params['n_forget']}, d={params['d']}, m={params['m']}; T={T}, "
                  f"K={K:g}): finite-horizon escape, majority of runs\nred = typical "
