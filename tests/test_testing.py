@@ -1,0 +1,140 @@
+"""simlab.testing: its strategies draw what they promise, its assertions catch
+what they should (negative controls), at the stated false-failure rates."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simlab import testing
+from simlab._validation import check_hessians
+from simlab.coherence import coherence_measure
+from simlab.curvature import Factors, to_dense
+from simlab.stability import critical_lr
+from simlab.stability.bounds import coherence_bound_lr
+
+
+@given(testing.families(min_n=2, max_n=5, max_p=4))
+@settings(max_examples=40, deadline=None)
+def test_families_are_valid_psd_families(fam):
+    H = to_dense(fam)
+    assert 2 <= H.shape[0] <= 5 and 1 <= H.shape[1] <= 4
+    check_hessians(fam)
+    assert np.linalg.eigvalsh(H).min() >= -1e-10 * max(1.0, np.abs(H).max())
+
+
+@given(testing.families(kind="rank_k", max_rank=3))
+@settings(max_examples=20, deadline=None)
+def test_rank_k_kind_is_factors(fam):
+    assert isinstance(fam, Factors) and 1 <= fam.shape[1] <= 3
+
+
+def test_alignment_raises_coherence():
+    """Mean coherence over 30 draws each at alignment 0 vs 0.95 (n = 8, p = 20):
+    aligned samples share a direction, so sigma moves towards n. Deterministic
+    (fixed seeds through hypothesis' find is avoided: draws by example())."""
+    def mean_sigma(a):
+        vals = []
+        for seed in range(30):
+            fam = testing.families(min_n=8, max_n=8, min_p=20, max_p=20,
+                                   kind="rank_one", alignment=a, scale_spread=0.0)
+            G = _draw(fam, seed)
+            vals.append(coherence_measure(G))
+        return np.mean(vals)
+
+    assert mean_sigma(0.95) > mean_sigma(0.0) + 2.0
+
+
+def _draw(strategy, seed):
+    """One example of ``strategy``, reproducibly (hypothesis' own PRNG seeded)."""
+    out = []
+
+    @settings(max_examples=1, database=None, derandomize=True)
+    @given(st.data())
+    def grab(data):
+        out.append(data.draw(strategy))
+
+    import hypothesis
+    hypothesis.seed(seed)(grab)()
+    return out[0]
+
+
+@given(testing.dial_families(max_n=8))
+@settings(max_examples=20, deadline=None)
+def test_dial_family_coherence_is_s(drawn):
+    fam, n, s = drawn
+    assert abs(coherence_measure(fam) - s) < 1e-9 * n
+
+
+@given(testing.unlearning_problems())
+@settings(max_examples=30, deadline=None)
+def test_unlearning_problems_valid_together(prob):
+    n_r, n_f = prob.retain.shape[0], prob.forget.shape[0]
+    assert 1 <= prob.batch <= n_r and 1 <= prob.forget_batch <= n_f
+    assert 0.0 <= prob.alpha <= 1.0 and prob.scheme in testing.SCHEMES
+    # forget inside range(retain): projecting on the retain range changes nothing
+    from simlab.curvature import range_basis
+    U = range_basis(prob.retain)
+    F = to_dense(prob.forget)
+    np.testing.assert_allclose(U @ U.T @ F @ U @ U.T, F, atol=1e-8 * np.abs(F).max())
+
+
+@given(testing.signal_noise_data(max_n=10, max_d=30, p_flip=0.2))
+@settings(max_examples=15, deadline=None)
+def test_signal_noise_data(data):
+    assert data.X.shape[0] == data.y.shape[0] and data.X.shape[1] == 2
+
+
+@given(testing.families(kind="rank_one", min_n=2), st.integers(1, 6))
+@settings(max_examples=30, deadline=None)
+def test_coherence_bound_never_violated_via_helper(G, batch):
+    batch = min(batch, G.shape[0])
+    # Dexter et al.: Bernoulli SGD diverges above the bound, so eta* <= bound
+    testing.assert_bound_holds(critical_lr(G, batch, scheme="bernoulli"),
+                               coherence_bound_lr(G, batch), side="upper")
+
+
+def test_assert_bound_holds_catches_violation():
+    testing.assert_bound_holds(1.0 + 1e-12, 1.0)
+    testing.assert_bound_holds(1.0 - 1e-12, 1.0, side="lower")
+    with pytest.raises(AssertionError, match="above the upper bound"):
+        testing.assert_bound_holds(1.0 + 1e-6, 1.0)
+    with pytest.raises(AssertionError, match="below the lower bound"):
+        testing.assert_bound_holds(1.0 - 1e-6, 1.0, side="lower")
+
+
+def test_assert_agrees_rate_and_power():
+    """Under the null (normal estimates with the stated se) 2000 repetitions of a
+    10-entry test at rate 0.05 fail about 100 times: the count lies in [60, 145]
+    (binomial(2000, 0.05) +- 4.3 sd; Bonferroni makes the true rate slightly
+    below 0.05, hence the lower end); a 6-sigma shift is always caught."""
+    rng = np.random.default_rng(0)
+    fails = 0
+    for _ in range(2000):
+        try:
+            testing.assert_agrees(rng.standard_normal(10), np.zeros(10), 1.0,
+                                  false_failure_rate=0.05)
+        except AssertionError:
+            fails += 1
+    assert 60 <= fails <= 145, fails
+    with pytest.raises(AssertionError, match="standard errors"):
+        testing.assert_agrees([6.0 + 1e-3], [0.0], [1.0], false_failure_rate=1e-6)
+
+
+def test_simulation_matches_operator_and_detects_wrong_operator():
+    """The helper passes on a correct comparison (false-failure rate 1e-6) and
+    rejects the 'with' operator when the simulation samples 'without' (n = 6,
+    B = 2: noise factors 1/2 vs 2/5), the negative control of test_linearized."""
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((6, 3))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    mc, exact, se = testing.assert_simulation_matches_operator(
+        G, 0.6, 2, scheme="without", steps=4, trajectories=20000, seed=5)
+    assert mc.shape == exact.shape == (5,)
+    from simlab.curvature import range_basis
+    from simlab.stability import mean_square_growth
+    U = range_basis(G)
+    wrong = mean_square_growth(G, 0.6, 2, scheme="with", steps=4,
+                               perturbation_cov=U @ U.T)
+    with pytest.raises(AssertionError, match="standard errors"):
+        testing.assert_agrees(mc[1:], wrong[1:], se[1:], false_failure_rate=1e-6)
