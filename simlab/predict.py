@@ -481,20 +481,25 @@ def _drift_coefficients(model, Z, y, loss):
     ``l''`` at pre-activations ``Z`` of shape ``(S, K, 2n)`` (NumPy, the same
     formulas as :mod:`simlab.models.bodies`: ReLU derivative 0 at the kink)."""
     J, m, act_id, _ = model.kernel_args
-    S, Kf, n2 = Z.shape
-    sign = (np.repeat([1.0, -1.0][:J], m) / m)[:, None]
+    S, _, n2 = Z.shape
+    sign = np.repeat([1.0, -1.0][:J], m) / m
     if act_id == RELU:
         pos = Z > 0.0
-        g = pos * sign
-        a = np.where(pos, Z, 0.0)
+        g = pos * sign[:, None]
+        a = Z * pos
     else:
-        g = np.broadcast_to(sign, Z.shape)
+        g = np.broadcast_to(sign[:, None], Z.shape)
         a = Z
-    f = (a * sign).reshape(S, Kf, n2 // 2, 2).sum(axis=(1, 3))
+    f = _pair_sum(np.matmul(sign, a))
     if loss == "squared":
-        return g, f - y, np.ones_like(f)
+        return g, f, f - y, np.ones_like(f)
     s_neg = 0.5 * (1.0 - np.tanh(0.5 * y * f))            # sigma(-y f)
-    return g, -y * s_neg, s_neg * (1.0 - s_neg)
+    return g, f, -y * s_neg, s_neg * (1.0 - s_neg)
+
+
+def _pair_sum(V):
+    """``(S, 2n) -> (S, n)``: the two patches of each sample added."""
+    return V[:, 0::2] + V[:, 1::2]
 
 
 def _drift_linearized(model, Wk, Xp, y, wts, eta, A0, out0, loss):
@@ -524,43 +529,48 @@ def _drift_linearized(model, Wk, Xp, y, wts, eta, A0, out0, loss):
         run blows up numerically.
     """
     S, T, _ = wts.shape
-    Kf = Wk.shape[0]
+    n2 = Xp.shape[0]
     G = Xp @ Xp.T
     Z = np.repeat((Wk @ Xp.T)[None], S, axis=0)
     A = A0.copy()
     U = A @ G                                              # delta_t Xp^T
     out = np.asarray(out0, dtype=float).copy()
-    sq0 = np.einsum("skl,skl->s", A, U) + out**2
-    if np.any(sq0 <= 0.0):
+    sq = np.empty((S, T + 1))                              # ||delta_t||^2 / e^logs
+    sq[:, 0] = np.einsum("skl,skl->s", A, U) + out**2
+    if np.any(sq[:, 0] <= 0.0):
         raise ValueError("perturbation_samples: delta_0 must be nonzero")
-    logs = np.zeros(S)                                     # log of the rescalings
-    lg = np.zeros((S, T + 1))
-    dead = np.zeros(S, dtype=bool)
+    logs = np.zeros((S, T + 1))                            # log of the rescalings
+    dead = np.full(S, T + 1)                               # first blown-up step
+    c = np.empty((S, 2, n2))
     for t in range(T):
-        g, d1, d2 = _drift_coefficients(model, Z, y, loss)
-        gu = (g * U).reshape(S, Kf, -1, 2).sum(axis=(1, 3))        # grad f_i . delta
-        w = -eta * wts[:, t]
-        dC = np.repeat(w * d1, 2, axis=1)[:, None, :] * g
-        dA = np.repeat(w * d2 * gu, 2, axis=1)[:, None, :] * g
-        step = np.concatenate([dC, dA], axis=1) @ G
-        Z += step[:, :Kf]
-        A += dA
-        U += step[:, Kf:]
+        g, f, d1, d2 = _drift_coefficients(model, Z, y, loss)
         with np.errstate(invalid="ignore"):
-            dead |= ~(np.abs(Z).max(axis=(1, 2)) <= _DRIFT_BLOWUP)
-        sq = np.einsum("skl,skl->s", A, U) + out**2
-        scale = np.sqrt(np.maximum(sq, 1e-300))
-        big = scale > 1e100                                # keep delta finite
+            bad = ~(np.abs(f).max(axis=1) <= _DRIFT_BLOWUP)
+        dead[bad] = np.minimum(dead[bad], t)
+        gu = _pair_sum(np.einsum("skl,skl->sl", g, U))     # grad f_i . delta
+        w = -eta * wts[:, t]
+        c[:, 0, 0::2] = c[:, 0, 1::2] = w * d1
+        c[:, 1, 0::2] = c[:, 1, 1::2] = w * d2 * gu
+        dCA = g[:, None] * c[:, :, None, :]                # (S, 2, K, 2n)
+        step = (dCA.reshape(-1, n2) @ G).reshape(dCA.shape)
+        Z += step[:, 0]
+        A += dCA[:, 1]
+        U += step[:, 1]
+        sq[:, t + 1] = np.einsum("skl,skl->s", A, U) + out**2
+        logs[:, t + 1] = logs[:, t]
+        big = sq[:, t + 1] > 1e200                         # keep delta finite
         if big.any():
-            A[big] /= scale[big, None, None]
-            U[big] /= scale[big, None, None]
-            out[big] /= scale[big]
-            logs[big] += np.log(scale[big])
-        lg[:, t + 1] = np.where(dead, np.inf,
-                                logs + 0.5 * (np.log(np.maximum(sq, 1e-300))
-                                              - np.log(sq0)))
-        if dead.any():
-            Z[dead] = 0.0
+            r = np.sqrt(sq[big, t + 1])
+            A[big] /= r[:, None, None]
+            U[big] /= r[:, None, None]
+            out[big] /= r
+            logs[big, t + 1] += np.log(r)
+            sq[big, t + 1] = 1.0
+        if bad.any():
+            Z[bad] = 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lg = logs + 0.5 * (np.log(np.maximum(sq, 1e-300)) - np.log(sq[:, :1]))
+    lg[np.arange(T + 1)[None, :] >= dead[:, None]] = np.inf
     return lg
 
 
@@ -586,7 +596,7 @@ def _drift_verdicts(model, W, data, retain, forget, *, alpha, eta, batch,
                 rng, n_steps, forget.size, forget_batch, scheme)
     if perturbation_samples is None:
         # delta_0 = c F, c ~ N(0, I_n): coefficients sqrt(l''_i) c_i g_i
-        g, _, d2 = _drift_coefficients(model, (Wk @ Xp.T)[None], data.y, loss)
+        g, _, _, d2 = _drift_coefficients(model, (Wk @ Xp.T)[None], data.y, loss)
         c = rng.standard_normal((trajectories, n)) * np.sqrt(d2)
         A0 = np.repeat(c, 2, axis=1)[:, None, :] * g
         out0 = np.zeros(trajectories)
