@@ -20,6 +20,7 @@ REGISTRY = {
     "cnn-coherence": "simlab.experiments.cnn_coherence",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
     "cnn-unlearning": "simlab.experiments.cnn_unlearning",
+    "stable-minima": "simlab.experiments.stable_minima",
 }
 
 

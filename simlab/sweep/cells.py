@@ -178,6 +178,7 @@ CELL_EXPERIMENTS = {
     "linearized-dial": LinearizedDial,
     "linearized-random": LinearizedRandom,
     "cnn-train": CNNTrain,
+    "stable-minimum": "simlab.experiments.stable_minima:StableMinimum",
 }
 
 
