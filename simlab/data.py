@@ -372,8 +372,16 @@ def select_forget(data, n_forget=None, *, rule="random", label=1, scores=None,
         ``"class"``: samples whose observed label is ``label``.
         ``"mislabeled"``: the flipped samples (needs ``data.flipped``).
         ``"memorized"``: the ``n_forget`` samples with the largest
-        noise-memorization score (``scores``, e.g.
-        :attr:`simlab.dynamics.train.TrainResult.memorization`).
+        memorization score ``scores`` (the "most memorized" points). Two
+        sources: the noise-memorization coefficients
+        (:attr:`simlab.dynamics.train.TrainResult.memorization`) and the
+        per-sample curvature scores of
+        :func:`simlab.memorization.curvature_scores` (``trace``, ``rayleigh``,
+        ``self_influence``; THEORY 10.2). The rule takes the scores from the
+        caller rather than computing one itself because it sees only the
+        data, not the model and weights a curvature score needs; the
+        curvature criterion is ``scores=curvature_scores(model, W,
+        data).trace.values``.
     label : {1, -1}
         Class for ``rule="class"``.
     scores : array_like, shape (n,), optional

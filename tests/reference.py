@@ -342,3 +342,56 @@ def dense_from_factors(G):
         for j in range(k):
             H[i] += np.outer(G[i, j], G[i, j])
     return H
+
+
+# ------------------------------------------------------------------------
+# per-sample curvature scores (simlab.memorization.curvature_scores)
+# ------------------------------------------------------------------------
+
+
+def model_output_hessian_blocks(model, W, x):
+    """``grad^2_W f(W; x)`` of one sample as a dense ``(p, p)`` matrix, from the
+    definition ``f = (1/m) sum_{j,r} s_j sum_p max(0, <w_jr, x_p>)^q``."""
+    p = W.size
+    H = np.zeros((p, p))
+    if isinstance(model, Linear) or model.q == 1:
+        return H
+    q, m, d = model.q, model.m, model.d
+    for j, s in enumerate((1.0, -1.0)):
+        for r in range(m):
+            row = j * m + r
+            sl = slice(row * d, (row + 1) * d)
+            for xp in x:
+                z = W[j, r] @ xp
+                if z > 0:
+                    H[sl, sl] += s / m * q * (q - 1) * z ** (q - 2) * np.outer(xp, xp)
+    return H
+
+
+def per_sample_loss_hessians(model, W, X, y, loss):
+    """Exact per-sample loss Hessians ``l'' g g^T + l' grad^2 f`` ``(n, p, p)``."""
+    f = model_output(model, W, X)
+    g = model_output_grads(model, W, X).reshape(len(y), -1)
+    d1 = loss_derivative(f, y, loss)
+    d2 = loss_second_derivative(f, y, loss)
+    return np.array([d2[i] * np.outer(g[i], g[i])
+                     + d1[i] * model_output_hessian_blocks(model, W, X[i])
+                     for i in range(len(y))])
+
+
+def curvature_scores(model, W, X, y, loss, damping):
+    """Dense reference of ``curvature_scores``: ``(trace, rayleigh,
+    self_influence)`` from explicit per-sample Hessians, the top eigenvector of
+    their mean, and a dense solve with the Gauss-Newton matrix."""
+    H = per_sample_loss_hessians(model, W, X, y, loss)
+    n, p, _ = H.shape
+    trace = np.einsum("ijj->i", H)
+    v = np.linalg.eigh(H.mean(axis=0))[1][:, -1]
+    rayleigh = np.einsum("j,ijk,k->i", v, H, v)
+    f = model_output(model, W, X)
+    h = (np.sqrt(loss_second_derivative(f, y, loss))[:, None]
+         * model_output_grads(model, W, X).reshape(n, -1))
+    Hgn = h.T @ h / n
+    self_inf = np.array([h[i] @ np.linalg.solve(Hgn + damping * np.eye(p), h[i])
+                         for i in range(n)])
+    return trace, rayleigh, self_inf
