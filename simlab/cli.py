@@ -1,4 +1,4 @@
-"""Command line: ``simlab reproduce | sweep | plot | list | info | threshold``.
+"""Command line: ``simlab reproduce | sweep | plot | list | info | threshold | check``.
 
 A user mistake (a bad option value, a path that cannot be read or written, an
 unreachable Dask scheduler, ``--backend cuda`` without a GPU, ...) ends with one
@@ -292,6 +292,24 @@ def _cmd_threshold(args):
     return 0
 
 
+def _cmd_check(args):
+    from .check import check_family, load_pair
+
+    retain, forget = load_pair(args.retain, args.forget, kind=args.kind)
+    if args.forget is None and args.alpha:
+        raise UsageError(f"--alpha {args.alpha:g} needs a forget set (--forget FILE)")
+    result = check_family(retain, forget=forget, batch=args.batch, eta=args.eta,
+                          eta_rel=args.eta_rel, forget_batch=args.forget_batch,
+                          scheme=args.scheme, alpha=args.alpha,
+                          escape_factor=args.escape_factor, horizon=args.horizon,
+                          law=args.law)
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        print(result.table())
+    return 0
+
+
 def _cmd_sweep(args):
     from .sweep import load_spec, run_sweep
 
@@ -400,6 +418,26 @@ def _sel_value(ds, name, text):
     return coord[hit[0]].item()
 
 
+CHECK_HELP = """\
+Exact mean-square verdict (THEORY sections 2-6) for your own per-sample
+curvature: coherence and its blocks, rho(T), critical learning rate, kappa_+,
+the coherence and direction bounds with their tightness, and the escape time
+from a stated law of delta_0. Python: simlab.check.check_family.
+
+Files (one set per file):
+  .npz key 'factors'   rank-k factors (n, k, p): H_i = sum_j g_ij g_ij^T
+  .npz key 'rank_one'  rank-one factors (n, p): H_i = g_i g_i^T
+  .npz key 'hessians'  dense PSD Hessians (n, p, p)
+  .npy 2-D (n, p)      rank-one factors
+  .npy 3-D             needs --kind factors or --kind dense
+
+check vs threshold: two commands with disjoint inputs. 'threshold' builds the
+coherence dial of THEORY section 7 from --n/--s and compares the exact
+threshold with its closed form; 'check' reads your family from files (the dial
+saved to a file gives the same exact numbers).
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``simlab sweep: error: ...``), exit 2."""
 
@@ -463,7 +501,8 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_cmd_info)
     p = sub.add_parser("threshold", parents=[common],
-                       help="exact thresholds of the coherence dial")
+                       help="exact thresholds of the coherence dial (for your "
+                            "own family: check)")
     p.add_argument("--n", type=_positive_int, required=True)
     p.add_argument("--s", type=_positive_int, required=True)
     p.add_argument("--batch", type=_positive_int, required=True)
@@ -471,6 +510,40 @@ def build_parser():
                    choices=["bernoulli", "with", "without"])
     p.add_argument("--alpha", type=float, default=0.0)
     p.set_defaults(fn=_cmd_threshold)
+    p = sub.add_parser(
+        "check", parents=[common],
+        help="exact verdict for your own curvature family (files)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=CHECK_HELP)
+    p.add_argument("--retain", required=True, metavar="FILE",
+                   help="retain-set curvature (.npy or .npz; formats below)")
+    p.add_argument("--forget", default=None, metavar="FILE",
+                   help="forget-set curvature, same representation as --retain")
+    p.add_argument("--kind", default=None, choices=["rank-one", "factors", "dense"],
+                   help="how to read a 3-D .npy: rank-k factors (n, k, p) or dense "
+                        "(n, p, p); required there, never guessed")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--eta", type=_positive_float, help="learning rate")
+    g.add_argument("--eta-rel", type=_positive_float, metavar="C",
+                   help="learning rate as C times the critical learning rate")
+    p.add_argument("--batch", type=_positive_int, required=True,
+                   help="retain batch size B_r")
+    p.add_argument("--forget-batch", type=_positive_int, default=None,
+                   help="forget batch size B_f (default: the retain fraction)")
+    p.add_argument("--scheme", default="without",
+                   choices=["bernoulli", "with", "without"])
+    p.add_argument("--alpha", type=float, default=0.0,
+                   help="descent-ascent mixing weight (needs --forget when > 0)")
+    p.add_argument("--escape-factor", type=_positive_float, default=1e3,
+                   metavar="K", help="escape when E|delta_t|^2 >= K E|delta_0|^2")
+    p.add_argument("--horizon", type=_positive_int, default=1000,
+                   help="steps searched for the escape (default 1000)")
+    p.add_argument("--law", default="range", choices=["range", "isotropic"],
+                   help="law of delta_0: isotropic Gaussian on U = range(sum H_i) "
+                        "(default) or N(0, I_p)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object (non-finite numbers as \"inf\"/\"nan\")")
+    p.set_defaults(fn=_cmd_check)
     return ap
 
 

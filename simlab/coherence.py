@@ -80,11 +80,6 @@ def coherence_measure(hessians):
     ``n max_i ||H_i||_F / max_i lambda_max(H_i)``.
     """
     H, r1 = check_hessians(hessians, rank_k=True)
-    return _measure(H, r1)
-
-
-def _measure(H, r1):
-    """:func:`coherence_measure` of a validated family."""
     if not np.any(_lam_max_each(H, r1) > 0):
         raise ValueError("hessians are all zero: coherence is undefined")
     return _sigma(_cross(H, r1, H, r1), H, r1)

@@ -369,3 +369,111 @@ def test_sweep_dry_run_counts_cells_and_writes_nothing(capsys, store, tmp_path):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "6 cells (0 done, 6 to run)" in line and "estimated run time" in line
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------ simlab check
+
+
+@pytest.fixture
+def families_dir(tmp_path):
+    """Good and malformed curvature files for ``simlab check``."""
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((6, 2, 5))
+    Gf = np.einsum("fkm,mp->fkp", rng.standard_normal((2, 2, 12)),
+                   G.reshape(-1, 5)) / 12
+    np.savez(tmp_path / "retain.npz", factors=G)
+    np.savez(tmp_path / "forget.npz", factors=Gf)
+    np.save(tmp_path / "rank_one.npy", G[:, 0])
+    np.save(tmp_path / "factors3d.npy", G)
+    bad = {
+        "vector.npy": np.ones(5),
+        "four_d.npy": np.ones((2, 2, 2, 2)),
+        "nan.npz": {"factors": np.where(G > 1.5, np.nan, G)},
+        "inf.npy": np.full((3, 4), np.inf),
+        "p7.npz": {"factors": rng.standard_normal((2, 2, 7))},
+        "not_psd.npz": {"hessians": -np.eye(5)[None].repeat(3, 0)},
+        "not_sym.npz": {"hessians": np.triu(np.ones((3, 5, 5)))},
+        "not_square.npz": {"hessians": np.ones((3, 5, 4))},
+        "complex.npy": np.ones((3, 4)) * 1j,
+        "strings.npy": np.array([["a", "b"]]),
+        "empty.npy": np.ones((0, 5)),
+        "two_keys.npz": {"factors": G, "hessians": np.ones((1, 5, 5))},
+        "wrong_key.npz": {"grads": G},
+        "dense.npz": {"hessians": np.eye(5)[None].repeat(3, 0)},
+    }
+    for name, arr in bad.items():
+        if name.endswith(".npz"):
+            np.savez(tmp_path / name, **arr)
+        else:
+            np.save(tmp_path / name, arr)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object),
+            allow_pickle=True)
+    whole = (tmp_path / "rank_one.npy").read_bytes()
+    (tmp_path / "truncated.npy").write_bytes(whole[: len(whole) // 2])
+    whole = (tmp_path / "retain.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "zero_bytes.npy").write_bytes(b"")
+    (tmp_path / "retain.txt").write_text("1 2 3")
+    return tmp_path
+
+
+def test_check_table_and_json(capsys, families_dir):
+    from simlab.check import check_family, load_pair
+
+    argv = ["check", "--retain", str(families_dir / "retain.npz"), "--forget",
+            str(families_dir / "forget.npz"), "--batch", "2", "--alpha", "0.1",
+            "--eta-rel", "1.2", "--scheme", "with"]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "divergent" in table and "s_1(S_rf)" in table and "k=2" in table
+    assert cli.main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    R, F = load_pair(families_dir / "retain.npz", families_dir / "forget.npz")
+    ref = check_family(R, forget=F, batch=2, alpha=0.1, eta_rel=1.2, scheme="with")
+    assert out["rho"] == ref.rho > 1 and out["critical_lr"] == ref.critical_lr
+    assert out["verdict"] == "divergent" and out["k"] == 2 and out["n_forget"] == 2
+
+
+@pytest.mark.parametrize("retain, extra, needles", [
+    ("vector.npy", [], ["vector.npy", "shape (n, p)", "(5,)"]),
+    ("four_d.npy", ["--kind", "factors"], ["four_d.npy", "shape (n, k, p)"]),
+    ("factors3d.npy", [], ["factors3d.npy", "ambiguous", "--kind"]),
+    ("nan.npz", [], ["nan.npz", "NaN"]),
+    ("inf.npy", [], ["inf.npy", "NaN or inf"]),
+    ("not_psd.npz", [], ["not_psd.npz", "positive semi-definite"]),
+    ("not_sym.npz", [], ["not_sym.npz", "symmetric"]),
+    ("not_square.npz", [], ["not_square.npz", "(n, p, p)"]),
+    ("complex.npy", [], ["complex.npy", "real numeric array", "complex"]),
+    ("strings.npy", [], ["strings.npy", "real numeric array"]),
+    ("empty.npy", [], ["empty.npy", "at least one sample"]),
+    ("objects.npy", [], ["objects.npy", "cannot read", "allow_pickle"]),
+    ("truncated.npy", [], ["truncated.npy", "cannot read"]),
+    ("truncated.npz", [], ["truncated.npz", "cannot read"]),
+    ("zero_bytes.npy", [], ["zero_bytes.npy", "cannot read"]),
+    ("two_keys.npz", [], ["two_keys.npz", "exactly one of the keys"]),
+    ("wrong_key.npz", [], ["wrong_key.npz", "exactly one of the keys", "grads"]),
+    ("retain.txt", [], ["retain.txt", ".npy or .npz"]),
+    ("missing.npy", [], ["missing.npy", "no such file"]),
+    ("retain.npz", ["--forget", "{root}/p7.npz", "--alpha", "0.1"],
+     ["p7.npz", "p=7 but retain has p=5"]),
+    ("retain.npz", ["--forget", "{root}/dense.npz", "--alpha", "0.1"],
+     ["dense.npz", "same representation"]),
+    ("retain.npz", ["--alpha", "0.3"], ["--alpha 0.3 needs a forget set"]),
+    ("retain.npz", ["--forget", "{root}/forget.npz", "--alpha", "1.5"],
+     ["alpha must lie in [0, 1]"]),
+    ("retain.npz", ["--batch", "7"], ["batch must be <= 6"]),
+])
+def test_check_malformed_input_is_one_line(capsys, families_dir, retain, extra,
+                                           needles):
+    extra = [a.format(root=families_dir) for a in extra]
+    argv = ["check", "--retain", str(families_dir / retain), "--eta", "0.1"]
+    if "--batch" not in extra:
+        argv += ["--batch", "1"]
+    _one_line_error(capsys, argv + extra, *needles)
+
+
+def test_check_help_says_how_it_relates_to_threshold(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "check vs threshold: two commands with disjoint inputs" in out

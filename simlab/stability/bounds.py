@@ -45,8 +45,8 @@ from .._validation import (
     check_pair,
     check_scheme,
 )
-from ..coherence import _measure
-from ..curvature import _sharpness
+from ..coherence import coherence_measure
+from ..curvature import sharpness
 from .operator import build_problem
 from .radius import _parts_scale, critical_lr
 
@@ -76,17 +76,13 @@ def coherence_bound_lr(hessians, batch):
     ``eta* <= n / (L sqrt(n/B - 1))``, ``L = max_i lambda_max(H_i)``, because
     ``n lambda_max(H) <= lambda_max(S)``.
     """
-    H, r1 = check_hessians(hessians, rank_k=True)
-    return _coherence_bound(H, r1, batch)
-
-
-def _coherence_bound(H, r1, batch):
-    """:func:`coherence_bound_lr` of a validated family."""
+    H, _ = check_hessians(hessians, rank_k=True)
     n = H.shape[0]
     batch = check_batch(batch, n)
     if batch == n:
         return np.inf
-    return float(_measure(H, r1) / (_sharpness(H, r1) * np.sqrt(n / batch - 1.0)))
+    return float(coherence_measure(hessians)
+                 / (sharpness(hessians) * np.sqrt(n / batch - 1.0)))
 
 
 def coherence_bound_tightness(hessians, batch):
@@ -160,7 +156,7 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
     >>> unlearning_bound_lr(R, 2) == coherence_bound_lr(R, 2)
     True
     """
-    retain_arr, forget_arr, r1 = check_pair(retain, forget, rank_k=True)
+    retain_arr, forget_arr, _ = check_pair(retain, forget, rank_k=True)
     alpha = check_alpha(alpha)
     _, lam, _, tol = _mean_part(retain, forget, alpha, batch, forget_batch,
                                 "bernoulli")
@@ -168,11 +164,11 @@ def unlearning_bound_lr(retain, batch, *, forget=None, alpha=0.0, forget_batch=N
         return 0.0
     bound = np.inf
     if alpha < 1.0:
-        bound = _coherence_bound(retain_arr, r1, batch) / (1.0 - alpha)
+        bound = coherence_bound_lr(retain, batch) / (1.0 - alpha)
     if forget_arr is not None and alpha > 0.0:
         fb = check_forget_batch(forget_batch, batch, retain_arr.shape[0],
                                 forget_arr.shape[0])
-        bound = min(bound, _coherence_bound(forget_arr, r1, fb) / alpha)
+        bound = min(bound, coherence_bound_lr(forget, fb) / alpha)
     return float(bound)
 
 
@@ -221,7 +217,6 @@ def unlearning_direction_bound_lr(retain, batch, *, forget=None, alpha=0.0,
     >>> from simlab.curvature import coherence_dial
     >>> H = coherence_dial(10, 3)
     >>> round(unlearning_direction_bound_lr(H, 1, scheme="bernoulli"), 12)  # exact
-
     0.25
     """
     scheme = check_scheme(scheme)

@@ -364,7 +364,7 @@ def second_moment_operator(retain, eta, batch, *, scheme="without", forget=None,
     Examples
     --------
     >>> import numpy as np
-    >>> T = second_moment_operator(np.eye(3)[:, :2], 0.5, 3, scheme="without")
+    >>> T = second_moment_operator(np.sqrt(2) * np.eye(2), 0.5, 2)   # H = I
     >>> np.allclose(T(np.eye(2)), 0.25 * np.eye(2))   # B = n is plain GD
     True
     """
