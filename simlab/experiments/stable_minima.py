@@ -492,6 +492,8 @@ def plot(ds):
     ax.scatter(eta[m], ds.edge.values[m], c="k", s=18)
     ax.axhline(1.0, color="r", lw=1.5, label="eta lambda_max = 2")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter("{x:.3g}")
+    ax.xaxis.set_minor_formatter("")
     ax.set_xlabel("eta")
     ax.set_ylabel("eta lambda_max(H(w*)) / 2")
     ax.set_title(f"GD: {int(m.sum())} settled runs, "
@@ -511,17 +513,19 @@ def plot(ds):
                            color=cmap[b], label=f"B={b}, {sc}")
     ax.axhline(1.0, color="r", lw=1.5)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter("{x:.3g}")
+    ax.xaxis.set_minor_formatter("")
     ax.set_xlabel("eta")
     ax.set_ylabel("eta / critical_lr (mean-square frontier)")
     ax.set_title(f"SGD: {int(sgd.sum())} settled runs; {ds.attrs['between_runs']} "
                  "beyond the mean-square frontier", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=5, ncol=3, loc="upper left")
     # (c) SGD rho vs lambda_typ
     ax = axes[0, 2]
     if sgd.any():
         ax.scatter(ds.rho.values[sgd], ds.lyapunov.values[sgd],
                    c=[cmap[b] for b in ds.batch.values[sgd]], s=14)
-    ax.axvline(1.0, color="w" if False else "gray", ls="--", lw=1.2, label="rho = 1")
+    ax.axvline(1.0, color="gray", ls="--", lw=1.2, label="rho = 1")
     ax.axhline(0.0, color="r", lw=1.2, label="lambda_typ = 0")
     ax.axvspan(1.0, max(1.05, float(np.nanmax(ds.rho.values[sgd], initial=1.0))),
                color="orange", alpha=0.15, label="between the frontiers")
@@ -562,9 +566,10 @@ def plot(ds):
         ax.set_ylabel("eta' lambda_max(H(w*))")
         a, f = ds.agree.isel(sel).values == 1, ds.far.isel(sel).values == 1
         ams = ds.agree_ms.isel(sel).values == 1
-        ax.set_title(f"escape from w*, {sc}: typical far {_share(f, a):.0%} "
-                     f"({int(f.sum())}), near {_share(~f, a):.0%} ({int((~f).sum())}); "
-                     f"mean-square {ams.mean():.0%}", fontsize=9)
+        ax.set_title(f"escape from w*, scheme {sc}\ntypical: far {_share(f, a):.0%} "
+                     f"({int(f.sum())} cells), near {_share(~f, a):.0%} "
+                     f"({int((~f).sum())})\nmean-square: far {_share(f, ams):.0%}, "
+                     f"near {_share(~f, ams):.0%}", fontsize=9)
         if s_i == 0:
             ax.legend(loc="upper right", fontsize=7)
     for ax in axes[1, len(schemes):]:
