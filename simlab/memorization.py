@@ -501,3 +501,81 @@ def predict_recitation_linear(n, d, snr, k, n_flipped):
     mean_c = tau * A + 2.0 * rho * m1              # clean
     return dict(recitation=float(special.ndtr(-mean_f / sd_f)),
                 clean_acc=float(special.ndtr(mean_c / sd_c)))
+
+
+# --------------------------------------------------------------------------
+# prediction: flipped/clean mean-trace ratio after training
+# --------------------------------------------------------------------------
+
+def _loss_tail(mg, loss):
+    """``(-dl/d(margin), l'')`` of the loss at margin ``y f``."""
+    if loss == "squared":
+        return 1.0 - mg, np.ones_like(mg)
+    s = special.expit(-mg)
+    return s, s * (1.0 - s)
+
+
+def predict_trace_ratio(n, d, snr, n_flipped, *, model="cnn", m=10, eta=0.1,
+                        steps=1000, loss="logistic", sigma_p=1.0):
+    """Predicted flipped/clean ratio of the mean per-sample Hessian trace after
+    ``steps`` of full-batch GD from a small initialisation.
+
+    Reduced signal/noise dynamics (THEORY 8; Kou et al. 2023, derived in
+    ``derivations/memorization.py``): every clean sample has margin
+    ``y_i f_i = r_C + g`` and every flipped one ``r_F - g``, with the signal
+    coefficient ``g`` and the noise-memorization coefficients ``r`` following
+
+        g <- g + eta ||mu||^2 kappa [(1 - p) l_C - p l_F],
+        r_s <- r_s + eta sigma_p^2 d / (n m) l_s,
+
+    ``l_s = -dl/d(margin)`` at the group's margin, ``p = n_flipped / n``,
+    ``kappa = 1/(2m)`` for the CNN (each class's filters see half the samples)
+    and ``1`` for the linear model (``m = 1``). Both groups have the same
+    ``||grad f_i||^2`` (CNN: ``(||mu||^2 + ||xi_i||^2)/m`` with each patch
+    activating one class's filters; linear: ``||z_i||^2``), so the ratio is
+    ``l''(r_F - g) / l''(r_C + g)``. For the squared loss ``l'' = 1``: the
+    ratio is 1, the negative control.
+
+    Parameters
+    ----------
+    n, d : int
+    snr : float
+    n_flipped : int
+        Flipped training points, ``1 <= n_flipped < n``.
+    model : {"cnn", "linear"}
+    m : int
+        Filters per class (CNN).
+    eta : float
+    steps : int
+    loss : {"logistic", "squared"}
+    sigma_p : float
+
+    Returns
+    -------
+    float
+    """
+    n = check_int(n, "n", low=2)
+    d = check_int(d, "d", low=2)
+    snr = check_positive(snr, "snr", allow_zero=True)
+    nf = check_int(n_flipped, "n_flipped", low=1, high=n - 1)
+    if model not in ("cnn", "linear"):
+        raise ValueError(f"model must be 'cnn' or 'linear', got {model!r}")
+    loss_code(loss)
+    if loss == "squared":
+        return 1.0
+    m = 1 if model == "linear" else check_int(m, "m", low=1)
+    eta = check_positive(eta, "eta")
+    steps = check_int(steps, "steps", low=0)
+    sigma_p = check_positive(sigma_p, "sigma_p")
+    p = nf / n
+    mu2 = (snr * sigma_p) ** 2 * d
+    c_mu = eta * mu2 * (1.0 / (2 * m) if model == "cnn" else 1.0)
+    c_xi = eta * sigma_p**2 * d / (n * m)
+    g = r_c = r_f = 0.0
+    for _ in range(steps):
+        (l_c, l_f), _ = _loss_tail(np.array([r_c + g, r_f - g]), loss)
+        g += c_mu * ((1 - p) * l_c - p * l_f)
+        r_c += c_xi * l_c
+        r_f += c_xi * l_f
+    _, (h_c, h_f) = _loss_tail(np.array([r_c + g, r_f - g]), loss)
+    return float(h_f / h_c)
