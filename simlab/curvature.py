@@ -27,6 +27,7 @@ __all__ = [
     "coherence_dial",
     "random_psd",
     "random_rank_one",
+    "sharpness_ceiling",
 ]
 
 
@@ -266,3 +267,106 @@ def random_psd(n, p, *, rank=None, seed):
     rng = np.random.default_rng(seed)
     A = rng.standard_normal((n, p, rank))
     return A @ A.transpose(0, 2, 1) / rank
+
+
+#: Largest second derivative ``l''(f)`` of each loss (THEORY 10.1): squared
+#: ``(f - y)^2 / 2`` has ``l'' = 1``; logistic ``log(1 + e^{-y f})`` has
+#: ``l'' = sigma(yf) sigma(-yf) <= 1/4``, with equality only at ``f = 0``.
+LOSS_CURVATURE_MAX = {"squared": 1.0, "logistic": 0.25}
+
+
+def sharpness_ceiling(model, data, loss="squared"):
+    """Data-dependent ceiling on the sharpness ``lambda_max(grad^2 L(W))`` over
+    every weight ``W`` (THEORY 10.1; derived in ``derivations/edge_of_stability.py``).
+
+    For the ReLU CNN (``q = 1``) ``grad^2 f = 0`` almost everywhere, so
+    ``H = (1/n) sum_i l''_i g_i g_i^T`` with
+    ``g_i = grad_W f_i``, whose block for filter ``(j, r)`` is
+    ``(s_j/m) sum_p a_{jr,ip} x_{i,p}`` with the activation pattern
+    ``a_{jr,ip} = 1[<w_jr, x_{i,p}> > 0]``. Hence, with ``l'' <= l''_max``,
+
+        S <= l''_max (J/(n m)) max_{||c|| = 1} max_a ||sum_{i,p} a_ip c_i x_ip||^2
+          <= l''_max (J/(n m)) min(Phi_blocks, Phi_abs),
+
+    ``Phi_blocks = ||G_00|| + 2 ||G_01|| + ||G_11||`` (``G_pq = X_p X_q^T``, the
+    Gram blocks of the patch matrices ``X_p``, spectral norms) and
+    ``Phi_abs = lambda_max(A)``, ``A_ik = sum_{p,q} |<x_{i,p}, x_{k,q}>|``. When
+    the patches ``x_{i,p}`` of one position are collinear (the signal patches
+    ``y_i mu``), a filter is active on one side only (``<w, x> > 0`` cannot hold
+    for ``x`` and ``-x``), and ``||G_pp||`` is replaced by the larger one-sided
+    sum of ``||x_{i,p}||^2``. For orthogonal positions (``G_01 = 0``) with
+    general-position patches the ceiling is within a factor 2 of the
+    all-active pattern.
+
+    For the linear model the value is exact: ``l''_max lambda_max(Z Z^T)/n``
+    (``z_i = x_i^(1) + x_i^(2)``), i.e. the constant squared-loss sharpness, and
+    for the logistic loss the sharpness at ``w = 0``, which bounds every
+    ``S_t`` (``l'' <= 1/4 = l''(0)``).
+
+    Parameters
+    ----------
+    model : simlab.models.CNN (``q = 1``) or simlab.models.Linear
+    data : SignalNoise
+    loss : {"squared", "logistic"}
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        For the ``max(0, z)^q`` CNN with ``q > 1``: no ceiling that depends on
+        the data alone exists (``grad f`` grows like ``|W|^(q-1)`` and the
+        exact Hessian has the ``l' grad^2 f`` term), so none is returned.
+
+    Examples
+    --------
+    >>> from simlab.data import signal_noise
+    >>> from simlab.models import CNN
+    >>> data = signal_noise(6, 10, mu_norm=1.0, seed=0)
+    >>> model = CNN(10, 3)
+    >>> W = model.init(1.0, seed=1)
+    >>> bool(model.sharpness(W, data.X, data.y, loss="squared")
+    ...      <= sharpness_ceiling(model, data, loss="squared"))
+    True
+    """
+    from .models import kernels as K
+    from .models.two_patch import check_model_data
+
+    check_model_data(model, data)
+    if loss not in LOSS_CURVATURE_MAX:
+        raise ValueError(f"loss must be one of {tuple(LOSS_CURVATURE_MAX)}, "
+                         f"got {loss!r}")
+    l2 = LOSS_CURVATURE_MAX[loss]
+    X = data.X
+    n = X.shape[0]
+    if model.act_id == K.IDENTITY:
+        Z = X[:, 0] + X[:, 1]
+        return float(l2 * np.linalg.eigvalsh(Z @ Z.T)[-1] / n)
+    if model.q != 1:
+        raise ValueError(f"sharpness_ceiling: no data-dependent ceiling for q = "
+                         f"{model.q} > 1 (the sharpness is unbounded in W); only "
+                         "the ReLU CNN (q = 1) and the linear model have one")
+    Xp = X.reshape(2 * n, -1)
+    G = Xp @ Xp.T
+    blocks = G.reshape(n, 2, n, 2)
+    diag = [_realizable_block_norm(X[:, p], blocks[:, p, :, p]) for p in (0, 1)]
+    phi_blocks = diag[0] + 2.0 * np.linalg.norm(blocks[:, 0, :, 1], 2) + diag[1]
+    phi_abs = np.linalg.eigvalsh(np.abs(blocks).sum(axis=(1, 3)))[-1]
+    return float(l2 * model.J * min(phi_blocks, phi_abs) / (n * model.m))
+
+
+def _realizable_block_norm(Xb, Gb):
+    """``max ||X_b^T v||^2`` over ``|v_i| <= |c_i|``, ``||c|| = 1`` and patterns a
+    ReLU filter can realise: ``||G_bb||``, or the larger one-sided sum of
+    ``||x_i||^2`` when the rows of ``X_b`` are collinear (rank one)."""
+    lam = np.linalg.eigvalsh(Gb)
+    if lam[-1] <= 0.0:
+        return 0.0
+    if lam.size == 1 or lam[-2] > 1e-12 * lam[-1]:
+        return float(lam[-1])
+    k = int(np.argmax(np.linalg.norm(Xb, axis=1)))
+    side = Xb @ Xb[k]
+    sq = np.einsum("ij,ij->i", Xb, Xb)
+    return float(max(sq[side > 0].sum(), sq[side < 0].sum()))

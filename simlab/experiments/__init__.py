@@ -21,6 +21,7 @@ REGISTRY = {
     "benign-overfitting": "simlab.experiments.benign_overfitting",
     "cnn-unlearning": "simlab.experiments.cnn_unlearning",
     "stable-minima": "simlab.experiments.stable_minima",
+    "edge-of-stability": "simlab.experiments.edge_of_stability",
 }
 
 

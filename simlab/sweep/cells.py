@@ -179,6 +179,7 @@ CELL_EXPERIMENTS = {
     "linearized-random": LinearizedRandom,
     "cnn-train": CNNTrain,
     "stable-minimum": "simlab.experiments.stable_minima:StableMinimum",
+    "gd-sharpness": "simlab.experiments.edge_of_stability:GDSharpness",
 }
 
 
