@@ -30,6 +30,9 @@ setting, for both CNNs and both losses.
 """
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import xarray as xr
@@ -71,7 +74,8 @@ FULL = dict(n=20, d=100, m=5, mu_norm=2.0, sigma_p=1.0, steps=2000,
             sharpness_every=10, eta_factors=[0.5, 0.95, 1.5, 3.0, 6.0],
             sigma0=dict(relu=0.1, q3=0.02, linear=0.0),
             regime=dict(sigma0=dict(relu=[0.01, 1.0], q3=[0.05, 0.2]),
-                        m=[2, 20], d=[20, 400]),
+                        m=[2, 20], d=[20, 400],
+                        both=dict(relu=[(1.0, 20)], q3=[(0.2, 20)])),
             regime_eta_factors=[0.5, 0.95, 1.5, 3.0], regime_steps=1500,
             regime_sharpness_every=15)
 QUICK = dict(FULL, n=10, d=30, m=3, steps=200, sharpness_every=10,
@@ -233,10 +237,23 @@ def _settings(params):
                 for d in reg["d"]:
                     rows.append(("d", kind, loss, base["n"], d, base["m"], s0, ks,
                                  st, ev))
+                for sig, m in reg.get("both", {}).get(kind, []):
+                    rows.append(("sigma0+m", kind, loss, base["n"], base["d"], m,
+                                 sig, ks, st, ev))
     return rows
 
 
-def run(quick=False, seed=0, **overrides):
+def _run_setting(args):
+    group, kind, loss, n, d, m, sig, ks, st, ev, mu_norm, sigma_p, seed = args
+    runs = gd_sharpness_runs(kind, loss, n=n, d=d, m=m, sigma0=sig, eta_factors=ks,
+                             steps=st, sharpness_every=ev, mu_norm=mu_norm,
+                             sigma_p=sigma_p, seed=seed)
+    for r in runs:
+        r["group"] = group
+    return runs
+
+
+def run(quick=False, seed=0, workers=None, **overrides):
     """Compute the traces, classes and checks.
 
     Parameters
@@ -245,6 +262,10 @@ def run(quick=False, seed=0, **overrides):
         Small model, short runs, no regime map (``QUICK``).
     seed : int
         Seeds data and initialisation.
+    workers : int, optional
+        Processes for the settings (default: 1 in quick mode, else 2 or the
+        number of CPUs if fewer); every run is serial, so results do not
+        depend on it.
     **overrides
         Entries of ``FULL``/``QUICK``.
 
@@ -261,15 +282,17 @@ def run(quick=False, seed=0, **overrides):
     if unknown:
         raise ValueError(f"unknown parameters {sorted(unknown)}")
     params.update(overrides)
-    runs = []
-    for group, kind, loss, n, d, m, sig, ks, st, ev in _settings(params):
-        for r in gd_sharpness_runs(kind, loss, n=n, d=d, m=m, sigma0=sig,
-                                   eta_factors=ks, steps=st, sharpness_every=ev,
-                                   mu_norm=params["mu_norm"],
-                                   sigma_p=params["sigma_p"], seed=seed):
-            r["group"] = group
-            runs.append(r)
-    return _dataset(runs, params, seed)
+    jobs = [row + (params["mu_norm"], params["sigma_p"], seed)
+            for row in _settings(params)]
+    if workers is None:
+        workers = 1 if quick else min(2, os.cpu_count() or 1)
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            parts = list(pool.map(_run_setting, jobs))
+    else:
+        parts = [_run_setting(job) for job in jobs]
+    return _dataset([r for part in parts for r in part], params, seed)
 
 
 def _pad(arrays, width):
