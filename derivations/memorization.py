@@ -1,0 +1,192 @@
+"""Curvature marks memorization: the two predictions of THEORY 10.2 / claim 8.
+
+Derivation
+----------
+**A. Flipped/clean mean-trace ratio** (:func:`simlab.memorization.predict_trace_ratio`).
+
+1. *Per-sample trace.* For ReLU and the linear model ``tr H_i = l''(y_i f_i)
+   ||grad f_i||^2``. In the CNN after signal learning the signal patch
+   ``y_c mu`` activates the filters of the clean class ``y_c`` and the noise
+   patch ``xi_i`` those of the observed class ``y_i`` (noise memorization), so
+   ``grad_{w_{j,r}} f_i = (j/m)(1[j = y_c] y_c mu + 1[j = y_i] xi_i)`` and, with
+   ``mu _|_ xi_i``, ``||grad f_i||^2 = (||mu||^2 + ||xi_i||^2)/m`` for clean
+   (both patches on one class) and flipped (one patch per class) samples alike
+   (:func:`grad_norm_identity`). Linear model: ``||z_i||^2 = ||mu||^2 +
+   ||xi_i||^2``, the same law in both groups. So the ratio is that of ``l''``.
+2. *Squared loss*: ``l'' = 1``, the ratio is 1: the negative control.
+3. *Logistic loss*: margins ``y_i f_i = r_C + g`` (clean), ``r_F - g``
+   (flipped), with the signal coefficient ``g = <w_{y_c,r}, mu>`` and the noise
+   coefficient ``r = <w_{y_i,r}, xi_i>``; one GD step on the mean loss
+   (:func:`gd_increments`) gives ``dg = eta ||mu||^2 kappa [(1-p) l_C - p l_F]``
+   (``kappa = 1/(2m)`` for the CNN, 1 for the linear model) and ``dr_s = eta
+   ||xi||^2/(n m) l_s`` with ``l = sigma(-margin)``, cross terms ``<xi_i,
+   xi_k>`` neglected (they are ``O(sqrt d)`` against ``d``). The ratio is
+   ``l''(r_F - g)/l''(r_C + g)``: 1 when ``g = 0`` (no signal: memorization
+   alone) and growing with the signal learned; under continued training the
+   margins' exponentials grow linearly in time at a common rate, so the
+   ratio relaxes back towards 1 (:func:`late_time_limit`).
+
+**B. Linear recitation after keeping the top-k curvature directions**
+(:func:`simlab.memorization.predict_recitation_linear`).
+
+1. The min-norm interpolator predicts ``f = P_k y`` on the training set after
+   the edit, ``P_k`` the projector on the top-k eigenvectors of ``K = Z Z^T``.
+2. ``K / (sigma_p^2 p) = beta yhat yhat^T + W`` with ``W`` Wishart
+   (Marchenko-Pastur, ratio ``c = n/p``) and orthogonally invariant, ``beta =
+   theta n / p``, ``theta = ||mu||^2/sigma_p^2``. Rank-one additive spike
+   (Benaych-Georges & Nadakuditi 2011): outlier iff ``beta G(b) > 1``, i.e.
+   ``theta > 1 + sqrt(gamma)`` (:func:`threshold`; ``G`` the MP Stieltjes
+   transform, :func:`mp_stieltjes_check`), overlap ``a = -1/(beta^2 G'(z*))``;
+   bulk eigenvectors at ``lambda`` have overlap ``(1/n)/[(1 - beta Re G)^2 +
+   (beta pi nu)^2]``; the overlaps sum to 1 (:func:`overlap_normalisation`).
+3. With ``A = yhat^T P_k yhat``, ``y = tau y_c + r`` (``tau = 1 - 2 p_hat``),
+   the components of the eigenvectors orthogonal to ``yhat`` Haar:
+   ``E[f_i y_c,i] = tau A + m1 r_i y_c,i``, ``m1 = (k - A)/(n-1)``, and
+   ``Var f_i = tau^2 n A(1-A)/(n-1) + (s2 - m1^2)(||r||^2 + r_i^2)/(n-1) + ...``
+   with ``s2 = (k - 2A + A^2)/(n-1)``; recitation ``= Phi(-E/sd)`` for flipped
+   points (``r_i y_c,i = -2(1 - p_hat)``). At ``k = n`` the mean is exactly
+   ``-1`` (``f = y``, :func:`full_projection_check`).
+
+Run ``python derivations/memorization.py`` to print the closed forms and
+checks, ``--errors`` to re-measure the recitation prediction's errors
+(a few minutes).
+"""
+
+import sys
+
+import numpy as np
+import sympy as sp
+
+z, c, beta, lam = sp.symbols("z c beta lambda", positive=True)
+mu2, xi2, m, eta, n, p, k, A, tau, rho = sp.symbols(
+    "mu2 xi2 m eta n p k A tau rho", positive=True)
+
+
+def mp_stieltjes():
+    """``G(z) = int nu(x)/(z - x) dx`` of Marchenko-Pastur (ratio ``c``)."""
+    a, b = (1 - sp.sqrt(c)) ** 2, (1 + sp.sqrt(c)) ** 2
+    return (z - 1 + c - sp.sqrt((z - a) * (z - b))) / (2 * c * z)
+
+
+def mp_stieltjes_check():
+    """``G`` solves ``c z G^2 - (z - 1 + c) G + 1 = 0`` and ``G ~ 1/z``."""
+    G = mp_stieltjes()
+    quad = sp.simplify(sp.expand(c * z * G**2 - (z - 1 + c) * G + 1))
+    lead = sp.limit(z * G, z, sp.oo)
+    return quad, lead
+
+
+def threshold():
+    """``beta`` at which the outlier appears: ``1 / G(b)``; in ``theta``
+    (``beta = theta/gamma``, ``c = 1/gamma``) the condition is
+    ``theta > 1 + sqrt(gamma)`` (THEORY 11)."""
+    G = mp_stieltjes()
+    b = (1 + sp.sqrt(c)) ** 2
+    beta_c = sp.simplify(1 / G.subs(z, b))
+    gamma = sp.symbols("gamma", positive=True)
+    theta_c = sp.simplify((beta_c * gamma).subs(c, 1 / gamma))
+    return beta_c, theta_c
+
+
+def overlap_normalisation(c_num=0.1, beta_num=3.0, grid=200_001):
+    """Outlier overlap plus the integrated bulk overlap profile (numbers): 1."""
+    from scipy import optimize
+
+    a_, b_ = (1 - np.sqrt(c_num)) ** 2, (1 + np.sqrt(c_num)) ** 2
+    x = np.linspace(a_, b_, grid)
+    nu = np.sqrt(np.maximum((b_ - x) * (x - a_), 0)) / (2 * np.pi * c_num * x)
+    re = (x - 1 + c_num) / (2 * c_num * x)
+    w = 1.0 / ((1 - beta_num * re) ** 2 + (beta_num * np.pi * nu) ** 2)
+    bulk = np.trapezoid(nu * w, x)
+    G = sp.lambdify(z, mp_stieltjes().subs(c, c_num))
+    dG = sp.lambdify(z, sp.diff(mp_stieltjes(), z).subs(c, c_num))
+    out = 0.0
+    if beta_num * G(b_ * (1 + 1e-12)) > 1:
+        zs = optimize.brentq(lambda t: G(t) - 1 / beta_num, b_ * (1 + 1e-12), 1e6)
+        out = -1.0 / (beta_num**2 * dG(zs))
+    return out, bulk, out + bulk
+
+
+def grad_norm_identity():
+    """``||grad f||^2 m`` for clean and flipped samples (activation pattern of
+    step A.1): both ``||mu||^2 + ||xi||^2``."""
+    # one filter per class carries the gradient of each patch; weight 1/m each,
+    # m filters per class: sum over filters of ||(1/m) v||^2 = ||v||^2 / m
+    clean = m * ((mu2 + xi2) / m**2)                  # both patches on class y_c
+    flipped = m * (mu2 / m**2) + m * (xi2 / m**2)     # one patch per class
+    return sp.simplify(clean * m), sp.simplify(flipped * m)
+
+
+def gd_increments():
+    """One GD step of the reduced coefficients (step A.3), symbolically."""
+    lC, lF = sp.symbols("l_C l_F", positive=True)
+    kappa = sp.symbols("kappa", positive=True)
+    dg = eta * mu2 * kappa * ((1 - rho) * lC - rho * lF)
+    dr_c = eta * xi2 / (n * m) * lC
+    dr_f = eta * xi2 / (n * m) * lF
+    return dict(dg=dg, dr_clean=dr_c, dr_flipped=dr_f)
+
+
+def late_time_limit():
+    """With ``g`` frozen and ``l ~ e^{-margin}``, ``d e^{margin}/dt = c`` for
+    both groups: ``e^{margin_s(t)} = e^{margin_s(0)} + c t``, so the ratio of
+    ``l'' ~ e^{-margin}`` tends to 1."""
+    t, cc, m0c, m0f = sp.symbols("t c m_C m_F", positive=True)
+    ratio = (sp.exp(m0c) + cc * t) / (sp.exp(m0f) + cc * t)
+    return sp.limit(ratio, t, sp.oo)
+
+
+def full_projection_check():
+    """At ``k = n`` (all directions, ``A = 1``) the flipped mean is ``-1``."""
+    m1 = (n - A) / (n - 1)
+    mean_f = tau * A - 2 * (1 - rho) * m1
+    return sp.simplify(mean_f.subs(A, 1).subs(tau, 1 - 2 * rho))
+
+
+def measure_errors(seeds=400, p_flip=0.15):
+    """Recitation prediction vs exact SVD projections of sampled data."""
+    from simlab.data import sample_linear_model
+    from simlab.memorization import predict_recitation_linear
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n_, d_ in [(20, 200), (40, 400), (20, 1000), (40, 1000)]:
+        for snr in [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4]:
+            for k_ in sorted({1, 2, 5, n_ // 4, n_ // 2}):
+                sim, pred = [], []
+                for s in range(seeds):
+                    X, yc = sample_linear_model(n_, d_, snr, seed=s)
+                    fl = rng.random(n_) < p_flip
+                    if not fl.any():
+                        continue
+                    y = np.where(fl, -yc, yc)
+                    U = np.linalg.svd(X, full_matrices=False)[0][:, :k_]
+                    f = U @ (U.T @ y)
+                    sim.append(np.mean(np.sign(f[fl]) == y[fl]))
+                    pred.append(predict_recitation_linear(n_, d_, snr, k_,
+                                                          int(fl.sum()))["recitation"])
+                rows.append((n_, d_, snr, k_, np.mean(sim), np.mean(pred)))
+    return rows
+
+
+def main():
+    quad, lead = mp_stieltjes_check()
+    print("MP Stieltjes: quadratic residual", quad, "; z G(z) ->", lead)
+    print("outlier threshold beta_c =", threshold()[0], "; theta_c =", threshold()[1])
+    print("overlap normalisation (outlier, bulk, total):", overlap_normalisation())
+    print("grad-norm identity (clean, flipped):", grad_norm_identity())
+    print("reduced GD increments:", gd_increments())
+    print("late-time ratio limit:", late_time_limit())
+    print("flipped mean at k = n:", full_projection_check())
+    if "--errors" in sys.argv:
+        worst = 0.0
+        for row in measure_errors():
+            err = abs(row[4] - row[5])
+            worst = max(worst, err)
+            print("n=%d d=%d snr=%.2f k=%d sim %.3f pred %.3f" % row[:6],
+                  "<-" if err > 0.05 else "")
+        print("worst |error|:", worst)
+
+
+if __name__ == "__main__":
+    main()
