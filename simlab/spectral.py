@@ -1,5 +1,8 @@
 """Singular subspaces of trained weights under label noise (THEORY 10.3, claim 9).
 
+Every public function runs with single-threaded BLAS (:mod:`simlab._blas`):
+the matrices are small and often follow a Numba ``prange`` training call.
+
 Clean- and noisy-label networks trained from the same initialisation ``W0`` on
 the same inputs are compared through their updates ``Delta W = W - W0``,
 reshaped ``(J m, d)`` (one row per filter, ``(2m, d)`` for the CNN):
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from ._blas import serial_blas
 from ._validation import as_float_array, check_eta, check_int, check_labels
 from .curvature import eigenbasis
 
@@ -72,6 +76,7 @@ def _svd(dW):
     return np.linalg.svd(dW, full_matrices=False)
 
 
+@serial_blas
 def right_subspace(dW, k):
     """Orthonormal basis ``(d, k)`` of the top-``k`` right singular subspace of
     ``dW`` (shape ``(rows, d)``), largest singular value first."""
@@ -80,6 +85,7 @@ def right_subspace(dW, k):
     return _svd(dW)[2][:k].T
 
 
+@serial_blas
 def principal_angles(W_a, W_b, W0, k):
     """Principal angles (degrees, largest first) between the top-``k`` right
     singular subspaces of ``W_a - W0`` and ``W_b - W0``.
@@ -103,6 +109,7 @@ def principal_angles(W_a, W_b, W0, k):
     return np.degrees(scipy.linalg.subspace_angles(Va, Vb))
 
 
+@serial_blas
 def tail_energy(W_clean, W_noisy, W0, k):
     """Share of ``||Delta W_noisy - Delta W_clean||_F^2`` outside the clean
     top-``k`` right singular subspace (``0`` when the two updates coincide).
@@ -160,6 +167,7 @@ class WedinBound:
         return float(self.sin_theta / self.bound) if np.isfinite(self.bound) else 0.0
 
 
+@serial_blas
 def wedin(W_clean, W_noisy, W0, k):
     """Wedin's ``sin Theta`` theorem (Wedin 1972; Stewart & Sun, Thm V.4.4).
 
@@ -214,6 +222,7 @@ def weight_angle(w_a, w_b):
     return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))))
 
 
+@serial_blas
 def curvature_tail(w, Z, k):
     """Share of ``||w||^2`` outside the top-``k`` eigenvectors of ``Z^T Z / n``.
 
@@ -249,6 +258,7 @@ def _gram_parts(Z, y_a, y_b):
     return lam, U, y_a, y_b
 
 
+@serial_blas
 def min_norm_angle(Z, y_a, y_b):
     """Angle (degrees) between the min-norm interpolators of ``(Z, y_a)`` and
     ``(Z, y_b)``, from the Gram matrix ``K = Z Z^T`` alone.
@@ -263,6 +273,7 @@ def min_norm_angle(Z, y_a, y_b):
     return float(np.degrees(np.arccos(np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0))))
 
 
+@serial_blas
 def min_norm_split(Z, y_a, y_b, k=1):
     """Share of ``||w_b - w_a||^2`` along the top-``k`` curvature directions.
 
@@ -288,6 +299,7 @@ def min_norm_split(Z, y_a, y_b, k=1):
 # LIP plug-in
 # --------------------------------------------------------------------------
 
+@serial_blas
 def lip(model, W, data, k, *, W0, eta=0.1, steps=200, loss="logistic"):
     """LIP plug-in (in the spirit of Si et al., arXiv 2505.16159).
 

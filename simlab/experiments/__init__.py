@@ -22,6 +22,7 @@ REGISTRY = {
     "cnn-unlearning": "simlab.experiments.cnn_unlearning",
     "stable-minima": "simlab.experiments.stable_minima",
     "edge-of-stability": "simlab.experiments.edge_of_stability",
+    "label-noise-subspace": "simlab.experiments.label_noise_subspace",
 }
 
 

@@ -180,6 +180,7 @@ CELL_EXPERIMENTS = {
     "cnn-train": CNNTrain,
     "stable-minimum": "simlab.experiments.stable_minima:StableMinimum",
     "gd-sharpness": "simlab.experiments.edge_of_stability:GDSharpness",
+    "label-noise": "simlab.experiments.label_noise_subspace:LabelNoiseCell",
 }
 
 
