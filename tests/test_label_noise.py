@@ -19,11 +19,11 @@ from simlab.theory.rmt import (
 # prints it), and the prediction's measured bias is <= 1.5 deg, so the 3 deg
 # acceptance tolerance is not widened; with fresh seeds the chance of a false
 # failure per cell is about P(|N(0,1)| > 1.2) ~ 0.2 at the worst cell.
-# the default run checks one cell; the slow tier the corners of the grid
+# the slow tier adds the largest cell (d = 4000)
 ANGLE_CELLS = [(50, 500, 0.1, 0.3),
-               pytest.param(50, 500, 0.1, 0.2, marks=pytest.mark.slow),
-               pytest.param(100, 1000, 0.3, 0.3, marks=pytest.mark.slow),
-               pytest.param(50, 2000, 1.0, 0.1, marks=pytest.mark.slow),
+               (50, 500, 0.1, 0.2),
+               (100, 1000, 0.3, 0.3),
+               (50, 2000, 1.0, 0.1),
                pytest.param(100, 4000, 0.01, 0.4, marks=pytest.mark.slow)]
 
 
@@ -35,7 +35,7 @@ def test_label_noise_angle_matches_simulation(n, d, snr, p_flip):
 
 @pytest.mark.parametrize("n, d, snr, p_flip", [
     (50, 500, 0.5, 0.2),
-    pytest.param(100, 1000, 0.02, 0.3, marks=pytest.mark.slow)])
+    (100, 1000, 0.02, 0.3)])
 def test_label_noise_split_matches_simulation(n, d, snr, p_flip):
     """Top-direction share of ||w_noisy - w_clean||^2: away from the BBP
     threshold within 0.02 absolute (measured worst on the grid: the docstring)."""

@@ -296,6 +296,7 @@ def plot(ds):
     import json
 
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     params = json.loads(ds.attrs["params"])
     snr, pf = ds["snr"].values, ds["p_flip"].values
@@ -312,6 +313,8 @@ def plot(ds):
     a0.plot(snr, ds["critical_flip_pred"].values, "-", color="r",
             label="linear-model prediction")
     a0.set_xscale("log")
+    a0.xaxis.set_minor_formatter(NullFormatter())
+    a0.set_xticks(snr[::2], [f"{x:.2g}" for x in snr[::2]])
     a0.set_xlabel("SNR")
     a0.set_ylabel("p_flip")
     a0.legend(fontsize=7, loc="upper right")
@@ -348,6 +351,8 @@ def plot(ds):
         a3.plot(snr, ds[var].values[:, j].mean(axis=-1), st, label=lab, ms=4)
     a3.axvline(ds.attrs["snr_star"], color="gray", ls="--")
     a3.set_xscale("log")
+    a3.xaxis.set_minor_formatter(NullFormatter())
+    a3.set_xticks(snr[::2], [f"{x:.2g}" for x in snr[::2]])
     a3.set_xlabel("SNR")
     a3.set_ylabel("clean test error (seed mean)")
     a3.set_title(f"LIP (k={params['lip_k']}) at p_flip={pf[j]:g}", fontsize=9)
