@@ -116,10 +116,20 @@ def test_figure_small():
     at SNR 1; the quick size runs under ``slow`` and in ``simlab reproduce``."""
     from simlab.experiments import cnn_coherence as E
 
-    ds = E.run(quick=True, configs=[(10, 200, 5)], snrs=[0.01, 1.0], seeds=2, fine=5)
+    ds = E.run(quick=True, configs=[(10, 200, 5)], squared_configs=[(10, 200, 5)],
+               squared_steps=500, snrs=[0.01, 1.0], seeds=2, fine=5)
     assert "claim 4 (CNN) holds" in ds.attrs["summary"]
-    assert ds.sim_sigma.shape == (1, 2, 2)
+    assert ds.sim_sigma.shape == (2, 2, 2)
+    assert list(ds.loss.values) == ["logistic", "squared"]
     assert float(ds.sim_sigma.isel(snr=0).max()) < 1.2
+    # the ascent rate falls from SNR 0.01 to 1 (measured x0.23 logistic, x0.41
+    # squared, both seeds); the semi-empirical form follows it within 6 %
+    rate = (ds.sim_kappa / ds.sim_sharpness).mean("seed")
+    assert np.all(rate.isel(snr=-1) < 0.7 * rate.isel(snr=0))
+    semi = (ds.semi_kappa / ds.semi_sharpness).mean("seed")
+    assert float(np.max(np.abs(semi / rate - 1))) < 0.08
+    rows = E.ascent_claims(ds)
+    assert {r["loss"] for r in rows} == {"logistic", "squared"}
     assert E.plot(ds) is not None
 
 
@@ -129,5 +139,106 @@ def test_figure_quick():
 
     ds = E.run(quick=True)
     assert "claim 4 (CNN) holds" in ds.attrs["summary"]
-    assert ds.sim_sigma.shape == (2, 5, 2)
+    assert ds.sim_sigma.shape == (3, 5, 2)
     assert E.plot(ds) is not None
+
+
+# --------------------------------------------------------------------------
+# 3. retain/forget blocks, sharpness, kappa_+ and the ascent rate (issue 10.4)
+# --------------------------------------------------------------------------
+
+import rmt_cnn_ascent as DA  # noqa: E402
+
+#: 1.25 x the worst measured error (rmt_cnn.ASCENT_ERRORS), per (loss, form,
+#: quantity, SNR range); "above": n SNR^2 >= 1
+ATOL = {k: round(1.25 * v, 3) for k, v in rmt_cnn.ASCENT_ERRORS.items()}
+
+
+def test_ascent_errors_stated():
+    # the acceptance of issue 10.4: within 15 % above the crossover
+    for loss in ("logistic", "squared"):
+        for q in ("kappa", "sharpness", "rate"):
+            assert rmt_cnn.ASCENT_ERRORS[(loss, "semi", q, "above")] <= 0.15
+
+
+def test_pencil_perturbation():
+    d1, d2 = DA.pencil_perturbation()
+    assert d1 < 1e-12 and d2 < 1e-12
+
+
+def test_two_class_branches():
+    lam_o, lim0, big = DA.two_class_branches()
+    assert DA.sp.simplify(lim0 - DA.a * DA.A * DA.p) == 0
+    # theta -> oo at alpha = 3/10, balanced split, against the stated ratio
+    ratio = big / (DA.sp.Rational(3, 10) / DA.n_f * DA.A * DA.p)
+    for n_, nf_ in [(20, 4), (40, 8), (100, 10)]:
+        val = float(ratio.subs({DA.n_f: nf_, DA.n_r: n_ - nf_}))
+        assert val == pytest.approx(DA.limit_ratio(n_, nf_, 0.3), rel=1e-12)
+    # the implementation on equal statistics (no overlap noise) is the closed form
+    assert DA.branches_check() < 1e-10
+
+
+def test_signed_top_against_monte_carlo():
+    """Second-order mean of the top eigenvalue of diag(w)(K + E) against the
+    average over 4000 Gaussian draws of E (independent reference). The
+    fluctuation is 5 % of the diagonal gaps, so third-order terms are
+    ~1e-4 relative; the MC standard error is estimated and the test allows
+    4 of them (false-failure rate ~6e-5)."""
+    rng = np.random.default_rng(7)
+    n = 8
+    K = np.diag(rng.uniform(50, 100, n)) + 3.0 * np.ones((n, n))
+    w = np.where(np.arange(n) < 3, 0.3 / 3, -0.7 / 5)
+    V = np.full((n, n), 2.5**2)
+    lam, _ = rmt_cnn._signed_top(K, V, w)
+    draws = []
+    for _ in range(4000):
+        E = rng.normal(0, 2.5, (n, n))
+        E = np.triu(E) + np.triu(E, 1).T
+        draws.append(np.max(np.linalg.eigvals(w[:, None] * (K + E)).real))
+    draws = np.array(draws)
+    lam0 = np.max(np.linalg.eigvals(w[:, None] * K).real)
+    se = draws.std() / np.sqrt(draws.size)
+    assert abs(draws.mean() - lam) < 4 * se + 1e-3 * abs(lam - lam0)
+    assert abs(draws.mean() - lam0) > 4 * se      # the correction is visible
+
+
+def test_ascent_validation():
+    st = rmt_cnn.predictive_stats(10, 100, 5)
+    with pytest.raises(ValueError, match="alpha"):
+        rmt_cnn.cnn_kappa_plus(10, 100, 0.1, 5, alpha=0.0, n_forget=2)
+    with pytest.raises(ValueError, match="forget_idx"):
+        rmt_cnn.cnn_kappa_plus(10, 100, 0.1, 5, alpha=0.3, stats=st, n_forget=2)
+    with pytest.raises(ValueError, match="forget_idx"):
+        rmt_cnn.cnn_kappa_plus(10, 100, 0.1, 5, alpha=0.3, forget_idx=[1, 1])
+    with pytest.raises(ValueError, match="n_forget"):
+        rmt_cnn.cnn_kappa_plus(10, 100, 0.1, 5, alpha=0.3, n_forget=10)
+    with pytest.raises(ValueError, match="loss"):
+        rmt_cnn.cnn_sharpness(10, 100, 0.1, 5, loss="hinge")
+    with pytest.raises(ValueError, match="loss"):
+        rmt_cnn.cnn_coherence(10, 100, 0.1, 5, loss="hinge")
+
+
+def _check_ascent(n, d, m):
+    snrs = list(DA.GRID["snr"])
+    out = DA.simulate_cell(n, d, m, snrs, DA.GRID["seeds"], list(DA.GRID["alphas"]))
+    errs = DA.cell_errors(out, snrs, n)
+    bad = {k: round(v, 3) for k, v in errs.items()
+           if ("logistic",) + k in ATOL and v > ATOL[("logistic",) + k]}
+    assert not bad, (n, d, m, bad)
+    # the ordering, where it is claimed: r falls between the SNRs above n SNR^2 = 1
+    rate = (out["kappa"] / out["sharp"]).mean(-1)
+    above = n * np.asarray(snrs) ** 2 >= 1
+    assert np.all(np.diff(rate[:, above], axis=1) < 0)
+
+
+@pytest.mark.parametrize("n,d,m", [(20, 1000, 5)])
+def test_ascent_trained_cnn_fast(n, d, m):
+    _check_ascent(n, d, m)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", DA.GRID["n"])
+@pytest.mark.parametrize("d", DA.GRID["d"])
+@pytest.mark.parametrize("m", DA.GRID["m"])
+def test_ascent_trained_cnn_grid(n, d, m):
+    _check_ascent(n, d, m)

@@ -46,8 +46,29 @@ normaliser ``max_i S_ii``.
 
 Measured errors are stated in :func:`cnn_coherence`; ``tests/test_rmt_cnn.py``
 enforces them.
+
+Net ascent curvature and ascent rate (issue 10.4; ``derivations/rmt_cnn_ascent.py``).
+:func:`cnn_kappa_plus` predicts ``kappa_+ = lambda_max(alpha H_f - (1-alpha)
+H_r)`` from the *signed* mean Gram (same-class signal ``N_c theta``, no
+cross-class signal, diagonal ``N theta + A_i ||xi_i||^2``) with a resummed
+second-order correction for the zero-mean noise overlaps;
+:func:`cnn_sharpness` is the same with weights ``1/n``; :func:`cnn_ascent_rate`
+their ratio; :func:`cnn_block_coherence` the retain/forget blocks of ``S``.
+Two branches, as for the linear model: the forget samples' private noise
+directions (``kappa_+ ~ (alpha/n_f) A p``, independent of SNR) and a
+class-symmetric signal mode that takes over at high SNR and raises
+``kappa_+`` by at most ``(1-alpha) n/((1-2 alpha) n_r)``; the sharpness
+grows like ``1 + n m SNR^2 d/(2 A p)``, so ``r = kappa_+/lambda_max(H)``
+falls like its inverse above ``n SNR^2 ~ 1``: **the sharpness, not
+``kappa_+``, carries "lower SNR => faster escape"** at ``eta =
+c/lambda_max(H)``. Known gap: the noise overlaps of trained networks are not
+mean-zero (measured mean +0.17 s.d. within a class and +0.33 s.d. across, at
+``n = 40, d = 200, m = 10``: co-activation selects samples aligned with the
+filter), which the model omits; it is the cause of the sharpness
+underestimate below the crossover at ``n / sqrt(d)`` large (up to 13 %).
 """
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -62,13 +83,55 @@ __all__ = [
     "predictive_stats",
     "cnn_coherence",
     "cnn_coherence_limits",
+    "cnn_block_coherence",
+    "cnn_sharpness",
+    "cnn_kappa_plus",
+    "cnn_ascent_rate",
     "ERRORS",
+    "ASCENT_ERRORS",
 ]
 
 #: Worst measured ``|pred / sim - 1|`` on the grid of :func:`cnn_coherence`
 #: (``derivations/rmt_cnn.py --errors``), by form and ``d``.
 ERRORS = {("semi", 200): 0.066, ("semi", 1000): 0.030,
           ("pred", 200): 0.304, ("pred", 1000): 0.290}
+
+#: Worst measured ``|pred / sim - 1|`` (seed means) of :func:`cnn_kappa_plus`,
+#: :func:`cnn_sharpness` and :func:`cnn_ascent_rate` by (loss, form, quantity,
+#: SNR range); ``"above"``: ``n SNR^2 >= 1`` (above the crossover), ``"all"``:
+#: SNR 0.01-1. ``derivations/rmt_cnn_ascent.py --errors --squared``: logistic
+#: protocol of :func:`cnn_coherence` on ``n in {20, 40}, d in {200, 1000},
+#: m in {5, 10}``, squared (cnn-unlearning protocol: ``sigma_0 = 0.1``, 3000
+#: steps) on ``n = 20, d in {200, 1000}, m = 10``; 7 SNRs, 3 seeds, forget sets
+#: of ``n/5``, ``alpha in {0.1, 0.3}``. The predictive form of the logistic
+#: ``kappa_+`` and sharpness is not listed: it has no model of ``l''`` (it uses
+#: ``l'' = 1``, while trained margins make ``l''`` small), so only the ratio
+#: ``r``, where ``l''`` nearly cancels, is predicted there. Per ``(n, d, m)``,
+#: semi-empirical ``r`` above the crossover: 3.9 / 5.4 / 2.6 / 2.4 % at
+#: ``n = 20`` (``(200,5), (200,10), (1000,5), (1000,10)``), 8.3 / 11.8 / 2.9 /
+#: 2.2 % at ``n = 40``; squared 2.8 % (``d = 200``), 2.0 % (``d = 1000``).
+ASCENT_ERRORS = {
+    ("logistic", "semi", "kappa", "above"): 0.030,
+    ("logistic", "semi", "kappa", "all"): 0.030,
+    ("logistic", "semi", "sharpness", "above"): 0.092,
+    ("logistic", "semi", "sharpness", "all"): 0.093,
+    ("logistic", "semi", "rate", "above"): 0.118,
+    ("logistic", "semi", "rate", "all"): 0.118,
+    ("logistic", "pred", "rate", "above"): 0.418,
+    ("logistic", "pred", "rate", "all"): 0.418,
+    ("squared", "semi", "kappa", "above"): 0.018,
+    ("squared", "semi", "kappa", "all"): 0.018,
+    ("squared", "semi", "sharpness", "above"): 0.024,
+    ("squared", "semi", "sharpness", "all"): 0.046,
+    ("squared", "semi", "rate", "above"): 0.028,
+    ("squared", "semi", "rate", "all"): 0.050,
+    ("squared", "pred", "kappa", "above"): 0.557,
+    ("squared", "pred", "kappa", "all"): 0.557,
+    ("squared", "pred", "sharpness", "above"): 0.300,
+    ("squared", "pred", "sharpness", "all"): 0.413,
+    ("squared", "pred", "rate", "above"): 0.493,
+    ("squared", "pred", "rate", "all"): 0.493,
+}
 
 
 @dataclass(frozen=True)
@@ -213,7 +276,7 @@ def _sigma_from_stats(stats, d, snr):
     return max(_lam_top(M, V) / _expected_max_diag(stats, p, theta), 1.0)
 
 
-def cnn_coherence(n, d, snr, m, *, stats=None):
+def cnn_coherence(n, d, snr, m, *, stats=None, loss="logistic"):
     """Predicted coherence ``sigma`` of a trained two-layer ReLU CNN.
 
     Parameters
@@ -231,6 +294,9 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
         Measured statistics of the trained network (:func:`simlab.predict.cnn_summary`):
         the *semi-empirical* form. ``None`` uses :func:`predictive_stats`:
         the *fully predictive* form.
+    loss : {"logistic", "squared"}
+        Curvature of which loss: ``"squared"`` sets ``l'' = 1`` (the
+        measured ``stats.lpp`` are logistic).
 
     Returns
     -------
@@ -304,10 +370,14 @@ def cnn_coherence(n, d, snr, m, *, stats=None):
     d = check_int(d, "d", low=2)
     m = check_int(m, "m", low=1)
     snr = check_positive(snr, "snr", allow_zero=True)
+    if loss not in ("logistic", "squared"):
+        raise ValueError(f"loss must be 'logistic' or 'squared', not {loss!r}")
     if stats is None:
         stats = predictive_stats(n, d, m)
     elif stats.y.size != n:
         raise ValueError(f"stats describe {stats.y.size} samples, not n={n}")
+    if loss == "squared":
+        stats = dataclasses.replace(stats, lpp=np.ones(n))
     return float(_sigma_from_stats(stats, d, snr))
 
 
@@ -333,3 +403,288 @@ def cnn_coherence_limits(n, d, snr):
     high = (1 + n * s2) / (1 + 2 * s2)
     low = 1 + (n / 2 - 1) * np.sqrt(2 / np.pi) / (2 * np.sqrt(d - 1))
     return float(high), float(low)
+
+
+# --------------------------------------------------------------------------
+# retain/forget blocks, sharpness and net ascent curvature (issue 10 item 4)
+# --------------------------------------------------------------------------
+
+def _check_stats(stats, n, d, m):
+    if stats is None:
+        return predictive_stats(n, d, m)
+    if stats.y.size != n:
+        raise ValueError(f"stats describe {stats.y.size} samples, not n={n}")
+    return stats
+
+
+def _forget_mask(n, stats, n_forget, forget_idx, predictive):
+    """Boolean forget mask. ``forget_idx`` wins; otherwise (predictive form)
+    ``n_forget`` samples spread evenly over both classes and over each
+    class's activation quantiles (a representative random forget set)."""
+    mask = np.zeros(n, dtype=bool)
+    if forget_idx is not None:
+        idx = np.asarray(forget_idx)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError("forget_idx must be a non-empty 1-d array of int")
+        if np.unique(idx).size != idx.size or idx.min() < 0 or idx.max() >= n:
+            raise ValueError(f"forget_idx must hold distinct indices in [0, {n})")
+        mask[idx] = True
+    else:
+        if n_forget is None:
+            raise ValueError("give n_forget (or forget_idx)")
+        n_f = check_int(n_forget, "n_forget", low=1, high=n - 1)
+        if not predictive:
+            raise ValueError("measured stats need forget_idx (which samples are "
+                             "forgotten)")
+        y = stats.y
+        pos, neg = np.flatnonzero(y > 0), np.flatnonzero(y <= 0)
+        k_pos = int(round(n_f * pos.size / n))
+        k_pos = min(max(k_pos, n_f - neg.size), pos.size)
+        for cls, k in ((pos, k_pos), (neg, n_f - k_pos)):
+            if k > 0:
+                sel = np.floor((np.arange(k) + 0.5) * cls.size / k).astype(int)
+                mask[cls[sel]] = True
+    if mask.all():
+        raise ValueError("the forget set must leave at least one retain sample")
+    return mask
+
+
+def _signed_mean_var(stats, p, theta, loss):
+    """Mean and entry variances of the *signed* Gram ``K = G G^T`` of the
+    curvature factors (units ``sigma_p^2``, ``1/m^2`` dropped): same-class
+    off-diagonal mean ``N_c theta`` (the noise overlap ``<xi_i, xi_k>`` has
+    mean 0), cross-class mean 0; variances ``co^2 p`` off the diagonal and the
+    chi^2 fluctuation ``2 p A_i^2`` on it when ``||xi_i||`` is unknown."""
+    y, A = stats.y, np.asarray(stats.A, dtype=float)
+    lpp = np.ones(y.size) if loss == "squared" else np.asarray(stats.lpp, dtype=float)
+    c = np.sqrt(lpp)
+    Ns = np.where(y > 0, stats.n_signal[0], stats.n_signal[1])
+    nu = np.where(np.isfinite(stats.xi_sq), stats.xi_sq, float(p))
+    unknown = ~np.isfinite(stats.xi_sq)
+    same = y[:, None] == y[None, :]
+    M = np.where(same, Ns[:, None] * theta, 0.0)
+    V = np.where(same, stats.co_same**2 * p, stats.co_cross**2 * p)
+    M[np.diag_indices_from(M)] = Ns * theta + A * nu
+    V[np.diag_indices_from(V)] = np.where(unknown, 2.0 * p * A**2, 0.0)
+    cc = np.outer(c, c)
+    return cc * M, cc * cc * V
+
+
+def _signed_top(K, V, w):
+    """Top eigenvalue of ``diag(w) (K + E)`` to second order in the symmetric
+    zero-mean fluctuation ``E`` (entry variances ``V``), and the share of the
+    top eigenvector on its largest entry.
+
+    ``diag(w) K`` is similar to ``K^{1/2} diag(w) K^{1/2}``; with its
+    eigenpairs ``(lambda_j, r_j)`` normalised by ``r_j^T K r_j = 1`` (the left
+    eigenvectors are ``K r_j``) first-order perturbation theory gives
+    ``d lambda = lambda r^T E r`` (mean 0) and second order
+    ``lambda sum_{j != 0} lambda_j (r^T E r_j)^2 / (lambda - lambda_j)``
+    (``derivations/rmt_cnn_ascent.py``, ``pencil_perturbation``), each term
+    resummed as a two-level problem so that near-degenerate forget levels
+    (equal diagonals) give a finite shift."""
+    ev, U = np.linalg.eigh(K)
+    ev = np.maximum(ev, 0.0)
+    half = (U * np.sqrt(ev)) @ U.T
+    B = half @ (w[:, None] * half)
+    lam, Vb = np.linalg.eigh((B + B.T) / 2)
+    lam0, v0 = lam[-1], Vb[:, -1]
+    inv = np.where(ev > ev[-1] * 1e-13, 1.0 / np.sqrt(np.where(ev > 0, ev, 1.0)), 0.0)
+    Kmh = (U * inv) @ U.T
+    R = Kmh @ Vb                                # r_j, K-normalised
+    r0 = R[:, -1]
+    # E (r0^T E r_j)^2 for symmetric E with independent entries (variance V)
+    # = sum_{i<k} V_ik (r0_i r_jk + r0_k r_ji)^2 + sum_i V_ii r0_i^2 r_ji^2
+    Voff = V - np.diag(np.diag(V))
+    t1 = np.einsum("ik,i,k,ij,kj->j", Voff, r0, r0, R, R)  # V r0_i r0_k r_ji r_jk
+    t2 = np.einsum("ik,i,kj->j", Voff, r0**2, R**2)         # V r0_i^2 r_jk^2
+    t3 = np.einsum("i,i,ij->j", np.diag(V), r0**2, R**2)
+    e2 = t1 + t2 + t3           # = sum_{i<k} 2 (..) counted once per ordered pair
+    # each level j shifts the top one by lambda lambda_j e2_j / (lambda - lambda_j)
+    # to second order; near a degeneracy that diverges, so each term is
+    # resummed as the exact two-level shift sqrt(D^2/4 + g) - D/2 (D the gap,
+    # g = lambda lambda_j e2_j), which equals g / D for g << D^2
+    gaps = lam0 - lam[:-1]
+    g = lam0 * lam[:-1] * e2[:-1]
+    corr = np.sum(np.sqrt(np.maximum(gaps**2 / 4 + g, 0.0)) - gaps / 2)
+    share = float(np.max(v0**2))
+    return float(lam0 + corr), share
+
+
+def _check_common(n, d, snr, m, sigma_p, loss):
+    n = check_int(n, "n", low=2)
+    d = check_int(d, "d", low=2)
+    m = check_int(m, "m", low=1)
+    snr = check_positive(snr, "snr", allow_zero=True)
+    sigma_p = check_positive(sigma_p, "sigma_p")
+    if loss not in ("logistic", "squared"):
+        raise ValueError(f"loss must be 'logistic' or 'squared', not {loss!r}")
+    return n, d, snr, m, sigma_p
+
+
+def cnn_sharpness(n, d, snr, m, *, stats=None, loss="logistic", sigma_p=1.0):
+    """Predicted sharpness ``lambda_max(H)`` of the trained CNN, ``H`` the mean
+    of the per-sample curvature ``h_i h_i^T``.
+
+    ``lambda_max(K) / n`` with ``K`` the signed Gram of the factors: its mean
+    (two class blocks of value ``N_c theta`` on the diagonal ``N theta + A_i
+    ||xi_i||^2``, times ``sqrt(l''_i l''_k) sigma_p^2 / m^2``) plus the
+    resummed second-order correction of :func:`cnn_kappa_plus` (all weights
+    ``1/n``). ``loss="squared"``
+    sets ``l'' = 1``. Errors: :data:`ASCENT_ERRORS`.
+
+    Examples
+    --------
+    >>> lo = cnn_sharpness(20, 1000, 0.01, 10, loss="squared")
+    >>> hi = cnn_sharpness(20, 1000, 1.0, 10, loss="squared")
+    >>> hi > 5 * lo
+    True
+    """
+    n, d, snr, m, sigma_p = _check_common(n, d, snr, m, sigma_p, loss)
+    stats = _check_stats(stats, n, d, m)
+    K, V = _signed_mean_var(stats, d - 1, snr**2 * d, loss)
+    return float(sigma_p**2 / m**2 * _signed_top(K, V, np.full(n, 1.0 / n))[0])
+
+
+def cnn_kappa_plus(n, d, snr, m, *, alpha, n_forget=None, forget_idx=None, stats=None,
+                   loss="logistic", sigma_p=1.0, return_branch=False):
+    """Predicted net ascent curvature ``kappa_+ = lambda_max(alpha H_f - (1 - alpha)
+    H_r)`` of the trained CNN (``H_r``, ``H_f``: mean curvature of the retain and
+    forget sets).
+
+    Parameters
+    ----------
+    n, d, snr, m : as in :func:`cnn_coherence`.
+    alpha : float
+        Ascent weight in ``(0, 1]``.
+    n_forget : int, optional
+        Forget-set size (predictive form: a class-balanced forget set spread
+        over the activation quantiles).
+    forget_idx : array_like of int, optional
+        Which samples of ``stats`` are forgotten (needed with measured stats).
+    stats : CNNCoherenceStats, optional
+        ``None``: :func:`predictive_stats`; measured: semi-empirical form.
+    loss : {"logistic", "squared"}
+        Curvature of which loss (``l'' = 1`` for squared).
+    sigma_p : float
+    return_branch : bool
+        Also return ``"noise"`` (top eigenvector carried by one forget sample's
+        private noise direction: the memorization branch) or ``"signal"``
+        (spread over a class: the signal outlier).
+
+    Notes
+    -----
+    The nonzero eigenvalues of ``sum_i w_i h_i h_i^T`` (``w_i = alpha/n_f`` on
+    forget, ``-(1-alpha)/n_r`` on retain) are those of ``diag(w) K``. ``K`` is
+    its mean (signal exactly: one rank-one block per class, since a trained
+    filter sees the signal of its own class only) plus a zero-mean noise
+    overlap ``N^xi_ik <xi_i, xi_k>``, treated to second order
+    (:func:`_signed_top`). The two branches of the linear model (THEORY 11:
+    noise edge, signal outlier) are both contained in the mean matrix; in
+    the CNN the noise part is nearly diagonal (effective dimension
+    ``p A^2 / co^2``, ~20 p) so no Marchenko-Pastur edge is needed. In the
+    memorization limit ``kappa_+ -> (alpha / n_f) max_{i in f} l''_i A_i
+    ||xi_i||^2 sigma_p^2 / m^2`` (the forget sample's private direction); the
+    signal enters the forget mode only at second order, so ``kappa_+`` at
+    fixed ``alpha < 1/2`` barely depends on SNR while ``lambda_max(H)`` grows
+    like ``1 + (n m / 2 A) SNR^2 d / p``. Errors: :data:`ASCENT_ERRORS`.
+
+    Examples
+    --------
+    >>> k = cnn_kappa_plus(20, 1000, 0.01, 10, alpha=0.3, n_forget=4, loss="squared")
+    >>> round(k / (0.3 / 4 * 999 * 6 / 100), 2)  # (alpha/n_f) A_top p / m^2, A_top 6
+    1.0
+    """
+    n, d, snr, m, sigma_p = _check_common(n, d, snr, m, sigma_p, loss)
+    alpha = check_positive(alpha, "alpha", high=1.0)
+    if alpha == 0:
+        raise ValueError("alpha must be > 0: at alpha = 0 there is no ascent")
+    predictive = stats is None
+    stats = _check_stats(stats, n, d, m)
+    f = _forget_mask(n, stats, n_forget, forget_idx, predictive)
+    n_f = int(f.sum())
+    w = np.where(f, alpha / n_f, -(1 - alpha) / (n - n_f))
+    K, V = _signed_mean_var(stats, d - 1, snr**2 * d, loss)
+    lam, share = _signed_top(K, V, w)
+    out = float(sigma_p**2 / m**2 * lam)
+    if return_branch:
+        return out, ("noise" if share > 0.5 else "signal")
+    return out
+
+
+def cnn_ascent_rate(n, d, snr, m, *, alpha, n_forget=None, forget_idx=None, stats=None,
+                    loss="logistic"):
+    """Predicted normalized ascent rate ``r = kappa_+ / lambda_max(H)`` of the
+    trained CNN (:func:`cnn_kappa_plus` over :func:`cnn_sharpness`).
+
+    At ``eta = c / lambda_max(H)`` the forget mode grows by at least
+    ``(1 + c r)^2`` per step (THEORY 4): ``r``, not ``kappa_+``, is what makes
+    low-SNR networks escape faster. Errors: :data:`ASCENT_ERRORS`.
+
+    Examples
+    --------
+    >>> r = [cnn_ascent_rate(20, 1000, s, 10, alpha=0.3, n_forget=4, loss="squared")
+    ...      for s in (0.01, 0.3, 1.0)]
+    >>> r[0] > r[1] > r[2]
+    True
+    """
+    kw = dict(stats=stats, loss=loss)
+    k = cnn_kappa_plus(n, d, snr, m, alpha=alpha, n_forget=n_forget,
+                       forget_idx=forget_idx, **kw)
+    return k / cnn_sharpness(n, d, snr, m, **kw)
+
+
+def cnn_block_coherence(n, d, snr, m, *, n_forget=None, forget_idx=None, stats=None):
+    """Retain/forget blocks of the coherence matrix ``S = |K|`` of the trained CNN.
+
+    Returns
+    -------
+    simlab.theory.rmt.BlockCoherencePrediction
+        ``lam_rr``, ``lam_ff`` (top eigenvalues of ``S_rr``, ``S_ff``,
+        absolute, ``sigma_p = 1``), ``s_rf`` (top singular value of ``S_rf``),
+        and the coherence measures ``sigma``, ``sigma_r``, ``sigma_f`` (as
+        :func:`simlab.coherence.block_coherence`).
+
+    Notes
+    -----
+    The mean-field ``S`` of :func:`cnn_coherence` restricted to each block;
+    ``s_rf^2 ~ s_1(S_rf)^2 + sum_ik V_ik (u_i^2 + v_k^2)`` with ``u, v`` the
+    top singular vectors of the mean cross block. Errors:
+    :data:`ASCENT_ERRORS`.
+    """
+    from .rmt import BlockCoherencePrediction
+
+    n = check_int(n, "n", low=2)
+    d = check_int(d, "d", low=2)
+    m = check_int(m, "m", low=1)
+    snr = check_positive(snr, "snr", allow_zero=True)
+    predictive = stats is None
+    stats = _check_stats(stats, n, d, m)
+    f = _forget_mask(n, stats, n_forget, forget_idx, predictive)
+    p, theta = d - 1, snr**2 * d
+    M, V = _mean_var(stats, p, theta)
+    r = ~f
+
+    def sub(mask):
+        idx = np.flatnonzero(mask)
+        return dataclasses.replace(
+            stats, y=stats.y[idx], lpp=np.asarray(stats.lpp)[idx],
+            A=np.asarray(stats.A)[idx], xi_sq=np.asarray(stats.xi_sq)[idx])
+
+    def sig(mask):
+        st = sub(mask)
+        if mask.sum() == 1:
+            return 1.0
+        lam = _lam_top(M[np.ix_(mask, mask)], V[np.ix_(mask, mask)])
+        return max(lam / _expected_max_diag(st, p, theta), 1.0)
+
+    Mrf, Vrf = M[np.ix_(r, f)], V[np.ix_(r, f)]
+    U, s, Wt = np.linalg.svd(Mrf)
+    s_rf = np.sqrt(s[0] ** 2 + U[:, 0] ** 2 @ Vrf.sum(axis=1)
+                   + Vrf.sum(axis=0) @ Wt[0] ** 2)
+    scale = 1.0 / m**2
+    return BlockCoherencePrediction(
+        lam_rr=scale * _lam_top(M[np.ix_(r, r)], V[np.ix_(r, r)]),
+        lam_ff=scale * _lam_top(M[np.ix_(f, f)], V[np.ix_(f, f)]),
+        s_rf=float(scale * s_rf), sigma=sig(np.ones(n, dtype=bool)),
+        sigma_r=sig(r), sigma_f=sig(f))
