@@ -29,8 +29,10 @@ PSD eigenmatrix.
 """
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
+import scipy.linalg.blas
 
 from .._validation import (
     as_float_array,
@@ -103,7 +105,9 @@ class Problem:
         ``(b_s, d_s)`` with ``H_s = sum_i d_s[i] H_i``.
     basis : ndarray, shape (p, r), or None
         Orthonormal basis of ``U = range(sum_i H_i)``; ``None`` when the problem
-        is in the original coordinates.
+        is in the original coordinates. Computed on first use (for factors it
+        costs a ``p x N k x r`` product that ``rho`` and ``eta*`` never need)
+        from ``basis_fn``.
     n_retain : int
         Number of active retain samples (the first rows).
     """
@@ -113,8 +117,12 @@ class Problem:
     mean_coef: np.ndarray
     noise_coef: np.ndarray
     groups: tuple
-    basis: np.ndarray | None
+    basis_fn: object
     n_retain: int
+
+    @cached_property
+    def basis(self):
+        return None if self.basis_fn is None else self.basis_fn()
 
     @property
     def dim(self):
@@ -206,7 +214,7 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
     prob = Problem(hessians=H, rank_one=rank_one,
                    mean_coef=np.concatenate(mean_coef),
                    noise_coef=np.concatenate(noise_coef), groups=tuple(groups),
-                   basis=None, n_retain=n_r if alpha < 1.0 else 0)
+                   basis_fn=None, n_retain=n_r if alpha < 1.0 else 0)
     return _restrict(prob) if restrict else prob
 
 
@@ -222,11 +230,34 @@ def _restrict(prob):
         # coordinates V_+ L_+^{1/2} preserve K, one row per factor.
         F = factor_rows(H)
         coords = (V * np.sqrt(lam)).reshape(H.shape[:-1] + (lam.size,))
-        basis = F.T @ (V / np.sqrt(lam))
+
+        def basis():
+            return F.T @ (V / np.sqrt(lam))
     else:
-        basis = V
-        coords = basis.T @ H @ basis
-    return replace(prob, hessians=np.ascontiguousarray(coords), basis=basis)
+        coords = V.T @ H @ V
+
+        def basis():
+            return V
+    return replace(prob, hessians=np.ascontiguousarray(coords), basis_fn=basis)
+
+
+def _weighted_gram(H, w):
+    """``H^T diag(w) H`` (symmetric) by two rank-k updates (BLAS ``syrk``, half
+    the flops of a general product) for large ``H``."""
+    N, r = H.shape
+    if N * r * r < 1e7:
+        return (H.T * w) @ H
+    pos = w > 0
+    neg = w < 0
+    out = np.zeros((r, r), order="F")
+    if pos.any():
+        A = (H[pos] * np.sqrt(w[pos])[:, None]).T          # Fortran order
+        out = scipy.linalg.blas.dsyrk(1.0, A, c=out, beta=1.0, overwrite_c=1)
+    if neg.any():
+        A = (H[neg] * np.sqrt(-w[neg])[:, None]).T
+        out = scipy.linalg.blas.dsyrk(-1.0, A, c=out, beta=1.0, overwrite_c=1)
+    upper = np.triu(out)
+    return upper + np.triu(out, 1).T
 
 
 def _sandwich(prob, coef, Y):
@@ -234,7 +265,7 @@ def _sandwich(prob, coef, Y):
     H = prob.hessians
     if prob.rank_one and H.ndim == 2:
         q = np.einsum("ij,ij->i", H @ Y, H)
-        return (H.T * (coef * q)) @ H
+        return _weighted_gram(H, coef * q)
     if prob.rank_one:
         # H_i Y H_i = G_i^T (G_i Y G_i^T) G_i with the k x k core G_i Y G_i^T
         N, k, r = H.shape
@@ -271,8 +302,23 @@ class OperatorAction:
 
     def __init__(self, prob):
         self._curvature = prob.curvature()
-        self.lam, self.W = np.linalg.eigh(prob.mean())
-        self.prob = prob.rotated(self.W)
+        M = prob.mean()
+        d = np.diag(M)
+        off = np.abs(M - np.diag(d)).max() if M.size else 0.0
+        scale = max(np.abs(d).max(initial=0.0), np.finfo(float).tiny)
+        if off <= _DIAGONAL_RTOL * scale:
+            # already diagonal (SGD in Gram coordinates: M = c diag(lam)): a
+            # permutation instead of an O(r^3) eigendecomposition and rotation
+            perm = np.argsort(d, kind="stable")
+            self.lam = d[perm]
+            self.W = np.eye(d.size)[:, perm]
+            H = prob.hessians
+            H = H[..., perm] if prob.rank_one else H[:, perm][:, :, perm]
+            self.prob = replace(prob, hessians=np.ascontiguousarray(H))
+        else:
+            self.lam, self.W = np.linalg.eigh(M)
+            self.prob = prob.rotated(self.W)
+        self._qdiag = None
         self._groups = []
         c = prob.mean_coef
         for b, d in self.prob.groups:
@@ -299,6 +345,35 @@ class OperatorAction:
         check_step(eta, self._curvature)
         return (Y - eta * (self.lam[:, None] + self.lam[None, :]) * Y
                 + eta**2 * self.quadratic(Y))
+
+    def quadratic_diagonal(self):
+        """``<E_kl, D(E_kl)>`` for every ``(k, l)`` (rotated basis), ``r x r``:
+        the diagonal that preconditions the eigensolvers of ``radius.py``."""
+        if self._qdiag is None:
+            H = self.prob.hessians
+            if self.prob.rank_one:
+                dH = H**2 if H.ndim == 2 else np.sum(H**2, axis=1)   # (H_i)_kk
+            else:
+                dH = np.einsum("ikk->ik", H)
+            lam = self.lam
+            out = lam[:, None] * lam[None, :]
+            out += (dH.T * self.prob.noise_coef) @ dH
+            for b, Hs, diagonal in self._groups:
+                hs = Hs if diagonal else np.diag(Hs)
+                out -= b * (hs[:, None] * hs[None, :])
+            self._qdiag = out
+        return self._qdiag
+
+    def diagonal(self, eta):
+        """``<E_kl, T(E_kl)>`` for every ``(k, l)`` (rotated basis), ``r x r``."""
+        return (1.0 - eta * (self.lam[:, None] + self.lam[None, :])
+                + eta**2 * self.quadratic_diagonal())
+
+
+#: Off-diagonal size (relative to the diagonal) below which ``M`` counts as
+#: diagonal in :class:`OperatorAction` (rounding of the Gram coordinates is
+#: ~1e-16 relative).
+_DIAGONAL_RTOL = 1e-13
 
 
 def quadratic_matrix(prob):
