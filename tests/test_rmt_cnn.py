@@ -242,3 +242,35 @@ def test_ascent_trained_cnn_fast(n, d, m):
 @pytest.mark.parametrize("m", DA.GRID["m"])
 def test_ascent_trained_cnn_grid(n, d, m):
     _check_ascent(n, d, m)
+
+
+def test_block_coherence_trained_cnn():
+    """Semi-empirical retain/forget blocks against
+    :func:`simlab.coherence.block_coherence` on trained CNNs: the measurement
+    stated in :func:`simlab.theory.rmt_cnn.cnn_block_coherence` (same seeds,
+    same forget sets) at ``(20, 1000, 5)``, SNR 0.01 and 1; tolerance 1.25 x the
+    stated worst."""
+    from simlab.coherence import block_coherence
+    from simlab.data import signal_noise
+    from simlab.dynamics.train import train_many
+    from simlab.models import CNN
+    from simlab.predict import cnn_summary, curvature_split
+
+    n, d, m = 20, 1000, 5
+    model = CNN(d, m)
+    tol = {"lam_ff": 0.02, "sigma_f": 0.02, "lam_rr": 0.069, "sigma_r": 0.069,
+           "sigma": 0.083, "s_rf": 0.06}                 # d = 1000 band for s_rf
+    for snr in (0.01, 1.0):
+        data = [signal_noise(n, d, snr=snr, seed=k) for k in (1000, 1001, 1002)]
+        res = train_many(model, data, eta=0.1, steps=200, sigma0=0.01,
+                         seeds=[1000, 1001, 1002])
+        sim, semi = [], []
+        for k, dat, r in zip((1000, 1001, 1002), data, res, strict=True):
+            fidx = np.sort(np.random.default_rng(k).choice(n, n // 5, replace=False))
+            b = block_coherence(*curvature_split(model, r.W, dat, fidx))
+            p = rmt_cnn.cnn_block_coherence(n, d, snr, m, forget_idx=fidx,
+                                            stats=cnn_summary(model, r.W, dat))
+            sim.append([getattr(b, f) for f in tol])
+            semi.append([getattr(p, f) for f in tol])
+        err = np.abs(np.mean(semi, 0) / np.mean(sim, 0) - 1)
+        assert np.all(err <= list(tol.values())), (snr, dict(zip(tol, err.round(3))))
