@@ -257,6 +257,9 @@ def _summaries(ds, snr_star, level, k_lip):
                                - ds["linear_angle_pred"].values[:, noisy]))
     crit_txt = ", ".join(f"{s:.3g}: {c:.3f} (pred {q:.3f})"
                          for s, c, q in zip(snr, crit, pred, strict=True))
+    prof = np.nanmean(ds["angle"].values[:, noisy], axis=(0, 1, 2))
+    kk = sorted({1, 2, len(prof) // 2, len(prof)})
+    k_txt = ", ".join(f"k={k}: {prof[k - 1]:.1f}" for k in kk)
     summary = (
         f"Wedin sin-theta: {violations} violations in {fin.sum()} (run, k) pairs with "
         f"a positive gap; non-vacuous (bound < 1) {100 * nonvac_k1:.1f}% at k=1, "
@@ -269,6 +272,7 @@ def _summaries(ds, snr_star, level, k_lip):
         f"{np.mean(err[har]) if har.any() else np.nan:.3f}); tail energy at k=1 "
         f"{np.mean(ds['tail_energy'].sel(k=1).values[:, noisy]):.2f}, at k=2m "
         f"{np.mean(ds['tail_energy'].isel(k=-1).values[:, noisy]):.2f}. "
+        f"Largest principal angle by k (mean over noisy runs): {k_txt}. "
         f"p_flip where the angle exceeds {level:g} deg, by SNR: {crit_txt}. "
         f"Linear min-norm angle on the same inputs vs label_noise_angle: worst "
         f"{lin_err:.1f} deg (seed mean). Kou boundary SNR* = {snr_star:.3f}. "
