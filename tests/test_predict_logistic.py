@@ -130,34 +130,46 @@ def test_tangent_is_the_limit_of_real_twin_runs(logistic_cnn):
     assert np.all((ratio > 0.05) & (ratio < 0.2)), ratio
 
 
+@pytest.mark.slow
 def test_typical_verdict_against_real_twins(logistic_cnn):
     """predict_unlearning's drift-aware lambda_typ (its own minibatches and
-    delta_0 draws) agrees with the median of (1/T) log growth of 64 real twin
-    pairs at ||delta_0|| = 1e-8 ||W||, independent seeds. Tolerance: 4 combined
+    delta_0 draws) agrees with the median of (1/T) max_t log growth of 64 real
+    twin pairs (unlearn_twins, ||delta_0|| = 1e-8 ||W||, delta_0 from the same
+    law, independent seeds; the running maximum over every second step, by
+    rerunning the same pairs to horizons 2, 4, ..., T; ~2 min on 2 loaded
+    cores, hence slow). Tolerance: 4 combined
     standard errors of the two medians (two-sided normal tail 6e-5 per
-    configuration, false-failure rate below 2e-4 for the three)."""
+    configuration, false-failure rate below 2e-4 for the three) plus the
+    2-step resolution of the twins' maximum (at most the largest two-step
+    change of log growth over T, measured on the twins themselves)."""
     model, data, W = logistic_cnn
     F = model.curvature_factors(W, data.X, data.y, "logistic")
-    T, traj, eps = 100, 64, 1e-8
+    T, traj, every = 60, 64, 2
     for alpha, eta, B in [(0.3, 1.5, 3), (0.05, 2.0, 2), (0.15, 4.0, 6)]:
         with pytest.warns(NonStationaryWarning, match="reference trajectory"):
             pred = predict_unlearning(model, W, data, FORGET, alpha=alpha, eta=eta,
                                       batch=B, forget_batch=1, horizon=T,
                                       trajectories=traj, seed=4)
         assert pred.drift and not pred.stationary
-        runs = []
+        deltas = []
         for k in range(traj):
             rng = np.random.default_rng([77, k])
             delta = (rng.standard_normal(data.n) @ F).reshape(model.shape)
-            delta *= eps * np.linalg.norm(W) / np.linalg.norm(delta)
-            runs.append(TwinRun(data=data, W=W, delta=delta, forget_idx=FORGET,
-                                alpha=alpha, eta=eta, batch=B, forget_batch=1,
-                                rng=rng))
-        _, growth = unlearn_twins(model, runs, horizon=T, escape_factor=1e300,
-                                  check_every=T, loss="logistic")
-        lyap = 0.5 * np.log(growth) / T
+            deltas.append(delta * 1e-8 * np.linalg.norm(W) / np.linalg.norm(delta))
+        logs = [np.zeros(traj)]
+        for h in range(every, T + 1, every):
+            runs = [TwinRun(data=data, W=W, delta=d, forget_idx=FORGET, alpha=alpha,
+                            eta=eta, batch=B, forget_batch=1,
+                            rng=np.random.default_rng([78, k]))
+                    for k, d in enumerate(deltas)]
+            _, growth = unlearn_twins(model, runs, horizon=h, escape_factor=1e300,
+                                      check_every=every, loss="logistic")
+            logs.append(0.5 * np.log(growth))
+        logs = np.array(logs)
+        lyap = logs.max(axis=0) / T
         se_ref = np.sqrt(np.pi / 2) * lyap.std(ddof=1) / np.sqrt(traj)
-        tol = 4 * np.hypot(se_ref, pred.lyapunov_se)
+        step = np.abs(np.diff(logs, axis=0)).max() / T
+        tol = 4 * np.hypot(se_ref, pred.lyapunov_se) + step
         assert abs(pred.lyapunov - np.median(lyap)) <= tol, (alpha, eta, B)
         assert pred.escapes == (T * pred.lyapunov >= 0.5 * np.log(1e3))
         assert pred.far == (abs(T * pred.lyapunov) > np.log(1e3))
@@ -211,3 +223,59 @@ def test_perturbation_samples_on_the_drift_path(logistic_cnn):
     b = predict_unlearning(model, W, data, FORGET,
                            perturbation_samples=[1e-6 * row, 1e-6 * row], **kw)
     assert a.lyapunov == pytest.approx(b.lyapunov, rel=1e-9, abs=1e-12)
+
+
+def _panel(params, d, m, n):
+    import json
+
+    import xarray as xr
+
+    from simlab.experiments import cnn_unlearning as cu
+
+    data = signal_noise(n, d, snr=params["snr0"], seed=0)
+    ds = xr.Dataset(attrs={"summary": "", "params": json.dumps(params)})
+    return cu._logistic_panel(ds, CNN(d, m), data, params, 0), cu.LOGISTIC
+
+
+def test_logistic_panel_bookkeeping():
+    """The logistic cnn-unlearning panel on a small grid: verdict fields follow
+    their definitions, agreement shares are recomputed from the cells, and the
+    two corner cells go the way the tangent says (a completed passage of the
+    forget margins through zero at large eta * alpha escapes; eta * alpha tiny
+    leaves delta unchanged)."""
+    from simlab.experiments.cnn_unlearning import QUICK
+
+    params = dict(QUICK, n=12, n_forget=3, logistic_train_steps=3000,
+                  logistic_horizon=200, logistic_mc_trajectories=16,
+                  trajectories=4, logistic_c=[1.0, 30.0],
+                  logistic_alpha=[0.01, 0.6])
+    ds, P = _panel(params, 40, 4, 12)
+    T, K = params["logistic_horizon"], params["escape_factor"]
+    tl = T * ds[f"{P}_lyapunov"].values
+    npt.assert_array_equal(ds[f"{P}_predicted"].values, tl >= 0.5 * np.log(K))
+    npt.assert_array_equal(ds[f"{P}_near"].values, np.abs(tl) <= np.log(K))
+    real = ds[f"{P}_escape_fraction"].values > 0.5
+    npt.assert_array_equal(ds[f"{P}_escapes"].values, real)
+    agree = real == ds[f"{P}_predicted"].values.astype(bool)
+    npt.assert_array_equal(ds[f"{P}_agree"].values, agree)
+    near = ds[f"{P}_near"].values.astype(bool)
+    assert ds.attrs[f"agreement_{P}_all"] == agree.mean()
+    if near.any():
+        assert ds.attrs[f"agreement_{P}_near"] == agree[near].mean()
+    assert ds.attrs[f"cells_{P}_far"] == (~near).sum()
+    assert float(ds[f"{P}_grad_norm"]) > 1e-5            # not stationary
+    assert real[1, 1] and ds[f"{P}_predicted"].values[1, 1]
+    assert not real[0, 0] and not ds[f"{P}_predicted"].values[0, 0]
+    assert P in ds.attrs["summary"]
+
+
+@pytest.mark.slow
+def test_logistic_panel_paper_size():
+    """Acceptance (issue 10 item 5): at paper size the typical drift-aware
+    verdict agrees with the real majority on >= 90% of far cells."""
+    from simlab.experiments.cnn_unlearning import FULL
+
+    params = dict(FULL)
+    ds, P = _panel(params, params["d"], params["m"], params["n"])
+    assert ds.attrs[f"cells_{P}_far"] >= 10
+    assert ds.attrs[f"agreement_{P}_far"] >= 0.9

@@ -89,6 +89,31 @@ paper size (seed 0) ``rho`` crosses 1 at ``alpha ~ 0.13`` (row median),
 ``lambda_typ`` crosses 0 at ``~0.18`` and the real majority escapes from
 ``~0.19-0.22``; the typical verdict agrees with it on every far cell, the
 mean-square one on ``~88%`` of them.
+
+Logistic-loss panel (``logistic_eta_alpha``: ``(eta, alpha)`` at ``B =
+logistic_batch0``, SNR ``snr0``; :func:`_logistic_panel`). The CNN of the
+source is trained on the logistic loss, where ``w*`` is never stationary
+(``||grad L|| ~ L``): the same network is trained ``logistic_train_steps`` of
+GD on the logistic loss, and the prediction is
+:func:`simlab.predict.predict_unlearning` on its drift-aware path (the tangent
+dynamics along the reference trajectory, ``logistic_mc_trajectories``
+trajectories; ``eta = c / lambda_max(J^T J / n)``, the ``l'' = 1``
+Gauss-Newton sharpness, because the logistic Hessian at ``w*`` is ``~L`` times
+smaller). What the tangent shows: ``l''_f ~ e^{-margin}`` is negligible at
+``w*``; ascent drives a forget margin ``m`` through zero, where ``l''`` peaks,
+and along the way ``d log||delta|| / d m = -sigma(m)``, so a completed passage
+amplifies ``delta`` along that sample by ``~1 + e^{m_0}`` whatever ``eta`` and
+``alpha`` (more when ``eta l'' ||grad f||^2`` exceeds 2 on the way). Escape
+therefore needs a trained margin ``m_0 >~ log(K)/2`` and a passage completed
+within the horizon (``eta alpha`` large enough): drift triggers the
+instability. Retain curvature ``~e^{-margin}`` cannot contract ``delta``
+within the horizon, so far-resisting cells (``T lambda_typ < -log K``) do not
+occur. Real twins at ``||delta_0|| = logistic_eps ||w*|| = 1e-8 ||w*||``;
+twins at ``logistic_eps_check = 1e-5`` (the squared panels' size) are scored
+too: along a drifting path a twin crosses a ReLU kink a step before or after
+the reference and the separation jumps by ``O(eta |l'| ||x||^2 / m)``, which
+at that size fakes escapes where the tangent says the perturbation does not
+grow.
 """
 
 import json
@@ -144,6 +169,13 @@ FULL = dict(
     dup_c=np.geomspace(0.2, 1.6, 12).round(3).tolist(),
     dup_batch=[1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 17, 20],
     dup_c0=0.6, dup_batch0=8,
+    # logistic-loss panel (LOGISTIC): (eta scale, alpha) at a logistic-trained
+    # minimum (snr0 data, not stationary), drift-aware prediction
+    logistic=True, logistic_train_steps=100_000, logistic_horizon=1000,
+    logistic_batch0=4, logistic_eps=1e-8, logistic_eps_check=1e-5,
+    logistic_mc_trajectories=64,
+    logistic_c=np.geomspace(0.3, 30.0, 10).round(3).tolist(),
+    logistic_alpha=np.geomspace(0.01, 0.6, 10).round(4).tolist(),
 )
 QUICK = dict(
     FULL, train_steps=2000, horizon=200, trajectories=6,
@@ -154,6 +186,8 @@ QUICK = dict(
     dup_alpha=[0.02, 0.08, 0.14, 0.2, 0.3],
     dup_c=[0.25, 0.5, 0.9, 1.6],
     dup_batch=[2, 5, 10, 20],
+    logistic_train_steps=5000, logistic_horizon=300, logistic_mc_trajectories=32,
+    logistic_c=[1.0, 10.0, 30.0], logistic_alpha=[0.01, 0.1, 0.6],
 )
 
 #: heatmap name -> (row axis, column axis)
@@ -296,6 +330,10 @@ def run(quick=False, seed=0, **overrides):
         ``<panel>_between``, with ``frontier_<panel>_alpha_*`` (row medians) and
         ``between_<panel>_{cells,real_escaping}`` in ``attrs``;
         ``dup_sharpness`` and ``dup_train_loss`` describe their minimum.
+        With ``logistic`` (default) the logistic-loss panel
+        ``logistic_eta_alpha`` is added (:func:`_logistic_panel`; its agreement
+        keys ``agreement_[ms_|eps_check_]logistic_eta_alpha_*`` are not pooled
+        with the squared-loss panels).
         Runtime on 2 shared cores: quick ~10-30 s; full ~90 s for the three
         random-forget panels, ~6 min for the two duplicate panels (under a
         load of ~13).
@@ -454,6 +492,8 @@ def run(quick=False, seed=0, **overrides):
                                  "E||delta_0||^2 for some t <= horizon"),
     )
     ds_out.attrs["summary"] = _summary(ds_out.attrs)
+    if params["logistic"]:
+        _logistic_panel(ds_out, model, minima[float(params["snr0"])][0], params, seed)
     return ds_out
 
 
@@ -533,13 +573,183 @@ def _summary(a):
             + f"; max training loss {a['max_train_loss']:.1e}")
 
 
+# ---------------------------------------------------------------------------
+# logistic-loss panel: drift-aware prediction (THEORY 10.0, logistic paragraph)
+# ---------------------------------------------------------------------------
+
+#: The logistic-loss heatmap: (eta scale, alpha) at a logistic-trained minimum.
+LOGISTIC = "logistic_eta_alpha"
+
+
+def _logistic_minimum(model, data, params, seed):
+    """The CNN trained on the logistic loss (same data set and initialisation
+    seed as the squared-loss minimum at ``snr0``), ``logistic_train_steps`` of
+    full-batch GD: never stationary, ``||grad L|| ~ L``."""
+    from ..dynamics.train import train
+
+    return train(model, data, eta=params["train_eta"],
+                 steps=int(params["logistic_train_steps"]), loss="logistic",
+                 sigma0=params["sigma0"], seed=seed,
+                 record_every=int(params["logistic_train_steps"]))
+
+
+def _logistic_panel(ds_out, model, data, params, seed):
+    """Add the logistic-loss panel ``LOGISTIC`` to ``ds_out`` (in place).
+
+    Real runs: twin pairs from the logistic-trained ``W`` and ``W + delta_0``
+    (``||delta_0|| = logistic_eps ||W||``), same minibatches, scored like the
+    squared-loss panels. Prediction: :func:`simlab.predict.predict_unlearning`
+    on its drift-aware path (``W`` is not stationary): the tangent dynamics
+    along ``logistic_mc_trajectories`` reference runs, typical verdict
+    ``T lambda_typ >= log(K)/2``, mean-square verdict from the Monte-Carlo
+    ``E||delta_t||^2``. The learning rate is ``eta = c / lambda_max(J^T J / n)``
+    (the Gauss-Newton sharpness with ``l'' = 1``; the logistic Hessian at ``W``
+    is ``~L`` times smaller and would make ``c`` meaningless). A second set of
+    twins at ``logistic_eps_check`` (the squared panels' ``1e-5``; same
+    minibatches and directions) is scored too: along a drifting path the ReLU
+    kinks make twins at that size jump apart (``predict_unlearning`` Notes).
+    """
+    import warnings
+
+    from ..dynamics.unlearn import TwinRun, unlearn_twins
+    from ..predict import NonStationaryWarning
+
+    panel = LOGISTIC
+    res = _logistic_minimum(model, data, params, seed)
+    W = res.W
+    n_f = int(params["n_forget"])
+    forget = np.arange(n_f)
+    n_r = data.n - n_f
+    K, T = float(params["escape_factor"]), int(params["logistic_horizon"])
+    B = int(params["logistic_batch0"])
+    Bf = check_forget_batch(None, B, n_r, n_f)
+    sharp_gn = sharpness(model.curvature_factors(W, data.X, data.y, "squared"))
+    F = model.curvature_factors(W, data.X, data.y, "logistic")
+    margins = data.y * model.forward(W, data.X)
+    rows, cols = params["logistic_c"], params["logistic_alpha"]
+    shape = (len(rows), len(cols))
+    n_traj = int(params["trajectories"])
+    v = {k: np.empty(shape) for k in ("rho", "kappa", "tesc", "tstart", "lyap",
+                                      "lyap_se", "prob")}
+    pred, pred_ms, far = (np.empty(shape, dtype=bool) for _ in range(3))
+    runs = {e: [] for e in ("eps", "eps_check")}
+    grad_norm = np.nan
+    for c_i, (c, alpha) in enumerate((c, a) for c in rows for a in cols):
+        idx = np.unravel_index(c_i, shape)
+        eta = float(c) / sharp_gn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NonStationaryWarning)
+            pr = predict_unlearning(
+                model, W, data, forget, alpha=float(alpha), eta=eta, batch=B,
+                forget_batch=Bf, scheme=params["scheme"], loss="logistic",
+                escape_factor=K, horizon=T,
+                trajectories=int(params["logistic_mc_trajectories"]), seed=seed)
+        if not pr.drift:
+            raise RuntimeError("the logistic minimum came out stationary")
+        grad_norm = pr.grad_norm
+        v["rho"][idx], v["kappa"][idx] = pr.rho, pr.kappa_plus
+        v["tesc"][idx], v["tstart"][idx] = (pr.asymptotic_escape_time,
+                                            pr.ms_escape_time)
+        v["lyap"][idx], v["lyap_se"][idx] = pr.lyapunov, pr.lyapunov_se
+        v["prob"][idx] = pr.escape_probability
+        pred[idx], pred_ms[idx], far[idx] = pr.escapes, pr.ms_escapes, pr.far
+        for key in runs:
+            eps = float(params[f"logistic_{key}"])
+            for k in range(n_traj):
+                rng = np.random.default_rng(
+                    [seed, _streams.CNN_UNLEARNING_RUNS, len(PANELS), c_i, k])
+                delta = (rng.standard_normal(data.n) @ F).reshape(model.shape)
+                delta *= eps * np.linalg.norm(W) / np.linalg.norm(delta)
+                runs[key].append(TwinRun(
+                    data=data, W=W, delta=delta, forget_idx=forget,
+                    alpha=float(alpha), eta=eta, batch=B, forget_batch=Bf, rng=rng))
+    frac, ms = {}, {}
+    for key, rs in runs.items():
+        escaped, growth = unlearn_twins(
+            model, rs, horizon=T, scheme=params["scheme"], escape_factor=K,
+            check_every=int(params["check_every"]), loss="logistic")
+        frac[key] = escaped.reshape(shape + (n_traj,)).mean(axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ms[key] = np.mean(np.minimum(growth.reshape(shape + (n_traj,)), 1e300),
+                              axis=-1)
+    real = frac["eps"] > 0.5
+    real_check = frac["eps_check"] > 0.5
+    near = ~far
+    agree, agree_ms = real == pred, real == pred_ms
+    dims = (f"{panel}_row", f"{panel}_col")
+    ds_out.coords[dims[0]] = (dims[0], np.asarray(rows, dtype=float),
+                              {"long_name": "eta * lambda_max(J^T J / n) at w*"})
+    ds_out.coords[dims[1]] = (dims[1], np.asarray(cols, dtype=float),
+                              {"long_name": _LABELS["alpha"]})
+    for key, val, text in [
+        ("escape_fraction", frac["eps"], "fraction of twin runs (||delta_0|| = "
+         "logistic_eps ||w*||) whose separation reached K ||delta_0||^2 within "
+         "the horizon"),
+        ("escapes", real.astype(np.int8), "real verdict: escape fraction > 1/2"),
+        ("ms_growth", ms["eps"], "mean over runs of ||W'-W||^2/||delta_0||^2 at "
+         "the horizon (or at escape)"),
+        ("escape_fraction_eps_check", frac["eps_check"], "escape fraction of twins "
+         "at ||delta_0|| = logistic_eps_check ||w*|| (same minibatches)"),
+        ("agree_eps_check", (real_check == pred).astype(np.int8),
+         "real (logistic_eps_check twins) == typical verdict"),
+        ("rho", v["rho"], "rho(T_u) of the Hessians at w* (start of the path)"),
+        ("kappa_plus", v["kappa"], "net ascent curvature at w*"),
+        ("asymptotic_escape_time", v["tesc"], "log K / log rho at w*"),
+        ("ms_escape_time", v["tstart"], "Monte-Carlo mean-square escape time "
+         "along the reference trajectories (inf: not within the horizon)"),
+        ("ms_predicted", pred_ms.astype(np.int8), "mean-square verdict (drift-"
+         "aware Monte Carlo)"),
+        ("lyapunov", v["lyap"], "lambda_typ: median per-step growth rate of "
+         "||delta_t|| in the tangent dynamics along the reference trajectory"),
+        ("lyapunov_se", v["lyap_se"], "standard error of lambda_typ"),
+        ("escape_probability", v["prob"], "tangent Monte Carlo: fraction of "
+         "trajectories reaching K ||delta_0||^2 within the horizon"),
+        ("predicted", pred.astype(np.int8), "typical verdict: horizon * "
+         "lambda_typ >= log(K) / 2"),
+        ("near", near.astype(np.int8), "near the typical boundary: |horizon * "
+         "lambda_typ| <= log K"),
+        ("agree", agree.astype(np.int8), "real == typical verdict"),
+        ("agree_ms", agree_ms.astype(np.int8), "real == mean-square verdict"),
+    ]:
+        ds_out[f"{panel}_{key}"] = (dims, val, {"long_name": text})
+    for key, val, text in [
+        ("sharpness_gn", sharp_gn, "lambda_max(J^T J / n) at the logistic w*"),
+        ("train_loss", float(res.history.train_loss.values[-1]),
+         "final logistic training loss"),
+        ("grad_norm", grad_norm, "||grad L(w*)|| (logistic)"),
+        ("margin_forget", float(np.median(margins[forget])),
+         "median margin y f of the forget samples at w*")]:
+        ds_out[f"{panel}_{key}"] = ((), val, {"long_name": text})
+    a = {}
+    for name, ag, rl in (("", agree, real), ("ms_", agree_ms, real),
+                         ("eps_check_", real_check == pred, real_check)):
+        for k, val in _agreement_attrs({panel: (ag, near, rl)}).items():
+            if panel in k and (name == "" or k.startswith("agreement_")):
+                a[k.replace("agreement_", f"agreement_{name}")] = val
+    ds_out.attrs.update(a)
+    ds_out.attrs["summary"] += (
+        f"; {panel} (logistic loss, drift-aware prediction along the reference "
+        f"trajectory, train loss {float(res.history.train_loss.values[-1]):.1e}, "
+        f"forget margins ~{float(np.median(margins[forget])):.1f}): typical far "
+        f"{a[f'agreement_{panel}_far']:.0%} ({a[f'cells_{panel}_far']} cells: "
+        f"{a[f'cells_{panel}_far_escaping']} escaping, "
+        f"{a[f'cells_{panel}_far_resisting']} resisting), near "
+        f"{a[f'agreement_{panel}_near']:.0%} ({a[f'cells_{panel}_near']} cells); "
+        f"mean-square far {a[f'agreement_ms_{panel}_far']:.0%}, near "
+        f"{a[f'agreement_ms_{panel}_near']:.0%}; twins at "
+        f"{params['logistic_eps_check']:g} ||w*||: typical far "
+        f"{a[f'agreement_eps_check_{panel}_far']:.0%}, near "
+        f"{a[f'agreement_eps_check_{panel}_near']:.0%}")
+    return ds_out
+
+
 def plot(ds):
     """One heatmap per panel: real escape fraction, predicted boundaries."""
     from matplotlib.figure import Figure
 
     params = json.loads(ds.attrs["params"])
     K, T = params["escape_factor"], params["horizon"]
-    panels = [p for p in PANELS if f"{p}_escape_fraction" in ds]
+    panels = [p for p in (*PANELS, LOGISTIC) if f"{p}_escape_fraction" in ds]
     n_rows = -(-len(panels) // 3)
     fig = Figure(figsize=(15, 4.6 * n_rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(n_rows, 3)).ravel()
@@ -551,7 +761,9 @@ def plot(ds):
              "dup_eta_alpha": f"duplicate forget, SNR={params.get('snr0')}, "
                               f"B={params.get('dup_batch0')}",
              "dup_batch_alpha": f"duplicate forget, SNR={params.get('snr0')}, "
-                                f"c={params.get('dup_c0')}"}
+                                f"c={params.get('dup_c0')}",
+             LOGISTIC: f"LOGISTIC loss, drift-aware, T={params.get('logistic_horizon')}"
+                       f", B={params.get('logistic_batch0')}"}
     im = None
     for ax, panel in zip(axes, panels, strict=False):
         r, c = f"{panel}_row", f"{panel}_col"
@@ -560,7 +772,8 @@ def plot(ds):
         x, y = np.arange(xv.size), np.arange(yv.size)
         im = ax.pcolormesh(x, y, ds[f"{panel}_escape_fraction"].values,
                            shading="nearest", vmin=0, vmax=1, cmap="viridis")
-        tl = T * ds[f"{panel}_lyapunov"].values
+        tl = ((params["logistic_horizon"] if panel == LOGISTIC else T)
+              * ds[f"{panel}_lyapunov"].values)
         if np.nanmin(tl) < 0.5 * np.log(K) < np.nanmax(tl):
             ax.contour(x, y, tl, levels=[0.5 * np.log(K)], colors="r",
                        linewidths=2.0)
