@@ -151,7 +151,10 @@ DESCRIPTION = ("Escape fraction of real descent-ascent unlearning runs of a two-
                "= log(K)/2 (red; the verdict scored against the majority of runs), "
                "the mean-square boundary from the delta_0 law (cyan dotted) and "
                "rho(T_u) = 1 (white dashed, where present); crosses mark cells where "
-               "the real majority verdict and the typical prediction disagree.")
+               "the real majority verdict and the typical prediction disagree. "
+               "Logistic panel (eta, alpha): the CNN trained on the logistic loss "
+               "(not stationary), real twins at 1e-8 ||w*|| scored against the "
+               "drift-aware prediction (tangent along the reference trajectory).")
 
 FULL = dict(
     n=20, n_forget=4, d=200, m=10, sigma_p=1.0, sigma0=0.1, train_eta=0.1,
