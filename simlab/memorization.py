@@ -25,12 +25,14 @@ part too, a change unrelated to curvature ranking. For the linear model's
 min-norm interpolator (the limit of GD from ``w = 0``) both coincide.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse.linalg as spla
 from scipy import optimize, special
 
+from ._blas import serial_blas
 from ._validation import check_int, check_positive, check_real
 from .curvature import eigenbasis
 from .models import kernels as K
@@ -90,6 +92,7 @@ def _top_eigvec(model, Wk, Xp, y, lid, F, exact_rank_one, seed=0):
     return float(lam[0]), V[:, 0]
 
 
+@serial_blas
 def curvature_scores(model, W, data, *, loss="logistic", damping=None):
     """Per-sample curvature scores at ``W`` (THEORY 10.2).
 
@@ -253,6 +256,7 @@ class KFAC:
         return self.g_values[:, None] * self.a_values[None, :]
 
 
+@serial_blas
 def kfac(model, W, data, *, loss="logistic"):
     """K-FAC factors of the filter layer at ``W`` (see :class:`KFAC`).
 
@@ -296,6 +300,7 @@ def _keep_mask(mass, keep):
     return mask.reshape(mass.shape)
 
 
+@serial_blas
 def edit(model, W, data, *, keep, loss="logistic", W0=None, basis=None):
     """Curvature-basis edit (Merullo et al.): keep the K-FAC components carrying
     a fraction ``keep`` of the curvature mass.
@@ -420,6 +425,7 @@ def _mp_quantiles(c, probs):
     return np.interp(1.0 - np.asarray(probs), cdf, xs)
 
 
+@functools.lru_cache(maxsize=4096)
 def _overlaps(n, d, snr, k):
     """Squared overlaps ``alpha_j^2`` of the top-``k`` eigenvectors of
     ``K = Z Z^T`` with ``y_clean / sqrt(n)`` (deterministic equivalents)."""
@@ -484,7 +490,7 @@ def predict_recitation_linear(n, d, snr, k, n_flipped):
         return dict(recitation=0.0, clean_acc=0.0)
     rho = nf / n
     tau = 1.0 - 2.0 * rho
-    A = float(_overlaps(n, d, snr, k).sum())       # y_hat^T P_k y_hat
+    A = float(_overlaps(n, d, float(snr), k).sum())       # y_hat^T P_k y_hat
     N = n - 1
     m1 = (k - A) / N                               # tr(Q P Q) / N
     s2 = (k - 2.0 * A + A * A) / N                 # tr((Q P Q)^2) / N

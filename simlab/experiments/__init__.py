@@ -20,6 +20,7 @@ REGISTRY = {
     "cnn-coherence": "simlab.experiments.cnn_coherence",
     "benign-overfitting": "simlab.experiments.benign_overfitting",
     "cnn-unlearning": "simlab.experiments.cnn_unlearning",
+    "memorization-curvature": "simlab.experiments.memorization_curvature",
     "stable-minima": "simlab.experiments.stable_minima",
     "edge-of-stability": "simlab.experiments.edge_of_stability",
     "label-noise-subspace": "simlab.experiments.label_noise_subspace",

@@ -181,6 +181,7 @@ CELL_EXPERIMENTS = {
     "stable-minimum": "simlab.experiments.stable_minima:StableMinimum",
     "gd-sharpness": "simlab.experiments.edge_of_stability:GDSharpness",
     "label-noise": "simlab.experiments.label_noise_subspace:LabelNoiseCell",
+    "memorization": "simlab.experiments.memorization_curvature:MemorizationCell",
 }
 
 
