@@ -88,7 +88,12 @@ rare batches while a typical run contracts, and the real majority resists. At
 paper size (seed 0) ``rho`` crosses 1 at ``alpha ~ 0.13`` (row median),
 ``lambda_typ`` crosses 0 at ``~0.18`` and the real majority escapes from
 ``~0.19-0.22``; the typical verdict agrees with it on every far cell, the
-mean-square one on ``~88%`` of them.
+mean-square one on ``~88%`` of them (seed 1: 100% and 92-93%). ``kappa_+``
+crosses 0 at ``alpha = 0.165 ~ n_f / (n_r + n_f)`` on every row: at full
+batch the three frontiers meet there; minibatch noise moves ``rho = 1`` to
+smaller ``alpha`` and ``lambda_typ = 0`` to larger ``alpha``, and the real runs
+follow ``lambda_typ``: far cells between the frontiers (``rho`` up to
+``~1.7``) never escape.
 
 Logistic-loss panel (``logistic_eta_alpha``: ``(eta, alpha)`` at ``B =
 logistic_batch0``, SNR ``snr0``; :func:`_logistic_panel`). The CNN of the
