@@ -604,3 +604,26 @@ def test_davidson_matches_lanczos_gaussian_family():
                     spectral_radius(G, c * eta, B, scheme=scheme, **kw),
                     spectral_radius(G, c * eta, B, scheme=scheme, method="lanczos",
                                     **kw), rtol=RTOL)
+
+
+@pytest.mark.parametrize("n_f, kinds", [(2, {"lowrank", "complement"}),
+                                        (9, {"dense"})])
+@pytest.mark.parametrize("scheme", ["with", "without"])
+def test_operator_action_group_forms(scheme, n_f, kinds):
+    """The factored forms of the set-mean terms H_s Y H_s (small set through
+    its factors, the other through M) equal the dense operator matrix."""
+    from simlab.stability.operator import OperatorAction, quadratic_matrix
+
+    rng = np.random.default_rng(13)
+    G = rng.standard_normal((12, 10))
+    prob = build_problem(G, 3, scheme=scheme, forget=G[:n_f].copy(), alpha=0.3,
+                         forget_batch=1)
+    act = OperatorAction(prob)
+    assert {g[1] for g in act._groups} == kinds
+    Y = _sym(rng, prob.dim)
+    ref = (quadratic_matrix(act.prob) @ Y.ravel()).reshape(Y.shape)
+    npt.assert_allclose(act.quadratic(Y), ref, rtol=1e-10,
+                        atol=1e-10 * np.abs(ref).max())
+    diag = act.quadratic_diagonal()
+    npt.assert_allclose(diag.ravel(), np.diag(quadratic_matrix(act.prob)),
+                        rtol=1e-10, atol=1e-10 * np.abs(diag).max())
