@@ -347,8 +347,13 @@ def checks(ds):
                                       - 1.0))) if np.any(lin) else np.nan
     edge = ds["label"].values == "edge of stability"
     counts = {c: int(np.sum(ds["label"].values == c)) for c in CLASSES}
+    relu = ds["model"].values == "relu"
+    relu_max = ds["ceiling_ratio_max"].values[relu]
     out = {
         "ceiling_max_ratio": float(np.nanmax(ratio)),
+        "ceiling_relu_run_max_ratio_quantiles": json.dumps(
+            np.quantile(relu_max, [0.0, 0.5, 1.0]).round(4).tolist()
+            if relu.any() else []),
         "ceiling_violations": int(np.sum(ratio > 1.0 + 1e-9)),
         "ceiling_checked_states": int(np.sum(np.isfinite(ratio))),
         "linear_squared_max_rel_change": lin_sq,
@@ -363,9 +368,10 @@ def checks(ds):
             [float(b[:, 0].min()), float(np.median(b[:, 2])), float(b[:, 4].max())])
     out["summary"] = (
         f"{len(ds.run)} runs: " + ", ".join(f"{c} {k}" for c, k in counts.items())
-        + f"; ceiling never exceeded ({out['ceiling_violations']} violations on "
-        f"{out['ceiling_checked_states']} states, max S/S_ceil "
-        f"{out['ceiling_max_ratio']:.3f}); linear squared |S_t/S_0 - 1| <= "
+        + f"; ceiling: {out['ceiling_violations']} violations on "
+        f"{out['ceiling_checked_states']} states (ReLU runs: max S_t/S_ceil per run "
+        f"min/median/max {out['ceiling_relu_run_max_ratio_quantiles']}; linear: "
+        f"exact); linear squared |S_t/S_0 - 1| <= "
         f"{lin_sq:.1e}, linear logistic max S_t/S_0 - 1 = {lin_lg:.1e}")
     return out
 
