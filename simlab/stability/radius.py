@@ -32,6 +32,7 @@ from .._validation import (
     check_perturbation_law,
     check_positive,
     check_step,
+    sample_curvature,
 )
 from ..curvature import range_eig
 from .operator import (
@@ -73,7 +74,8 @@ def _radius(prob, eta, method="auto"):
         diag = act.diagonal(eta)
         J, sub = _dense_block(act, diag)
         L, Q = np.linalg.eigh(operator_matrix(sub, eta))
-        return _davidson_top(lambda Y: act.operator(eta, Y), diag, (J, Q, L))
+        return _davidson_top(lambda Y: act.operator(eta, Y), diag, (J, Q, L),
+                             _sample_starts(act))
     if r * r <= 2:
         raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
     return _lanczos_top(lambda Y: act.operator(eta, Y), r)
@@ -82,7 +84,10 @@ def _radius(prob, eta, method="auto"):
 #: Largest search space of :func:`_davidson_top` before a restart, and the
 #: Ritz vectors kept at a restart.
 _DAVIDSON_BASIS = 20
-_DAVIDSON_KEEP = 6
+_DAVIDSON_KEEP = 4
+#: Memory (bytes) for the Davidson basis and its image; caps the basis size
+#: for large ``r`` (``r = 2000``: 10 vectors, 640 MB).
+_DAVIDSON_MEMORY = 640e6
 #: Residual tolerance of :func:`_davidson_top`, relative to the eigenvalue:
 #: a rigorous bound on its error (Weinstein), so 1e-10 keeps every result
 #: within 1e-9 of the ARPACK Lanczos solver (``config.ARPACK_TOL`` = 1e-12),
@@ -94,7 +99,8 @@ _DAVIDSON_RTOL = 1e-10
 _DAVIDSON_BLOCK = 24
 
 
-def _davidson_top(matvec, diag, block=None, *, rtol=None, maxiter=2000):
+def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
+                  maxiter=2000):
     """Largest eigenvalue of a symmetric operator on ``r x r`` symmetric
     matrices by Davidson's method, preconditioned by its diagonal ``diag``
     and, optionally, by the exact operator on one ``k x k`` block.
@@ -112,7 +118,7 @@ def _davidson_top(matvec, diag, block=None, *, rtol=None, maxiter=2000):
     matrices supported on ``J x J``, inverts that part exactly (with Olsen's
     correction against stagnation) and gives the start vector (its Perron
     eigenmatrix, PSD). The identity (which overlaps every PSD eigenmatrix,
-    THEORY section 4) is the other start vector. Stops at
+    THEORY section 4) and ``starts`` (``r x r``) are the other start vectors. Stops at
     ``|T x - theta x| <= rtol |theta|`` (ARPACK's criterion; ``rtol`` =
     ``_DAVIDSON_RTOL``), which bounds the distance of ``theta`` to an
     eigenvalue by ``rtol |theta|`` (and by ``|r|^2 / gap``, Kato-Temple: in
@@ -121,11 +127,14 @@ def _davidson_top(matvec, diag, block=None, *, rtol=None, maxiter=2000):
     rtol = _DAVIDSON_RTOL if rtol is None else rtol
     r = diag.shape[0]
     full = r * (r + 1) // 2
-    m_max = min(_DAVIDSON_BASIS, full)
+    # basis and its image: 16 r^2 bytes per vector pair, kept within budget
+    m_max = int(np.clip(_DAVIDSON_MEMORY // (16 * r * r), 2 * _DAVIDSON_KEEP,
+                        _DAVIDSON_BASIS))
+    m_max = min(m_max, full)
     V = np.empty((m_max, r * r))
     TV = np.empty((m_max, r * r))
     d = diag.ravel()
-    starts = [np.eye(r).ravel()]
+    starts = [np.eye(r).ravel()] + [np.ravel(x) for x in starts]
     if block is not None:
         J, Q, L = block
         k = J.size
@@ -197,6 +206,29 @@ def _davidson_top(matvec, diag, block=None, *, rtol=None, maxiter=2000):
             small[:m, :m] = np.diag(lam[-m:])
     raise RuntimeError(f"Davidson iteration did not converge in {maxiter} steps "
                        f"(last estimate {theta}); use method='lanczos'")
+
+
+#: Samples whose curvature ``H_i`` seeds the Davidson search space.
+_SAMPLE_STARTS = 4
+
+
+def _sample_starts(act, q=_SAMPLE_STARTS):
+    """``H_i`` (rotated coordinates) of the ``q`` samples with the largest
+    sampling weight ``a_i lambda_max(H_i)^2``: where the sampling noise
+    dominates (small batches, ``eta`` far below ``2 / lambda_max(M)``) the
+    top eigenmatrix concentrates on single samples (THEORY section 11's
+    single-sample mode), which these start vectors contain."""
+    prob = act.prob
+    H = prob.hessians
+    a = prob.noise_coef
+    if not np.any(a > 0):
+        return []
+    top = np.argsort(a * sample_curvature(H, prob.rank_one) ** 2)[::-1]
+    top = top[:q][a[top[:q]] > 0]
+    if not prob.rank_one:
+        return [H[i] for i in top]
+    G = H if H.ndim == 3 else H[:, None, :]
+    return [G[i].T @ G[i] for i in top]
 
 
 def _dense_block(act, weight, k=None):
@@ -397,7 +429,8 @@ def _critical_geneig(prob, act=None, lanczos=False):
             J, sub = _dense_block(act, diag)
             s = S[np.ix_(J, J)].ravel()
             L, Q = np.linalg.eigh(s[:, None] * quadratic_matrix(sub) * s[None, :])
-            mu = _davidson_top(lambda Y: S * act.quadratic(S * Y), diag, (J, Q, L))
+            mu = _davidson_top(lambda Y: S * act.quadratic(S * Y), diag, (J, Q, L),
+                               [X / S for X in _sample_starts(act)])
     # D contains a PSD sampling part and M (x) M scaled by (1 - b) >= 0, so
     # mu > 0 whenever M is positive definite.
     return 2.0 / mu if mu > 0 else np.inf
