@@ -257,6 +257,8 @@ def _summaries(ds, snr_star, level, k_lip):
                                - ds["linear_angle_pred"].values[:, noisy]))
     crit_txt = ", ".join(f"{s:.3g}: {c:.3f} (pred {q:.3f})"
                          for s, c, q in zip(snr, crit, pred, strict=True))
+    n_txt = ("; few draws, nested flips: not the n >= 50, >= 40-draw acceptance "
+             "check, which derivations/label_noise.py makes")
     prof = np.nanmean(ds["angle"].values[:, noisy], axis=(0, 1, 2))
     kk = sorted({1, 2, len(prof) // 2, len(prof)})
     k_txt = ", ".join(f"k={k}: {prof[k - 1]:.1f}" for k in kk)
@@ -275,7 +277,8 @@ def _summaries(ds, snr_star, level, k_lip):
         f"Largest principal angle by k (mean over noisy runs): {k_txt}. "
         f"p_flip where the angle exceeds {level:g} deg, by SNR: {crit_txt}. "
         f"Linear min-norm angle on the same inputs vs label_noise_angle: worst "
-        f"{lin_err:.1f} deg (seed mean). Kou boundary SNR* = {snr_star:.3f}. "
+        f"{lin_err:.1f} deg (mean of {ds.sizes['replicate']} seeds{n_txt}). "
+        f"Kou boundary SNR* = {snr_star:.3f}. "
         f"LIP (k={k_lip}) clean test error: " + "; ".join(rows))
     return {"summary": summary, "wedin_violations": violations,
             "wedin_nonvacuous_k1": nonvac_k1, "wedin_nonvacuous_all": nonvac_all,
