@@ -389,9 +389,9 @@ def plot(ds):
     axs[1, 1].set_xlabel("u = n SNR^2")
     axs[1, 0].set_title(f"n_f = {n_f}; markers: alpha = "
                         + ", ".join(f"{a:g}" for a in ds.alpha.values)
-                        + "; dashed: r = 1 in the d >> n limit (alpha = "
-                        + f"{alpha_show:g}, where it exists); dotted: u = n SNR^2 = 1",
-                        fontsize=7)
+                        + "; dotted: u = n SNR^2 = 1 (falls claimed above)\n"
+                        + "dashed: r = 1 in the d >> n limit at this n (alpha = "
+                        + f"{alpha_show:g}; only where it exists)", fontsize=7)
     axs[0, 0].set_title("dotted: q = SNR^2 d / sqrt(d - 1) = 1 (monotone claimed "
                         "above; below: follows RMT)", fontsize=7)
     axs[0, 0].legend(fontsize=7)
