@@ -45,9 +45,11 @@ Measured on the cnn-unlearning figure's snr_alpha panel (squared loss,
 ``n = 20, n_f = 4, d = 200, m = 10``, ``c = 0.15``, horizon 300; data of
 ``figures/cnn-unlearning.nc``): the smallest escaping ``alpha`` is 0.032 for
 SNR <= 0.27 and rises to 0.057, 0.17, 0.30 at SNR 0.42, 0.65, 1, while
-``kappa_+`` at ``alpha = 0.032`` *rises* from 0.167 to 0.209 and the sharpness
-from 1.24 to 13.8; ``r`` at the smallest escaping ``alpha`` stays between
-0.11 and 0.18 at every SNR: the escape threshold is a threshold in ``r``.
+``kappa_+`` at ``alpha = 0.032`` *rises* from 0.167 to 0.209 (x1.25; the
+class-symmetric signal branch allows at most ``(1-alpha) n / ((1-2 alpha)
+n_r)`` = x1.29) and the sharpness from 1.24 to 13.8; ``r`` at the smallest
+escaping ``alpha`` stays between 0.11 and 0.18 at every SNR: the escape
+threshold is a threshold in ``r``.
 """
 
 import numpy as np
