@@ -463,17 +463,6 @@ def test_second_writer_refused_when_this_process_first(tmp_path, monkeypatch, po
     xr.testing.assert_identical(ds.drop_attrs(), ref.drop_attrs())
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def test_dask_equals_cpu(tmp_path, dask_client):
     cpu = run_sweep(SPEC, tmp_path / "cpu.zarr", batch_size=4).load()
     dsk = run_sweep(SPEC, tmp_path / "dask.zarr", backend="dask", client=dask_client,

@@ -142,17 +142,6 @@ def test_changed_source_refused_unless_restart(tmp_path, monkeypatch):
     assert int(ds["done"].sum()) == 8
 
 
-@pytest.fixture(scope="module")
-def dask_client():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 @pytest.mark.slow
 def test_dask_runs_user_cells_like_cpu(tmp_path, dask_client):
     spec = parse_spec(SQUARE)
