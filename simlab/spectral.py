@@ -245,17 +245,19 @@ def curvature_tail(w, Z, k):
 
 
 def _gram_parts(Z, y_a, y_b):
+    """Validated ``(Z, K = Z Z^T, y_a, y_b)``; ``K`` must be invertible."""
     Z = as_float_array(Z, "Z", ndim=2)
     n, d = Z.shape
     y_a = check_labels(y_a, n, "y_a")
     y_b = check_labels(y_b, n, "y_b")
     if n > d:
         raise ValueError(f"Z has n={n} rows > d={d} columns: no exact interpolator")
-    lam, U = np.linalg.eigh(Z @ Z.T)
+    K = Z @ Z.T
+    lam = np.linalg.eigvalsh(K)
     if lam[0] <= max(n, d) * np.finfo(float).eps * lam[-1]:
         raise ValueError("Z is rank deficient: the minimum-norm interpolator is "
                          "not defined")
-    return lam, U, y_a, y_b
+    return Z, K, y_a, y_b
 
 
 @serial_blas
@@ -267,32 +269,29 @@ def min_norm_angle(Z, y_a, y_b):
     ``cos = y_a^T K^{-1} y_b / sqrt(y_a^T K^{-1} y_a  y_b^T K^{-1} y_b)``
     (``derivations/label_noise.py``).
     """
-    lam, U, a, b = _gram_parts(Z, y_a, y_b)
-    pa, pb = U.T @ a, U.T @ b
-    ab, aa, bb = np.sum(pa * pb / lam), np.sum(pa**2 / lam), np.sum(pb**2 / lam)
-    return float(np.degrees(np.arccos(np.clip(ab / np.sqrt(aa * bb), -1.0, 1.0))))
+    _, K, a, b = _gram_parts(Z, y_a, y_b)
+    sa, sb = np.linalg.solve(K, np.column_stack([a, b])).T
+    cos = (a @ sb) / np.sqrt((a @ sa) * (b @ sb))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
 @serial_blas
 def min_norm_split(Z, y_a, y_b, k=1):
-    """Share of ``||w_b - w_a||^2`` along the top-``k`` curvature directions.
+    """Share of ``||w_b - w_a||^2`` along the top-``k`` curvature directions
+    (``nan`` if ``y_a = y_b``); the rest lies in the bulk.
 
     ``w_a, w_b`` are the min-norm interpolators of ``(Z, y_a)``, ``(Z, y_b)``;
-    the directions are the top eigenvectors ``v_j = Z^T u_j / sqrt(lambda_j)``
-    of ``Z^T Z`` (``K u_j = lambda_j u_j``, ``K = Z Z^T``), along which
-    ``<v_j, Z^T K^{-1} e> = u_j^T e / sqrt(lambda_j)``; hence, with
-    ``e = y_b - y_a``, the share is
-    ``sum_{j <= k} (u_j^T e)^2 / lambda_j / e^T K^{-1} e`` (``nan`` if
-    ``y_a = y_b``). The rest lies in the bulk.
+    the directions are the top eigenvectors of ``Z^T Z / n`` from
+    :func:`simlab.curvature.eigenbasis`, i.e. ``1 - curvature_tail(w_b - w_a,
+    Z, k)``. In Gram form (``derivations/label_noise.py``), with ``K u_j =
+    lambda_j u_j`` (``K = Z Z^T``) and ``e = y_b - y_a``, the share is
+    ``sum_{j <= k} (u_j^T e)^2 / lambda_j / e^T K^{-1} e``.
     """
-    lam, U, a, b = _gram_parts(Z, y_a, y_b)
-    k = check_int(k, "k", low=1, high=lam.size)
-    pe = U.T @ (b - a)
-    energy = pe**2 / lam
-    total = float(energy.sum())
-    if total == 0.0:
+    Z, K, a, b = _gram_parts(Z, y_a, y_b)
+    e = b - a
+    if not e.any():
         return float("nan")
-    return float(energy[::-1][:k].sum() / total)
+    return 1.0 - curvature_tail(Z.T @ np.linalg.solve(K, e), Z, k)
 
 
 # --------------------------------------------------------------------------
