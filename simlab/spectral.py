@@ -299,7 +299,7 @@ def min_norm_split(Z, y_a, y_b, k=1):
 # --------------------------------------------------------------------------
 
 @serial_blas
-def lip(model, W, data, k, *, W0, eta=0.1, steps=200, loss="logistic"):
+def lip(model, W, data, k, *, loss="logistic", W0=None, eta=0.1, steps=100):
     """LIP plug-in (in the spirit of Si et al., arXiv 2505.16159).
 
     1. Keep: ``Delta W = W - W0`` (rows = filters) is truncated to its top-``k``
@@ -316,7 +316,9 @@ def lip(model, W, data, k, *, W0, eta=0.1, steps=200, loss="logistic"):
     With ``k`` small (``k <= 2m << n``) the refit has ``2m k`` free parameters and
     cannot re-memorize the flipped labels through their noise patches.
     ``steps = 0`` returns the plain truncation ``W_k``. The signature follows
-    the memorization study's ``edit(model, W, data, *, keep=...)``.
+    the memorization study's ``edit(model, W, data, *, keep, loss, W0)``
+    (:func:`simlab.memorization.edit`), with the rank ``k`` in place of the
+    curvature-mass fraction ``keep``.
 
     Parameters
     ----------
@@ -327,20 +329,22 @@ def lip(model, W, data, k, *, W0, eta=0.1, steps=200, loss="logistic"):
         The training set (observed labels are used).
     k : int
         Number of kept components, ``1 <= k <= min(rows, d)``.
-    W0 : ndarray of ``model.shape``
-        The initialisation that ``W`` was trained from.
+    loss : {"logistic", "squared"}
+        Loss of the refit.
+    W0 : ndarray of ``model.shape``, optional
+        The initialisation that ``W`` was trained from; ``None`` truncates
+        ``W`` itself (``W0 = 0``).
     eta : float
         Step size of the refit.
     steps : int
         Refit steps, ``>= 0``.
-    loss : {"logistic", "squared"}
 
     Returns
     -------
     ndarray of ``model.shape``
     """
     Wk = model.kernel_weights(W)
-    W0k = model.kernel_weights(W0, "W0")
+    W0k = np.zeros_like(Wk) if W0 is None else model.kernel_weights(W0, "W0")
     dW = Wk - W0k
     k = _check_k(k, dW)
     eta = check_eta(eta)

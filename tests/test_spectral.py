@@ -144,3 +144,12 @@ def test_lip_keeps_top_k_and_refits_inside():
 def test_bad_input_is_refused(call):
     with pytest.raises(ValueError, match="k|W0|nonzero"):
         call()
+
+
+def test_lip_linear_model_without_w0():
+    """For a scalar-output weight (1 x d) the rank-1 truncation is the weight
+    itself; W0=None truncates W (as memorization.edit)."""
+    data = signal_noise(8, 40, snr=0.3, p_flip=0.25, seed=6)
+    model = Linear(40)
+    w = min_norm_interpolator(model.inputs(data.X), data.y)
+    np.testing.assert_allclose(S.lip(model, w, data, 1, steps=0), w, atol=1e-12)
