@@ -255,6 +255,11 @@ def _summaries(ds, snr_star, level, k_lip):
     pred = ds["critical_flip_pred"].values
     lin_err = np.nanmax(np.abs(ds["linear_angle"].mean("replicate").values[:, noisy]
                                - ds["linear_angle_pred"].values[:, noisy]))
+    # the CNN angle against the label-vector angle arccos(1 - 2f) (the v -> 0
+    # limit of the linear model) at the realized flip fraction
+    fr = ds["flip_fraction"].values[:, noisy]
+    has = fr > 0
+    dev = (top - np.degrees(np.arccos(1 - 2 * fr)))[has]
     crit_txt = ", ".join(f"{s:.3g}: {c:.3f} (pred {q:.3f})"
                          for s, c, q in zip(snr, crit, pred, strict=True))
     n_txt = ("; few draws, nested flips: not the n >= 50, >= 40-draw acceptance "
@@ -275,6 +280,9 @@ def _summaries(ds, snr_star, level, k_lip):
         f"{np.mean(ds['tail_energy'].sel(k=1).values[:, noisy]):.2f}, at k=2m "
         f"{np.mean(ds['tail_energy'].isel(k=-1).values[:, noisy]):.2f}. "
         f"Largest principal angle by k (mean over noisy runs): {k_txt}. "
+        f"CNN top-subspace angle minus arccos(1 - 2f) at the realized flip "
+        f"fraction f (the linear model's v -> 0 limit): mean {np.mean(dev):+.1f}, "
+        f"rms {np.sqrt(np.mean(dev ** 2)):.1f} deg over {dev.size} runs. "
         f"p_flip where the angle exceeds {level:g} deg, by SNR: {crit_txt}. "
         f"Linear min-norm angle on the same inputs vs label_noise_angle: worst "
         f"{lin_err:.1f} deg (mean of {ds.sizes['replicate']} seeds{n_txt}). "
@@ -339,6 +347,9 @@ def plot(ds):
                 ms=4, label=f"CNN k=1, SNR {snr[i]:.3g}")
         a2.plot(fx, 1 - ds["linear_split"].values[i].ravel(), "x", color=c, ms=4)
         a2.plot(pf[1:], 1 - ds["linear_split_pred"].values[i, 1:], "-", color=c)
+    fg = np.linspace(0, 0.5, 51)
+    a1.plot(fg, np.degrees(np.arccos(1 - 2 * fg)), "k--", lw=1,
+            label="arccos(1 - 2f) (v -> 0)")
     a1.set_xlabel("flip fraction")
     a1.set_ylabel("angle (deg)")
     a1.set_title("angle: CNN (o), linear min-norm (x), prediction (line)",
