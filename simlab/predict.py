@@ -343,9 +343,11 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
     The tangent misses one first-order effect of ReLU networks on a drifting
     path: when the reference crosses a kink, a twin at finite ``||delta_0||``
     crosses it a step earlier or later, and the separation jumps by
-    ``O(eta |l'| ||x||^2 / m)`` whatever ``delta`` is. Real twins follow the
-    tangent only while ``||delta_0||`` is small against the per-step motion of
-    the pre-activations (``1e-8 ||W||`` in cnn-unlearning's logistic panel).
+    ``O(eta |l'| ||x||^2 / m)`` whatever ``delta`` is; units whose
+    pre-activation hovers at a kink do the same at any ``||delta_0||``. Real
+    twins follow the tangent where such jumps stay below ``sqrt(K)
+    ||delta_0||`` (cnn-unlearning's logistic panel: ``1e-5 ||W||`` agrees better
+    than ``1e-8 ||W||``).
 
     Parameters
     ----------
