@@ -71,13 +71,13 @@ MODELS = ("relu", "q3", "linear")
 LOSSES = ("squared", "logistic")
 
 FULL = dict(n=20, d=100, m=5, mu_norm=2.0, sigma_p=1.0, steps=2000,
-            sharpness_every=10, eta_factors=[0.5, 0.95, 1.5, 3.0, 6.0],
+            sharpness_every=20, eta_factors=[0.5, 0.95, 1.5, 3.0, 6.0],
             sigma0=dict(relu=0.1, q3=0.02, linear=0.0),
             regime=dict(sigma0=dict(relu=[0.01, 1.0], q3=[0.05, 0.2]),
                         m=[2, 20], d=[20, 400],
                         both=dict(relu=[(1.0, 20)], q3=[(0.2, 20)])),
             regime_eta_factors=[0.5, 0.95, 1.5, 3.0], regime_steps=1500,
-            regime_sharpness_every=15)
+            regime_sharpness_every=25)
 QUICK = dict(FULL, n=10, d=30, m=3, steps=200, sharpness_every=10,
              eta_factors=[0.5, 0.95, 1.5, 3.0], regime=None)
 
