@@ -230,9 +230,13 @@ def _panel(params, d, m, n):
 
     import xarray as xr
 
+    from simlab.data import rescale_signal
     from simlab.experiments import cnn_unlearning as cu
 
-    data = signal_noise(n, d, snr=params["snr0"], seed=0)
+    # the data set of cnn_unlearning.run at snr0 (a rescaled draw)
+    snr_min = min(min(params["snr"]), params["snr0"])
+    base = signal_noise(n, d, snr=snr_min, sigma_p=params["sigma_p"], seed=0)
+    data = rescale_signal(base, params["snr0"] * params["sigma_p"] * np.sqrt(d))
     ds = xr.Dataset(attrs={"summary": "", "params": json.dumps(params)})
     return cu._logistic_panel(ds, CNN(d, m), data, params, 0), cu.LOGISTIC
 
