@@ -72,8 +72,8 @@ LOSSES = ("squared", "logistic")
 
 FULL = dict(n=20, d=100, m=5, mu_norm=2.0, sigma_p=1.0, steps=2000,
             sharpness_every=20, eta_factors=[0.5, 0.95, 1.5, 3.0, 6.0],
-            sigma0=dict(relu=0.1, q3=0.02, linear=0.0),
-            regime=dict(sigma0=dict(relu=[0.01, 1.0], q3=[0.05, 0.2]),
+            sigma0=dict(relu=0.1, q3=0.05, linear=0.0),
+            regime=dict(sigma0=dict(relu=[0.01, 1.0], q3=[0.02, 0.2]),
                         m=[2, 20], d=[20, 400],
                         both=dict(relu=[(1.0, 20)], q3=[(0.2, 20)])),
             regime_eta_factors=[0.5, 0.95, 1.5, 3.0], regime_steps=1500,
@@ -410,6 +410,7 @@ def plot(ds):
                     ax.axhline(eta * float(r["ceiling"]) / 2.0, color=col, ls="--",
                                lw=0.8)
             ax.set_yscale("log")
+            ax.set_xscale("symlog", linthresh=50)
             ax.set_ylim(1e-3, 20)
             title = {"relu": "ReLU CNN", "q3": "q=3 CNN (exact Hessian)",
                      "linear": "linear (control)"}[kind]
