@@ -10,7 +10,7 @@ def test_quick_figure_runs_and_is_consistent():
     # invariants, not expected numbers: keep = 1 leaves W - W0 (in the span of
     # the patches) unchanged, so the interpolating CNN still recites everything
     full = ds.sel(keep=1.0)
-    train_fit = ds.c_recitation.sel(method="retrain")      # exists for every regime
+    train_fit = ds.c_recitation.sel(approach="retrain")    # exists for every regime
     assert np.all(np.isfinite(train_fit.values))
     assert np.all(full.recitation.values == 1.0)
     assert np.all(full.clean_acc.values == 1.0)

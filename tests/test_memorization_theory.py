@@ -1,10 +1,10 @@
 """Predictions of derivations/memorization.py against algebra and simulation."""
 
+import memorization as deriv
 import numpy as np
 import pytest
 import sympy as sp
 
-import memorization as deriv
 from simlab.data import sample_linear_model
 from simlab.memorization import predict_recitation_linear, predict_trace_ratio
 
@@ -47,7 +47,8 @@ def _simulated_recitation(n, d, snr, k, seeds, p_flip=0.15):
         U = np.linalg.svd(X, full_matrices=False)[0][:, :k]
         f = U @ (U.T @ y)
         sim.append(np.mean(np.sign(f[fl]) == y[fl]))
-        pred.append(predict_recitation_linear(n, d, snr, k, int(fl.sum()))["recitation"])
+        pr = predict_recitation_linear(n, d, snr, k, int(fl.sum()))
+        pred.append(pr["recitation"])
     return np.mean(sim), np.mean(pred)
 
 
@@ -59,3 +60,41 @@ def test_recitation_prediction_matches_simulation(n, d, snr, k):
     spike threshold theta = 1 + sqrt(gamma) (see the slow test for the grid)."""
     sim, pred = _simulated_recitation(n, d, snr, k, 300)
     assert abs(sim - pred) < 0.05
+
+
+@pytest.mark.slow
+def test_trace_ratio_prediction_matches_trained_cnn():
+    """Four seeds per cell at n = 20, d = 200 (measured over the full grid
+    n in {20, 40}, d in {200, 1000}: worst 20 %, see the report/manifest)."""
+    from simlab.data import signal_noise
+    from simlab.dynamics.train import train_many
+    from simlab.memorization import curvature_scores
+    from simlab.models import CNN
+
+    model = CNN(200, 10)
+    for snr in (0.1, 0.3):
+        datas = [signal_noise(20, 200, snr=snr, p_flip=0.2, seed=s) for s in range(4)]
+        res = train_many(model, datas, eta=0.1, steps=1000, seeds=list(range(4)),
+                         record_every=1000)
+        sim, pred = [], []
+        for tr, r in zip(datas, res, strict=True):
+            fl = tr.flipped
+            t = curvature_scores(model, r.W, tr).trace.values
+            sim.append(t[fl].mean() / t[~fl].mean())
+            pred.append(predict_trace_ratio(20, 200, snr, int(fl.sum()), m=10,
+                                            eta=0.1, steps=1000))
+        assert abs(np.mean(pred) / np.mean(sim) - 1) < 0.2
+
+
+@pytest.mark.slow
+def test_recitation_prediction_grid():
+    """d/n >= 10, k <= n/2, away from the spike threshold (|theta - 1 -
+    sqrt(gamma)| > 1.5): within 0.05."""
+    for n, d in [(20, 200), (20, 1000), (40, 1000)]:
+        gamma = (d - 1) / n
+        for snr in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4):
+            if abs(snr**2 * d - 1 - np.sqrt(gamma)) <= 1.5:
+                continue
+            for k in (1, 2, 5, n // 2):
+                sim, pred = _simulated_recitation(n, d, snr, k, 300)
+                assert abs(sim - pred) < 0.05, (n, d, snr, k, sim, pred)

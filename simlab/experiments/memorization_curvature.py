@@ -205,9 +205,9 @@ def run(quick=False, seed=0, **overrides):
         ``trace_ratio``, ``trace_ratio_pred`` over ``(snr, p_flip, replicate)``;
         ``trace`` and ``flipped`` over ``(snr, p_flip, replicate, sample)``;
         ``recitation``, ``clean_acc``, ``test_acc`` over ``(..., keep)``;
-        ``lin_*`` over ``(lin_snr, lin_k)``; ``c_*`` over ``(regime, method,
-        replicate)``; ``kappa_plus``, ``escape_step`` over ``(regime,
-        forget_set, replicate)``.
+        ``lin_*`` over ``(lin_snr, lin_k)``; ``c_*`` (edit, unlearning,
+        retraining) over ``(regime, approach, replicate)``; ``kappa_plus``,
+        ``escape_step`` over ``(regime, forget_set, replicate)``.
     """
     from ..memorization import (
         curvature_scores,
@@ -266,7 +266,7 @@ def run(quick=False, seed=0, **overrides):
             "lin_recitation_pred": (("lin_snr", "lin_k"), lin_pred[..., 0]),
             "lin_clean_acc": (("lin_snr", "lin_k"), lin_sim[..., 1]),
             "lin_clean_acc_pred": (("lin_snr", "lin_k"), lin_pred[..., 1]),
-            **{v: (("regime", "method", "replicate"), cmp[v]) for v in cmp},
+            **{v: (("regime", "approach", "replicate"), cmp[v]) for v in cmp},
             "kappa_plus": (("regime", "forget_set", "replicate"), kap),
             "escape_step": (("regime", "forget_set", "replicate"), esc),
         },
@@ -274,7 +274,7 @@ def run(quick=False, seed=0, **overrides):
                 "replicate": np.array(reps), "sample": np.arange(n),
                 "keep": np.array(keeps), "lin_snr": np.array(params["lin_snr"]),
                 "lin_k": np.array(params["lin_k"]),
-                "regime": np.array(params["regimes"]), "method": methods,
+                "regime": np.array(params["regimes"]), "approach": methods,
                 "forget_set": sets},
     )
     main = ds.sel(snr=params["snr"], p_flip=params["p_flip"])
@@ -327,7 +327,7 @@ def plot(ds):
                 f"|error| {ds.attrs['lin_worst_abs_error']:.3f})")
     a.legend(fontsize=8)
     a = ax[1, 1]
-    x = np.arange(ds.sizes["method"])
+    x = np.arange(ds.sizes["approach"])
     w = 0.4
     for i, reg in enumerate(ds.regime.values):
         sub = ds.sel(regime=reg).mean("replicate")
@@ -335,7 +335,7 @@ def plot(ds):
               color=f"C{3 + i}")
         a.plot(x + (i - 0.5) * w, sub.c_test_acc, "k^" if i else "kv",
                label=f"test acc SNR={reg:g}")
-    a.set_xticks(x, ds.method.values, rotation=60, ha="right", fontsize=7)
+    a.set_xticks(x, ds.approach.values, rotation=60, ha="right", fontsize=7)
     a.set(ylabel="share", title="forgetting the flipped points")
     a.legend(fontsize=7)
     fig.tight_layout()
