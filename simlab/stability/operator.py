@@ -320,6 +320,7 @@ class OperatorAction:
             self.prob = prob.rotated(self.W)
         self._qdiag = None
         self._groups = []
+        self._lowrank = {}          # one factor form per set, shared by the groups
         c = prob.mean_coef
         for b, d in self.prob.groups:
             if np.all(d > 0) and np.all(c == c[0]):
@@ -340,10 +341,18 @@ class OperatorAction:
         if not prob.rank_one:
             return "dense", Hs
         k = prob.rank
-        rows = lambda mask: factor_rows(prob.hessians[mask])  # noqa: E731
+
+        def lowrank(mask):
+            key = mask.tobytes()
+            if key not in self._lowrank:
+                n_s = int(mask.sum())
+                self._lowrank[key] = (factor_rows(prob.hessians[mask]),
+                                      np.full(n_s * k, 1.0 / n_s))
+            return self._lowrank[key]
+
         mine = d > 0
-        if mine.sum() * k <= r / 2:
-            return "lowrank", (rows(mine), np.repeat(d[mine], k))
+        if mine.sum() * k <= r / 2 and np.ptp(d[mine]) == 0:
+            return "lowrank", lowrank(mine)
         other = ~mine
         n_o = int(other.sum())
         c = prob.mean_coef
@@ -351,8 +360,7 @@ class OperatorAction:
             w_s = c[mine] / d[mine]                       # signed set weights
             w_o = c[other] * n_o
             if np.ptp(w_s) == 0 and np.ptp(w_o) == 0:
-                lowrank = (rows(other), np.full(n_o * k, 1.0 / n_o))
-                return "complement", (w_s[0], w_o[0], lowrank)
+                return "complement", (w_s[0], w_o[0], lowrank(other))
         return "dense", Hs
 
     @staticmethod
@@ -367,17 +375,24 @@ class OperatorAction:
         lam = self.lam
         LYL = lam[:, None] * Y * lam[None, :]
         out = LYL + _sandwich(self.prob, self.prob.noise_coef, Y)
+        done = {}                   # Y H_s and H_s Y H_s, once per factor form
+
+        def lowrank(form):
+            if id(form) not in done:
+                done[id(form)] = self._lowrank_sandwich(form, Y)
+            return done[id(form)]
+
         for b, kind, data in self._groups:
             if kind == "diag":
                 out -= b * (data[:, None] * Y * data[None, :])
             elif kind == "dense":
                 out -= b * (data @ Y @ data)
             elif kind == "lowrank":
-                out -= b * self._lowrank_sandwich(data, Y)[1]
+                out -= b * lowrank(data)[1]
             else:
                 # H_s Y H_s = (L Y L - w_o (L Z + Z^T L) + w_o^2 H_o Y H_o) / w_s^2
-                w_s, w_o, lowrank = data
-                Z, HYH = self._lowrank_sandwich(lowrank, Y)
+                w_s, w_o, form = data
+                Z, HYH = lowrank(form)
                 LZ = lam[:, None] * Z
                 out -= (b / w_s**2) * (LYL - w_o * (LZ + LZ.T) + w_o**2 * HYH)
         return out
