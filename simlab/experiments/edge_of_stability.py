@@ -46,8 +46,9 @@ from ..models import CNN, Linear
 NAME = "edge-of-stability"
 CLAIM = ("THEORY 10.1 / 9.7: where full-batch GD's sharpness goes relative to the "
          "linear-stability threshold 2/eta (edge of stability, catapult, collapse)")
-TESTED = ("GD linear stability eta S_t <= 2 (sharpness dynamics of full-batch GD "
-          "measured by Lanczos; no Monte-Carlo verdict)")
+TESTED = ("GD linear stability eta S_t <= 2 (for full-batch GD the mean-square and "
+          "typical verdicts coincide: rho(T) = max_i (1 - eta lambda_i)^2); "
+          "sharpness dynamics measured by Lanczos, no Monte-Carlo verdict")
 DESCRIPTION = ("eta S_t / 2 against the step for learning rates straddling 2/S_0, "
                "for the ReLU CNN, the q=3 CNN and the linear model (control), "
                "squared and logistic loss, with the data-dependent sharpness "
@@ -366,13 +367,33 @@ def checks(ds):
         b = ds["band"].values[edge]
         out["edge_band_min_median_max"] = json.dumps(
             [float(b[:, 0].min()), float(np.median(b[:, 2])), float(b[:, 4].max())])
+    per = []
+    labels, band = ds["label"].values, ds["band"].values
+    for kind in MODELS:
+        for loss in LOSSES:
+            sel = (ds["model"].values == kind) & (ds["loss"].values == loss)
+            if not sel.any():
+                continue
+            cnt = {c: int(np.sum(labels[sel] == c)) for c in CLASSES}
+            txt = f"{kind}/{loss}: " + ", ".join(f"{c} {k}" for c, k in cnt.items()
+                                                 if k)
+            hot = sel & (ds["eta_factor"].values > 1) & (labels != "divergence")
+            if hot.any():
+                txt += (f"; eta > 2/S_0 runs not diverged end at eta S/2 in "
+                        f"[{band[hot, 0].min():.2f}, {band[hot, 4].max():.2f}] "
+                        "(second half)")
+            per.append(txt)
+    out["per_model"] = " | ".join(per)
     out["summary"] = (
         f"{len(ds.run)} runs: " + ", ".join(f"{c} {k}" for c, k in counts.items())
         + f"; ceiling: {out['ceiling_violations']} violations on "
         f"{out['ceiling_checked_states']} states (ReLU runs: max S_t/S_ceil per run "
         f"min/median/max {out['ceiling_relu_run_max_ratio_quantiles']}; linear: "
         f"exact); linear squared |S_t/S_0 - 1| <= "
-        f"{lin_sq:.1e}, linear logistic max S_t/S_0 - 1 = {lin_lg:.1e}")
+        f"{lin_sq:.1e}, linear logistic max S_t/S_0 - 1 = {lin_lg:.1e}"
+        + (f"; edge band (min, median, max) {out['edge_band_min_median_max']}"
+           if edge.any() else "; no run at the edge")
+        + ". " + out["per_model"])
     return out
 
 
