@@ -20,3 +20,10 @@ UNLEARN_FORGET_BATCHES = 0xF0467
 UNLEARN_PERTURBATION = 0xD0
 #: :mod:`simlab.experiments.cnn_unlearning`: perturbations and minibatches per run.
 CNN_UNLEARNING_RUNS = 0xC11
+#: :mod:`simlab.experiments.stable_minima`: perturbations and minibatches of the
+#: escape-from-a-minimum twin runs.
+STABLE_MINIMA_ESCAPE = 0x57AB1E
+#: :mod:`simlab.experiments.benign_overfitting`: bootstrap over seeds.
+BENIGN_BOOTSTRAP = 0xB007
+#: :mod:`simlab.predict`: minibatch sequences of the drift-aware prediction.
+PREDICT_DRIFT = 0xD21F7

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import _streams
 from ._validation import (
     SCALE_MAX,
     as_float_array,
@@ -42,9 +43,9 @@ __all__ = [
 #: Stream keys: every consumer of a user seed draws from its own stream
 #: (``default_rng([seed, key])``), so equal seeds never give correlated draws
 #: (e.g. an initial filter parallel to ``mu``).
-_TRAIN_STREAM = 0x5D17A
-_TEST_STREAM = 0x7E57
-_FORGET_STREAM = 0xF06E7
+_TRAIN_STREAM = _streams.DATA_TRAIN
+_TEST_STREAM = _streams.DATA_TEST
+_FORGET_STREAM = _streams.FORGET_SELECTION
 
 #: Forget-set selection rules understood by :func:`select_forget`.
 FORGET_RULES = ("random", "class", "mislabeled", "memorized")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _streams
 from ._blas import serial_blas
 from ._validation import (
     as_float_array,
@@ -476,9 +477,8 @@ def predict_unlearning(model, W, data, forget_idx, *, alpha, eta, horizon=None,
 # reference trajectory (THEORY section 10.0, logistic paragraph)
 # ---------------------------------------------------------------------------
 
-#: Seed-stream key of the drift-aware Monte Carlo (minibatches, ``delta_0``
-#: rows); private to this module, distinct from every key of :mod:`._streams`.
-_DRIFT_STREAM = 0xD21F7
+#: Seed-stream key of the drift-aware Monte Carlo (minibatches, ``delta_0`` rows).
+_DRIFT_STREAM = _streams.PREDICT_DRIFT
 
 #: A reference run whose pre-activations leave ``|z| <= _DRIFT_BLOWUP`` has
 #: blown up; its trajectory counts as escaped (as in ``unlearn_twins``).

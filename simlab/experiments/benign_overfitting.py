@@ -24,6 +24,7 @@ standard error over seeds.
 import numpy as np
 import xarray as xr
 
+from .. import _streams
 from .._provenance import provenance
 from ..dynamics.backends import get_kernel
 
@@ -191,7 +192,7 @@ def _bootstrap_se(err, d_vals, mu_vals, level, n_boot, seed):
     reps = err.shape[1]
     if n_boot < 2 or reps < 2:
         return float("nan")
-    rng = np.random.default_rng([seed, 0xB007])
+    rng = np.random.default_rng([seed, _streams.BENIGN_BOOTSTRAP])
     slopes = []
     for _ in range(n_boot):
         pick = rng.integers(0, reps, reps)

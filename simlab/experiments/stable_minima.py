@@ -59,6 +59,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from .. import _streams
 from .._provenance import provenance
 from ..curvature import sharpness
 from ..predict import NonStationaryWarning, predict_stability
@@ -83,9 +84,8 @@ DESCRIPTION = ("Top: every settled training run of a ReLU CNN (squared loss, los
                "crosses cells where the real majority and the typical prediction "
                "disagree.")
 
-#: Stream key of this figure's twin perturbations and minibatches (a consumer of
-#: its own, like simlab._streams.CNN_UNLEARNING_RUNS for cnn-unlearning).
-ESCAPE_RUNS = 0x57AB1E
+#: Stream key of this figure's twin perturbations and minibatches.
+ESCAPE_RUNS = _streams.STABLE_MINIMA_ESCAPE
 SCHEMES = ("without", "with", "bernoulli")
 
 FULL = dict(
