@@ -282,6 +282,12 @@ def assert_agrees(estimate, exact, se, *, false_failure_rate=1e-6, name="estimat
     est, ex, se = (np.atleast_1d(np.asarray(v, dtype=float)) for v in
                    (estimate, exact, se))
     est, ex, se = np.broadcast_arrays(est, ex, se)
+    if not np.all(np.isfinite(se)) or np.any(se <= 0):
+        raise ValueError("se must hold finite standard errors > 0 (a zero standard "
+                         "error makes the test exact equality; compare exactly "
+                         "instead)")
+    if not np.all(np.isfinite(est)):
+        raise AssertionError(f"{name}: non-finite estimates {est[~np.isfinite(est)]}")
     z = _z(false_failure_rate, est.size)
     dev = np.abs(est - ex) / np.where(se > 0, se, np.nan)
     bad = ~(np.abs(est - ex) <= z * se)
