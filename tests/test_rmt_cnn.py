@@ -123,7 +123,8 @@ def test_figure_small():
     assert list(ds.loss.values) == ["logistic", "squared"]
     assert float(ds.sim_sigma.isel(snr=0).max()) < 1.2
     # the ascent rate falls from SNR 0.01 to 1 (measured x0.23 logistic, x0.41
-    # squared, both seeds); the semi-empirical form follows it within 6 %
+    # squared, both seeds); the semi-empirical form follows it (measured within
+    # 6 %; 8 % asserted: this 2-seed, 500-step run is noisier than the stated grid)
     rate = (ds.sim_kappa / ds.sim_sharpness).mean("seed")
     assert np.all(rate.isel(snr=-1) < 0.7 * rate.isel(snr=0))
     semi = (ds.semi_kappa / ds.semi_sharpness).mean("seed")
@@ -154,8 +155,12 @@ import rmt_cnn_ascent as DA  # noqa: E402
 ATOL = {k: round(1.25 * v, 3) for k, v in rmt_cnn.ASCENT_ERRORS.items()}
 
 
-def test_ascent_errors_stated():
-    # the acceptance of issue 10.4: within 15 % above the crossover
+def test_stated_errors_meet_acceptance():
+    """The documented worst errors (ASCENT_ERRORS, quoted in the docstrings) meet
+    the acceptance of issue 10.4, 15 % above the crossover. This checks the
+    statement; the measurements behind it are re-run by the grid tests below
+    (same seeds: regression guards) and validated on fresh seeds by
+    test_ascent_fresh_seeds."""
     for loss in ("logistic", "squared"):
         for q in ("kappa", "sharpness", "rate"):
             assert rmt_cnn.ASCENT_ERRORS[(loss, "semi", q, "above")] <= 0.15
@@ -218,12 +223,17 @@ def test_ascent_validation():
         rmt_cnn.cnn_coherence(10, 100, 0.1, 5, loss="hinge")
 
 
-def _check_ascent(n, d, m):
+def _check_ascent(n, d, m, loss="logistic", seed0=DA.SEED0, atol=None):
+    """Re-measure one (n, d, m): every stated error within ``atol`` (default
+    1.25 x the stated worst: with the seeds of the measurement this is a
+    regression guard, not a validation), and the ordering where it is claimed."""
     snrs = list(DA.GRID["snr"])
-    out = DA.simulate_cell(n, d, m, snrs, DA.GRID["seeds"], list(DA.GRID["alphas"]))
+    out = DA.simulate_cell(n, d, m, snrs, DA.GRID["seeds"], list(DA.GRID["alphas"]),
+                           loss=loss, seed0=seed0)
     errs = DA.cell_errors(out, snrs, n)
-    bad = {k: round(v, 3) for k, v in errs.items()
-           if ("logistic",) + k in ATOL and v > ATOL[("logistic",) + k]}
+    atol = {k[1:]: v for k, v in ATOL.items() if k[0] == loss} if atol is None \
+        else atol
+    bad = {k: round(v, 3) for k, v in errs.items() if k in atol and v > atol[k]}
     assert not bad, (n, d, m, bad)
     # the ordering, where it is claimed: r falls between the SNRs above n SNR^2 = 1
     rate = (out["kappa"] / out["sharp"]).mean(-1)
@@ -242,6 +252,25 @@ def test_ascent_trained_cnn_fast(n, d, m):
 @pytest.mark.parametrize("m", DA.GRID["m"])
 def test_ascent_trained_cnn_grid(n, d, m):
     _check_ascent(n, d, m)
+
+
+@pytest.mark.slow
+def test_ascent_squared_loss():
+    """The squared-loss protocol of cnn-unlearning (ASCENT_ERRORS' "squared"
+    entries), on the cheaper of its two stated configurations."""
+    n, d, m = DA.SQUARED_GRID["n"][0], DA.SQUARED_GRID["d"][0], DA.SQUARED_GRID["m"][0]
+    _check_ascent(n, d, m, loss="squared")
+
+
+@pytest.mark.slow
+def test_ascent_fresh_seeds():
+    """Validation on seeds the errors were not measured on (seed0 = 7000, 3
+    seeds): the semi-empirical kappa_+, sharpness and rate above the crossover
+    within the 15 % acceptance of issue 10.4 (stated worst 11.8 %; the seed
+    means move by a few % between seed sets at n = 20, d = 1000)."""
+    acc = {(f, q, "above"): 0.15 for f in ("semi",)
+           for q in ("kappa", "sharpness", "rate")}
+    _check_ascent(20, 1000, 5, seed0=7000, atol=acc)
 
 
 def test_block_coherence_trained_cnn():

@@ -53,6 +53,10 @@ def test_below_crossover_sigma_follows_folded_normal(ds):
     rise = (pred[k] - pred[0]) / (pred[0] - 1)
     mbar = lambda x: np.sqrt(2 / np.pi) * np.exp(-x**2 / 2) + x * __import__(  # noqa: E731
         "scipy.special").special.erf(x / np.sqrt(2))
+    # leading order only: the RMT sigma also moves through the normaliser and the
+    # (N-1)V/(N m) term, which make its relative rise 10.3 % smaller than the
+    # folded-normal mean's here (deterministic; q = 0.32, n = 50, d = 1000; -2 % to
+    # -30 % over the figure's configurations): 0.15 is that leading-order gap
     assert rise == pytest.approx(mbar(q[k]) / mbar(0) - 1, rel=0.15)
     assert (m[k] - m[0]) / (m[0] - 1) > 0.5 * rise      # the simulation rises too
 
