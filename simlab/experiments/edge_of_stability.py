@@ -432,6 +432,7 @@ def plot(ds):
                                lw=0.8)
             ax.set_yscale("log")
             ax.set_xscale("symlog", linthresh=50)
+            ax.set_xlim(0, max(1.0, float(np.nanmax(panel["sharpness_step"]))))
             ax.set_ylim(1e-3, 20)
             title = {"relu": "ReLU CNN", "q3": "q=3 CNN (exact Hessian)",
                      "linear": "linear (control)"}[kind]
