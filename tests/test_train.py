@@ -298,3 +298,24 @@ def test_benign_overfitting_smoke(tmp_path):
     ds.to_netcdf(tmp_path / "bo.nc", engine="scipy")
     fig = mod.plot(ds)
     fig.savefig(tmp_path / "bo.png")
+
+
+def test_sharpness_of_overflowing_weights_is_inf_not_an_error():
+    """A diverging q = 3 run's weights overflow the Hessian: the sharpness is
+    reported as inf (dense and Lanczos paths), never NaN or a LinAlgError."""
+    import simlab.models.two_patch as tp
+    from simlab.models.two_patch import kernel_sharpness, loss_code
+
+    model = CNN(20, 2, q=3)
+    data = signal_noise(6, 20, snr=0.5, seed=0)
+    Xp = data.X.reshape(12, 20)
+    for scale in (np.inf, 1e120):
+        Wk = np.full(model.shape, scale).reshape(4, 20)
+        for dense_max in (10**6, 0):        # dense eigh, then the Lanczos path
+            old, tp._DENSE_SHARPNESS_MAX = tp._DENSE_SHARPNESS_MAX, dense_max
+            try:
+                s = kernel_sharpness(Wk, Xp, data.y, model.kernel_args,
+                                     loss_code("squared"), 1e-10, 0)
+            finally:
+                tp._DENSE_SHARPNESS_MAX = old
+            assert s == np.inf

@@ -292,20 +292,41 @@ def _dense_hessian(Wk, Xp, y, kargs, lid):
     return 0.5 * (H + H.T)
 
 
+class _Overflow(Exception):
+    """A Hessian-vector product overflowed (weights of a diverging run)."""
+
+
 def kernel_sharpness(Wk, Xp, y, kargs, lid, tol, seed):
     """``lambda_max`` of the mean-loss Hessian from kernel arrays (dense eigh
-    up to ``_DENSE_SHARPNESS_MAX`` parameters, else Lanczos on exact HVPs)."""
+    up to ``_DENSE_SHARPNESS_MAX`` parameters, else Lanczos on exact HVPs).
+
+    ``inf`` when the weights or the Hessian overflow (a diverging run: the
+    caller reports the divergence; no NaN and no linear-algebra error)."""
     p = Wk.size
     shape = Wk.shape
-    if p <= _DENSE_SHARPNESS_MAX:
-        return float(np.linalg.eigvalsh(_dense_hessian(Wk, Xp, y, kargs, lid))[-1])
-    op = spla.LinearOperator(
-        (p, p), dtype=float,
-        matvec=lambda v: K._hvp(Wk, Xp, y, np.ascontiguousarray(v).reshape(shape),
-                                *kargs, lid).ravel())
-    v0 = np.random.default_rng(seed).standard_normal(p)
-    lam = spla.eigsh(op, k=1, which="LA", v0=v0, tol=tol, ncv=min(p - 1, 20),
-                     return_eigenvectors=False)
+    if not np.all(np.isfinite(Wk)):
+        return float("inf")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if p <= _DENSE_SHARPNESS_MAX:
+            H = _dense_hessian(Wk, Xp, y, kargs, lid)
+            if not np.all(np.isfinite(H)):
+                return float("inf")
+            return float(np.linalg.eigvalsh(H)[-1])
+
+        def matvec(v):
+            out = K._hvp(Wk, Xp, y, np.ascontiguousarray(v).reshape(shape), *kargs,
+                         lid).ravel()
+            if not np.all(np.isfinite(out)):
+                raise _Overflow
+            return out
+
+        op = spla.LinearOperator((p, p), dtype=float, matvec=matvec)
+        v0 = np.random.default_rng(seed).standard_normal(p)
+        try:
+            lam = spla.eigsh(op, k=1, which="LA", v0=v0, tol=tol, ncv=min(p - 1, 20),
+                             return_eigenvectors=False)
+        except _Overflow:
+            return float("inf")
     return float(lam[0])
 
 
