@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
+from simlab._blas import serial_blas
 from simlab.data import sample_linear_model
 from simlab.memorization import predict_recitation_linear, predict_trace_ratio
 
@@ -35,6 +36,7 @@ def test_trace_ratio_prediction_properties():
         predict_trace_ratio(20, 200, 0.1, 4, model="mlp")
 
 
+@serial_blas
 def _simulated_recitation(n, d, snr, k, seeds, p_flip=0.15):
     rng = np.random.default_rng(0)
     sim, pred = [], []

@@ -27,6 +27,7 @@ import time
 import numpy as np
 import xarray as xr
 
+from .._blas import serial_blas
 from .._provenance import provenance
 
 NAME = "memorization-curvature"
@@ -196,6 +197,7 @@ def _store(out, idx, met, grads, secs):
     out["c_seconds"][idx] = secs
 
 
+@serial_blas
 def run(quick=False, seed=0, **overrides):
     """Compute the figure data (``QUICK``: a few seconds; ``FULL``: minutes).
 
