@@ -90,13 +90,14 @@ def test_trace_ratio_prediction_matches_trained_cnn():
 
 @pytest.mark.slow
 def test_recitation_prediction_grid():
-    """d/n >= 10, k <= n/2, away from the spike threshold (|theta - 1 -
-    sqrt(gamma)| > 1.5): within 0.05."""
-    for n, d in [(20, 200), (20, 1000), (40, 1000)]:
+    """d/n >= 10, k <= n/2, away from the spike threshold: theta / (1 +
+    sqrt(gamma)) outside [0.9, 1.3] (measured: worst 0.049 there; inside the
+    band, where the finite-n outlier smears the BBP transition, up to 0.17)."""
+    for n, d in [(20, 200), (40, 400), (20, 1000), (40, 1000)]:
         gamma = (d - 1) / n
-        for snr in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4):
-            if abs(snr**2 * d - 1 - np.sqrt(gamma)) <= 1.5:
+        for snr in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4):
+            if 0.9 <= snr**2 * d / (1 + np.sqrt(gamma)) <= 1.3:
                 continue
-            for k in (1, 2, 5, n // 2):
+            for k in sorted({1, 2, 5, n // 2}):
                 sim, pred = _simulated_recitation(n, d, snr, k, 300)
                 assert abs(sim - pred) < 0.05, (n, d, snr, k, sim, pred)
