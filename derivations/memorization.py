@@ -48,8 +48,8 @@ Derivation
    ``-1`` (``f = y``, :func:`full_projection_check`).
 
 Run ``python derivations/memorization.py`` to print the closed forms and
-checks, ``--errors`` to re-measure the recitation prediction's errors
-(a few minutes).
+checks, ``--errors`` to re-measure the recitation prediction's errors and
+``--ratio-errors`` the trace ratio's (each a minute or two on an idle core).
 """
 
 import sys
@@ -169,6 +169,50 @@ def measure_errors(seeds=400, p_flip=0.15):
     return rows
 
 
+def measure_ratio_errors(seeds=8, p_flip=0.2, steps=1000):
+    """Flipped/clean mean-trace ratio: trained CNN (m = 10, eta = 0.1) and
+    linear model (eta = 1 / curvature estimate) vs the reduced-dynamics
+    prediction, both losses, ``n`` in {20, 40}, ``d`` in {200, 1000}."""
+    from threadpoolctl import threadpool_limits
+
+    from simlab.data import signal_noise
+    from simlab.dynamics.train import train_many
+    from simlab.memorization import curvature_scores, predict_trace_ratio
+    from simlab.models import CNN, Linear
+
+    rows = []
+    with threadpool_limits(1):
+        for kind in ("cnn", "linear"):
+            for loss in ("logistic", "squared"):
+                for n_, d_ in [(20, 200), (20, 1000), (40, 200), (40, 1000)]:
+                    for snr in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4):
+                        if kind == "cnn":
+                            model, step = CNN(d_, 10), (0.1 if loss == "logistic"
+                                                        else 0.05)
+                        else:
+                            model = Linear(d_)
+                            curv = d_ * (1 / n_ + snr**2) * (1 + np.sqrt(n_ / d_)) ** 2
+                            step = 1.0 / (curv * (0.25 if loss == "logistic" else 1))
+                        seeds_ = [500 + s for s in range(seeds)]
+                        datas = [signal_noise(n_, d_, snr=snr, p_flip=p_flip, seed=s)
+                                 for s in seeds_]
+                        res = train_many(model, datas, eta=step, steps=steps,
+                                         seeds=seeds_, record_every=steps, loss=loss)
+                        sim, pred = [], []
+                        for tr, r in zip(datas, res, strict=True):
+                            fl = tr.flipped
+                            if not fl.any():
+                                continue
+                            t = curvature_scores(model, r.W, tr, loss=loss).trace.values
+                            sim.append(t[fl].mean() / t[~fl].mean())
+                            pred.append(predict_trace_ratio(
+                                n_, d_, snr, int(fl.sum()), model=kind, m=10,
+                                eta=step, steps=steps, loss=loss))
+                        rows.append((kind, loss, n_, d_, snr, np.mean(sim),
+                                     np.std(sim) / np.sqrt(len(sim)), np.mean(pred)))
+    return rows
+
+
 def main():
     quad, lead = mp_stieltjes_check()
     print("MP Stieltjes: quadratic residual", quad, "; z G(z) ->", lead)
@@ -183,9 +227,19 @@ def main():
         for row in measure_errors():
             err = abs(row[4] - row[5])
             worst = max(worst, err)
-            print("n=%d d=%d snr=%.2f k=%d sim %.3f pred %.3f" % row[:6],
+            n_, d_, snr, k_, sim, pred = row
+            print(f"n={n_} d={d_} snr={snr:.2f} k={k_} sim {sim:.3f} pred {pred:.3f}",
                   "<-" if err > 0.05 else "")
         print("worst |error|:", worst)
+    if "--ratio-errors" in sys.argv:
+        worst = 0.0
+        for row in measure_ratio_errors():
+            rel = row[7] / row[5] - 1
+            worst = max(worst, abs(rel))
+            kind, loss, n_, d_, snr, sim, se, pred = row
+            print(f"{kind} {loss} n={n_} d={d_} snr={snr:.2f} sim {sim:.3f} +- "
+                  f"{se:.3f} pred {pred:.3f} rel {rel:+.3f}")
+        print("worst relative error:", worst)
 
 
 if __name__ == "__main__":
