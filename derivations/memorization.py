@@ -109,7 +109,9 @@ def overlap_normalisation(c_num=0.1, beta_num=3.0, grid=200_001):
 
 def grad_norm_identity():
     """``||grad f||^2 m`` for clean and flipped samples (activation pattern of
-    step A.1): both ``||mu||^2 + ||xi||^2``."""
+    step A.1): both ``||mu||^2 + ||xi||^2``. Bookkeeping, written out by hand
+    for the derivation's record, not a check (both sides are typed in); the
+    measured per-sample traces of curvature_scores test the consequence."""
     # one filter per class carries the gradient of each patch; weight 1/m each,
     # m filters per class: sum over filters of ||(1/m) v||^2 = ||v||^2 / m
     clean = m * ((mu2 + xi2) / m**2)                  # both patches on class y_c

@@ -548,6 +548,15 @@ def predict_trace_ratio(n, d, snr, n_flipped, *, model="cnn", m=10, eta=0.1,
     ``l''(r_F - g) / l''(r_C + g)``. For the squared loss ``l'' = 1``: the
     ratio is 1, the negative control.
 
+    Measured error (``python derivations/memorization.py --ratio-errors``: 8
+    seeds per cell, ``n`` in {20, 40}, ``d`` in {200, 1000}, six SNRs in
+    [0.02, 0.4], ``p_flip = 0.2``): worst relative error of the seed-mean ratio
+    0.15 for the logistic CNN (an underestimate at high SNR), 0.09 for the
+    logistic linear model; with squared loss the CNN's measured ratio deviates
+    from the predicted 1 by up to 0.17 (the exact Hessian's ``l'`` term and the
+    activation counts, which the reduced dynamics ignores) and the linear
+    model's by 0.009.
+
     Parameters
     ----------
     n, d : int
@@ -577,7 +586,7 @@ def predict_trace_ratio(n, d, snr, n_flipped, *, model="cnn", m=10, eta=0.1,
         return 1.0
     m = 1 if model == "linear" else check_int(m, "m", low=1)
     eta = check_positive(eta, "eta")
-    steps = check_int(steps, "steps", low=0)
+    steps = check_int(steps, "steps", low=1)
     sigma_p = check_positive(sigma_p, "sigma_p")
     p = nf / n
     mu2 = (snr * sigma_p) ** 2 * d
