@@ -288,7 +288,40 @@ def run(quick=False, seed=0, **overrides):
         lin_worst_abs_error=float(np.abs(ds.lin_recitation
                                          - ds.lin_recitation_pred).max()),
         seconds=time.perf_counter() - t_start)
+    ds.attrs["summary"] = _summary(ds)
     return ds
+
+
+def _summary(ds):
+    """The manifest's measured numbers, from the data alone."""
+    r = ds.trace_ratio.mean("replicate")
+    rp = ds.trace_ratio_pred.mean("replicate")
+    lines = [
+        f"flipped/clean mean trace ratio (seed means over SNR {ds.snr.values[0]:g}-"
+        f"{ds.snr.values[-1]:g}, p_flip {ds.p_flip.values.min():g}-"
+        f"{ds.p_flip.values.max():g}): measured {float(r.min()):.2f}-"
+        f"{float(r.max()):.2f}, predicted {float(rp.min()):.2f}-{float(rp.max()):.2f}; "
+        f"worst /pred/sim - 1/ at the figure's main p_flip "
+        f"{ds.attrs['ratio_worst_rel_error']:.3f}",
+        f"linear min-norm recitation after keeping the top-k curvature directions: "
+        f"worst /RMT - sim/ {ds.attrs['lin_worst_abs_error']:.3f}"]
+    mean = {v: ds[v].mean("replicate") for v in ("c_recitation", "c_clean_acc",
+                                                  "c_test_acc", "c_grad_evals")}
+    for reg in ds.regime.values:
+        cells = []
+        for a in ds.approach.values:
+            m = {v: float(mean[v].sel(regime=reg, approach=a)) for v in mean}
+            cells.append(f"{a}: {m['c_recitation']:.2f}/{m['c_clean_acc']:.2f}/"
+                         f"{m['c_test_acc']:.2f} ({m['c_grad_evals']:.0f})")
+        lines.append(f"SNR {reg:g}, recitation/clean train acc/test acc (gradient "
+                     "evaluations): " + "; ".join(cells))
+        kp = ds.kappa_plus.sel(regime=reg).mean("replicate")
+        es = ds.escape_step.sel(regime=reg).mean("replicate")
+        lines.append(f"SNR {reg:g}, kappa_+ / escape step (alpha = 0.3) by forget "
+                     "set: " + "; ".join(f"{f}: {float(kp.sel(forget_set=f)):.3f} / "
+                                         f"{float(es.sel(forget_set=f)):.1f}"
+                                         for f in ds.forget_set.values))
+    return "\n".join(lines)
 
 
 def plot(ds):
