@@ -1,31 +1,38 @@
 """Benchmark the linearized simulator against a source-style NumPy loop.
 
 The workload is the coherence-dial "Hessian test" heatmap of THEORY section 7:
-``coherence_dial(n=40, s)`` with ``s`` and the batch size ``B`` each on an
-8-point grid over 1..40, 8 trajectories per cell, 1000 steps, ``eta = 0.5``,
-``"without"`` sampling and escape factor ``K = 1e3``. Both implementations stop
-a trajectory when it escapes (``|delta|^2 >= K |delta_0|^2``), in the same run:
+``coherence_dial(n, s)`` for ``n = 40`` and ``n = 100`` with ``s`` and the
+batch size ``B`` each on an 8-point grid over 1..n, 8 trajectories per cell,
+1000 steps, ``eta = 0.5``, ``"without"`` sampling and escape factor
+``K = 1e3``. Every implementation stops a trajectory when it escapes
+(``|delta|^2 >= K |delta_0|^2``), all in the same run:
 
 * **NumPy baseline**, in the style of the source's reference scripts: per step
   ``rng.choice(n, B, replace=False)``, the dense batch Hessian as a sum of
   dense ``H_i``, ``delta = delta - eta * Hb @ delta``;
-* **simlab**: :func:`simlab.simulate.linearized_grid`, every cell and
-  trajectory in one compiled call (rank-one factors, and also dense Hessians
-  for a like-for-like comparison).
+* **simlab, per call**: the loop as users write it, one
+  :func:`simlab.simulate.linearized` call per cell (validation, set-up and
+  result assembly included);
+* **simlab, batched**: :func:`simlab.simulate.linearized_grid`, every cell in
+  one call, with all Numba threads and with one;
+* the batched run with dense ``H_i`` (like for like with the baseline) and with
+  rotated factors ``g_i Q`` (``Q`` a random orthogonal matrix: the same
+  dynamics in rotated coordinates, but dense rows, so the sparse storage the
+  dial's one-nonzero rows get is not used: the generic rank-one speed).
 
 JIT warm-up (compilation, or loading Numba's on-disk cache) is timed separately
-and excluded; simlab's times are the best of three runs, with all Numba threads
-and with one thread (the machine may be shared, and the NumPy loop uses one
-core); the ratio of CPU times (one thread each) is printed as well, since it
-does not depend on what else runs on the machine. Escape fractions are
-compared statistically (they use different random streams): per cell with
-Fisher's exact test, and over the grid with a z-score of the summed
-differences. A run without stopping on escape is timed
-too.
+and excluded. simlab's times are the best of three runs. Ratios are printed
+for wall time and for CPU time (``time.process_time``, all threads of the
+process): on a shared machine the CPU-time ratio is the one to trust, since it
+does not depend on what else runs. Escape fractions are compared
+statistically (the implementations use different random streams): per cell
+with Fisher's exact test, and over the grid with a z-score of the summed
+differences.
 
 Usage::
 
-    python benchmarks/bench_linearized.py            # full grid
+    python benchmarks/bench_linearized.py            # n = 40 and n = 100
+    python benchmarks/bench_linearized.py --n 40     # one size
     python benchmarks/bench_linearized.py --quick    # 4 x 4 grid, 300 steps
     python benchmarks/bench_linearized.py --no-cache # measure a cold compile
 """
@@ -36,11 +43,11 @@ import sys
 import time
 
 
-def _grid(quick):
+def _grid(quick, n):
     import numpy as np
 
     m = 4 if quick else 8
-    vals = np.unique(np.round(np.linspace(1, 40, m)).astype(int)).tolist()
+    vals = np.unique(np.round(np.linspace(1, n, m)).astype(int)).tolist()
     return vals, vals
 
 
@@ -63,10 +70,115 @@ def numpy_escape_steps(H, eta, B, K, steps, trajectories, rng):
     return out
 
 
+def _timed(fn):
+    """``(wall, cpu, result)`` of one call; CPU time of all threads."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def best_of(fn, repeat=3):
+    """Best wall and best CPU time of ``repeat`` calls, and the last result."""
+    runs = [_timed(fn) for _ in range(repeat)]
+    return min(r[0] for r in runs), min(r[1] for r in runs), runs[-1][2]
+
+
+def bench(n, args):
+    """Time and compare every implementation on the ``n``-sample grid."""
+    import numba
+    import numpy as np
+    from scipy import stats
+
+    from simlab.curvature import coherence_dial, to_dense
+    from simlab.simulate import linearized, linearized_grid
+
+    eta, K, T = 0.5, 1e3, 8
+    steps = 300 if args.quick else 1000
+    s_vals, b_vals = _grid(args.quick, n)
+    cells = [(s, B) for s in s_vals for B in b_vals]
+    factors = {s: coherence_dial(n, s) for s in s_vals}
+    dense = {s: to_dense(factors[s]) for s in s_vals}
+    rot = np.random.default_rng(args.seed)
+    rotated = {s: factors[s] @ np.linalg.qr(rot.standard_normal(
+        (factors[s].shape[1],) * 2))[0] for s in s_vals}
+    src = {"rank-one": factors, "dense": dense, "rotated": rotated}
+
+    def configs(rep):
+        return [{"retain": src[rep][s], "eta": eta, "batch": B, "scheme": "without"}
+                for s, B in cells]
+
+    common = {"steps": steps, "trajectories": T, "escape_factor": K,
+              "stop_on_escape": True}
+    print(f"\n=== n = {n}: s = {s_vals}, B = {b_vals} ({len(cells)} cells), "
+          f"{T} trajectories, {steps} steps, eta = {eta}, K = {K:g}")
+
+    def per_call():
+        return [linearized(**cfg, seed=args.seed + c, **common)
+                for c, cfg in enumerate(configs("rank-one"))]
+
+    def grid(rep):
+        return linearized_grid(configs(rep), seed=args.seed, **common)
+
+    t = {}
+    t["per call"] = best_of(per_call)
+    res_call = t["per call"][2]
+    t["batched"] = best_of(lambda: grid("rank-one"))
+    res = t["batched"][2]
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    t["batched, 1 thread"] = best_of(lambda: grid("rank-one"))
+    t["per call, 1 thread"] = best_of(per_call)
+    numba.set_num_threads(threads)
+    t["batched, dense H_i"] = best_of(lambda: grid("dense"))
+    t["batched, rotated g_i"] = best_of(lambda: grid("rotated"))
+    for a, b in zip(res, t["batched, dense H_i"][2], strict=True):
+        assert np.array_equal(a.escape_step, b.escape_step)
+    for a, b in zip(res, t["batched, 1 thread"][2], strict=True):
+        assert np.array_equal(a.escape_step, b.escape_step)
+
+    rng = np.random.default_rng(args.seed + 1)
+    t_np, c_np, np_steps = _timed(lambda: [
+        numpy_escape_steps(dense[s], eta, B, K, steps, T, rng) for s, B in cells])
+
+    work_np = sum(np.where(e >= 0, e, steps).sum() for e in np_steps)
+    work_sim = sum(np.where(r.escape_step >= 0, r.escape_step, steps).sum()
+                   for r in res)
+    print(f"  {'':22s} {'wall s':>9s} {'CPU s':>9s} {'x numpy wall':>13s} "
+          f"{'x numpy CPU':>12s} {'M steps/CPU s':>14s}")
+    print(f"  {'numpy loop':22s} {t_np:9.3f} {c_np:9.3f} {'':13s} {'':12s} "
+          f"{work_np / c_np / 1e6:14.4f}")
+    ratios = {}
+    for name, (wall, cpu, out) in t.items():
+        work = (work_sim if "per call" not in name else
+                sum(np.where(r.escape_step >= 0, r.escape_step, steps).sum()
+                    for r in out))
+        ratios[name] = (t_np / wall, c_np / cpu)
+        print(f"  {'simlab, ' + name:22s} {wall:9.4f} {cpu:9.4f} "
+              f"{t_np / wall:12.0f}x {c_np / cpu:11.0f}x {work / cpu / 1e6:14.2f}")
+
+    # --- agreement of escape fractions (different random streams)
+    x_np = np.array([(e >= 0).sum() for e in np_steps])
+    for name, rs in (("batched", res), ("per call", res_call)):
+        x_sim = np.array([r.escaped.sum() for r in rs])
+        pvals = np.array([stats.fisher_exact([[a, T - a], [b, T - b]]).pvalue
+                          for a, b in zip(x_sim, x_np, strict=True)])
+        pooled = (x_sim + x_np) / (2 * T)
+        var = pooled * (1 - pooled) * 2 * T
+        z = (x_sim - x_np).sum() / np.sqrt(max(var.sum(), 1e-300))
+        print(f"  escape fractions, simlab {name} vs numpy (independent streams): "
+              f"pooled {x_sim.sum() / (len(cells) * T):.4f} vs "
+              f"{x_np.sum() / (len(cells) * T):.4f}, z = {z:+.2f} (|z| < 3 "
+              f"expected), cells with Fisher p < 0.01: {(pvals < 0.01).sum()} of "
+              f"{len(cells)}")
+    return ratios
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="4 x 4 grid and 300 steps")
+    parser.add_argument("--n", type=int, nargs="+", default=[40, 100],
+                        help="numbers of samples of the dial family")
     parser.add_argument("--no-cache", action="store_true",
                         help="disable Numba's on-disk cache (time a cold compile)")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,133 +187,39 @@ def main(argv=None):
         os.environ["SIMLAB_NUMBA_CACHE"] = "0"
 
     import numba
-    import numpy as np
-    from scipy import stats
 
-    from simlab.curvature import coherence_dial, to_dense
+    from simlab.curvature import coherence_dial
     from simlab.dynamics import linearized as lin
     from simlab.simulate import linearized_grid
 
-    n, eta, K, T = 40, 0.5, 1e3, 8
-    steps = 300 if args.quick else 1000
-    s_vals, b_vals = _grid(args.quick)
-    cells = [(s, B) for s in s_vals for B in b_vals]
-    factors = {s: coherence_dial(n, s) for s in s_vals}
-    dense = {s: to_dense(factors[s]) for s in s_vals}
-
-    def configs(rep):
-        src = factors if rep == "rank-one" else dense
-        return [{"retain": src[s], "eta": eta, "batch": B, "scheme": "without"}
-                for s, B in cells]
-
-    common = {"steps": steps, "trajectories": T, "escape_factor": K,
-              "seed": args.seed}
-    print(f"grid: s = {s_vals}, B = {b_vals} ({len(cells)} cells), "
-          f"{T} trajectories, {steps} steps, eta = {eta}, K = {K:g}, n = {n}")
     print(f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
           f"threading layer: {numba.config.THREADING_LAYER}, "
-          f"cache {'off' if args.no_cache else 'on'}")
+          f"cache {'off' if args.no_cache else 'on'}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    # --- JIT warm-up, excluded from the timings below
+    # --- JIT warm-up (both CPU drivers), excluded from the timings below
+    cfg = [{"retain": coherence_dial(4, 2), "eta": 0.5, "batch": 1}]
     t0 = time.perf_counter()
-    linearized_grid(configs("rank-one")[:1], steps=2, trajectories=1)
+    linearized_grid(cfg, steps=2, trajectories=1)          # serial driver
+    lin._simulate_many.compile(lin._simulate_serial.signatures[0])
     warm = time.perf_counter() - t0
     hits = sum(lin._simulate_many.stats.cache_hits.values())
-    print(f"\nJIT warm-up (first call): {warm:.2f} s "
+    print(f"JIT warm-up (first call): {warm:.2f} s "
           f"({'loaded from cache' if hits else 'compiled'})")
 
-    cpu = {}
-
-    def best_of(fn, repeat=3, key=None):
-        times, cpus = [], []
-        for _ in range(repeat):
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-            cpus.append(time.process_time() - c0)
-        if key:
-            cpu[key] = min(cpus)
-        return min(times), out
-
-    t_r1, res = best_of(lambda: linearized_grid(configs("rank-one"),
-                                                stop_on_escape=True, **common))
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    t_r1_1, _ = best_of(lambda: linearized_grid(configs("rank-one"),
-                                                stop_on_escape=True, **common),
-                        key="simlab")
-    numba.set_num_threads(threads)
-    t_dn, res_dn = best_of(lambda: linearized_grid(configs("dense"),
-                                                   stop_on_escape=True, **common))
-    for a, b in zip(res, res_dn, strict=True):
-        assert np.array_equal(a.escape_step, b.escape_step)
-
-    rng = np.random.default_rng(args.seed + 1)
-    t0, c0 = time.perf_counter(), time.process_time()
-    np_steps = [numpy_escape_steps(dense[s], eta, B, K, steps, T, rng)
-                for s, B in cells]
-    t_np = time.perf_counter() - t0
-    cpu["numpy"] = time.process_time() - c0
-
-    t_free, res_free = best_of(lambda: linearized_grid(
-        configs("rank-one"), stop_on_escape=False, **common))
-
-    # Work actually done (steps run) by each implementation, stop on escape.
-    work_sim = sum(np.where(r.escape_step >= 0, r.escape_step, steps).sum()
-                   for r in res)
-    work_np = sum(np.where(e >= 0, e, steps).sum() for e in np_steps)
-    print("\nstop on escape (same grid, same settings):")
-    print(f"  numpy loop            {t_np:9.3f} s   "
-          f"{work_np / t_np / 1e3:9.1f} k steps/s")
-    print(f"  simlab, rank-one      {t_r1:9.4f} s   "
-          f"{work_sim / t_r1 / 1e6:9.2f} M steps/s   speed-up {t_np / t_r1:7.0f}x")
-    print(f"    same, 1 thread      {t_r1_1:9.4f} s   "
-          f"{work_sim / t_r1_1 / 1e6:9.2f} M steps/s   speed-up "
-          f"{t_np / t_r1_1:7.0f}x")
-    print(f"  simlab, dense H_i     {t_dn:9.4f} s   "
-          f"{work_sim / t_dn / 1e6:9.2f} M steps/s   speed-up {t_np / t_dn:7.0f}x")
-    print(f"  CPU time, numpy / simlab (1 thread): {cpu['numpy']:.3f} s / "
-          f"{cpu['simlab']:.4f} s = {cpu['numpy'] / cpu['simlab']:.0f}x "
-          f"(insensitive to other load on the machine)")
-    total = len(cells) * T * steps
-    print("no stop (every trajectory runs all steps):")
-    print(f"  simlab, rank-one      {t_free:9.4f} s   "
-          f"{total / t_free / 1e6:9.2f} M steps/s   "
-          f"(numpy at its measured rate: ~{total / (work_np / t_np):.0f} s)")
-
-    # --- agreement of escape fractions (different random streams)
-    x_sim = np.array([r.escaped.sum() for r in res])
-    x_np = np.array([(e >= 0).sum() for e in np_steps])
-    pvals = np.array([stats.fisher_exact([[a, T - a], [b, T - b]]).pvalue
-                      for a, b in zip(x_sim, x_np, strict=True)])
-    pooled = (x_sim + x_np) / (2 * T)
-    var = pooled * (1 - pooled) * 2 * T
-    z = (x_sim - x_np).sum() / np.sqrt(max(var.sum(), 1e-300))
-    agree_free = np.mean([np.array_equal(a.escaped, b.escaped)
-                          for a, b in zip(res, res_free, strict=True)])
-    print("\nescape fractions (simlab vs numpy, independent streams):")
-    print(f"  pooled over the grid  {x_sim.sum() / (len(cells) * T):.4f} vs "
-          f"{x_np.sum() / (len(cells) * T):.4f}   z = {z:+.2f} "
-          f"(|z| < 3 expected for equal distributions)")
-    print(f"  cells with Fisher p < 0.01: {(pvals < 0.01).sum()} of {len(cells)} "
-          f"(about {0.01 * len(cells):.1f} expected by chance, fewer since the "
-          f"test is conservative)")
-    print(f"  mean |difference| per cell: {np.abs(x_sim - x_np).mean() / T:.3f}")
-    print(f"  stop vs no-stop runs give the same escape flags in "
-          f"{agree_free:.0%} of cells (same seeds, so this must be 100%)")
-    print("\n  per-cell escape fraction, rows s, columns B  (simlab | numpy)")
-    print("  s \\ B " + " ".join(f"{B:>9d}" for B in b_vals))
-    for i, s in enumerate(s_vals):
-        row = [f"{x_sim[i * len(b_vals) + j] / T:4.2f}|"
-               f"{x_np[i * len(b_vals) + j] / T:4.2f}"
-               for j in range(len(b_vals))]
-        print(f"  {s:5d}  " + " ".join(f"{c:>9s}" for c in row))
-    ok = t_np / t_r1 >= 100
-    print(f"\nspeed-up {t_np / t_r1:.0f}x with {threads} threads, "
-          f"{t_np / t_r1_1:.0f}x with 1 thread, "
-          f"{cpu['numpy'] / cpu['simlab']:.0f}x in CPU time (target >= 100x "
-          f"wall time): {'met' if ok else 'NOT met'}")
+    for n in args.n:
+        ratios = bench(n, args)
+        print(f"  n = {n}: per call {ratios['per call'][1]:.0f}x, batched "
+              f"{ratios['batched'][1]:.0f}x ({threads_note(ratios)}) the numpy "
+              f"loop in CPU time; target per call >= 100x: "
+              f"{'met' if ratios['per call'][1] >= 100 else 'NOT met'}")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def threads_note(ratios):
+    """The one-thread ratio, for the summary line."""
+    return f"{ratios['batched, 1 thread'][1]:.0f}x on one thread"
 
 
 if __name__ == "__main__":

@@ -106,26 +106,69 @@ def test_exact_zero_matches_reference_without_warnings():
     npt.assert_array_equal(comp.lyapunov, -np.inf)
 
 
-def test_uncompiled_body_is_bit_identical():
+@pytest.mark.parametrize("family", ["random", "dial"])
+def test_uncompiled_body_is_bit_identical(family):
     """The plain-Python step bodies (the source every backend compiles) give
-    exactly the compiled result: same RNG stream, same arithmetic order."""
-    cell = lin._prepare_cell(G5, 0.4, 2, "without", F3, 1, 0.3)
-    comp = linearized(G5, 0.4, 2, scheme="without", forget=F3, forget_batch=1,
+    exactly the compiled result: same RNG stream, same arithmetic order. The
+    dial family is stored sparsely (one nonzero per row), the random one
+    densely."""
+    if family == "random":
+        R, F, B, B_f = G5, F3, 2, 1
+    else:
+        R = F = coherence_dial(6, 2)
+        B, B_f = 3, 2
+    cell = lin._prepare_cell(R, 0.4, B, "without", F, B_f, 0.3)
+    fam = cell["family"]
+    assert (fam["nnz"] > 0) == (family == "dial")
+    comp = linearized(R, 0.4, B, scheme="without", forget=F, forget_batch=B_f,
                       alpha=0.3, steps=20, trajectories=2, seed=9)
     states = lin._rng_states(9, 2)
     delta = lin._initial_directions(cell, 2, 9)
+    n_r, n_f, p = R.shape[0], F.shape[0], fam["p"]
     for k in range(2):
         rec = np.empty(21)
         d = delta[k].copy()
         with np.errstate(over="ignore"):
             e, steps_run, log_final = _step.run_trajectory(
-                cell["hess"], np.zeros((0, 0, 0)), cell["cell_i"], cell["cell_f"],
-                20, 1, math.log(1e3), False, states[k].copy(), np.empty(5, int),
-                np.empty(3, int), np.empty(5, int), np.empty(3), d, rec)
+                fam["G"], fam["Gc"], fam["H"], cell["cell_i"], cell["cell_f"],
+                20, 1, math.log(1e3), False, states[k].copy(), np.empty(n_r, int),
+                np.empty(n_f, int), np.empty(n_r, int), np.empty(p), d, rec)
         npt.assert_array_equal(rec, comp.log_sq_norm[k])
         assert e == comp.escape_step[k] and steps_run == 20
         assert 0.5 * log_final / 20 == comp.lyapunov[k]
         npt.assert_array_equal(d / np.linalg.norm(d), comp.direction[k])
+
+
+def test_sparse_storage_is_bit_identical_to_dense():
+    """Sparse rank-one rows (coherence dial) give bit-for-bit the result of the
+    same factors stored densely: the sparse products add the same nonzero terms
+    to the same partial sums in the same order. Reference: the dense-storage
+    path of the same kernel, forced by replacing the family's sparse arrays
+    with the dense factors."""
+    R = coherence_dial(40, 3)
+    kw = dict(scheme="without", forget=R, forget_batch=5, alpha=0.2, steps=300,
+              trajectories=4, seed=3, record_every=7)
+    sparse = linearized(R, 0.9, 7, **kw)
+    assert lin._prepare_cell(R, 0.9, 7, "without", R, 5, 0.2)["family"]["nnz"] == 1
+    orig = lin._prepare_family
+
+    def dense_family(*args):
+        fam = orig(*args)
+        if fam["nnz"]:
+            G = np.concatenate([args[0], args[1]]) if args[1] is not None else args[0]
+            fam = dict(fam, nnz=0, G=np.ascontiguousarray(G),
+                       Gc=np.zeros((0, 0), dtype=np.int64))
+        return fam
+
+    lin._prepare_family = dense_family
+    try:
+        dense = linearized(R, 0.9, 7, **kw)
+    finally:
+        lin._prepare_family = orig
+    npt.assert_array_equal(sparse.log_sq_norm, dense.log_sq_norm)
+    npt.assert_array_equal(sparse.escape_step, dense.escape_step)
+    npt.assert_array_equal(sparse.lyapunov, dense.lyapunov)
+    npt.assert_array_equal(sparse.direction, dense.direction)
 
 
 # ------------------------------------------------------------ 2. random numbers

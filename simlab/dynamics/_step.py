@@ -28,9 +28,19 @@ promotes ``uint64 op int64`` to float64, so every constant below is an
 One configuration ("cell") is described by two small arrays built on the host
 by ``simlab.dynamics.linearized._prepare_cell``:
 
-``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one]``
+``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one,
+nnz, family]``
 ``cell_f`` (float64): ``[q_r, q_f, w_r, w_f, eta]`` with ``q = B / n`` (Bernoulli
 keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``.
+
+The Hessians live once per *family* (the retain rows, then the forget rows, of
+the configurations that share them), not once per cell: ``family`` is the row
+of ``G`` (rank-one factors), ``Gc`` and ``H`` (dense) that a cell uses. A sparse
+rank-one family (``nnz > 0``) stores row ``i``'s nonzero entries in
+``G[family, i, :nnz]`` and their (increasing) column indices in
+``Gc[family, i, :nnz]`` (padding: value 0 at column 0); the sparse products
+(:func:`dot_sparse`, :func:`add_sparse`) give bit-for-bit the dense ones
+(:func:`dot_row`, :func:`add_rank_one`), at ``O(nnz)`` instead of ``O(p)`` per row.
 """
 
 import math
@@ -46,13 +56,16 @@ __all__ = [
     "rng_below",
     "draw_batch",
     "dot_row",
+    "dot_sparse",
     "add_rank_one",
+    "add_sparse",
     "add_dense",
     "escape_threshold",
     "linear_step",
     "run_trajectory",
     "simulate_pair",
     "simulate_many",
+    "simulate_serial",
 ]
 
 #: Integer codes of the sampling schemes used inside kernels.
@@ -179,6 +192,51 @@ def dot_row(A, i, x, p):
     return (s0 + s1) + (s2 + s3)
 
 
+def dot_sparse(V, C, i, x, nnz, p):
+    """:func:`dot_row` for a row stored sparsely (values ``V[i, :nnz]`` at the
+    increasing columns ``C[i, :nnz]``), bit-identical to the dense product.
+
+    Every nonzero term goes to the partial sum the dense loop gives it (column
+    ``j mod 4`` before the tail ``p - p mod 4``, ``s0`` in the tail) and in the
+    same order; the dense loop's other terms are exact zeros, which change a
+    partial sum at most in the sign of a zero, and a zero result is used only
+    as a factor of further zeros (see :func:`add_sparse`).
+    """
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    p4 = p - p % 4
+    for a in range(nnz):
+        j = C[i, a]
+        v = V[i, a] * x[j]
+        m = j % 4 if j < p4 else 0
+        if m == 0:
+            s0 += v
+        elif m == 1:
+            s1 += v
+        elif m == 2:
+            s2 += v
+        else:
+            s3 += v
+    return (s0 + s1) + (s2 + s3)
+
+
+def add_sparse(V, C, row0, idx, k, w, delta, acc, nnz, p):
+    """:func:`add_rank_one` for sparse rows: ``O(k nnz)``, same result.
+
+    The dense update adds ``c * 0`` (a signed zero, ``c`` is finite) to the
+    entries outside the row's support; that changes ``acc[j]`` at most from
+    ``+0`` to ``-0``, and ``delta[j] - eta * acc[j]`` is the same for both
+    after the flush of :func:`linear_step` (``+-0`` becomes ``0.0``).
+    """
+    for a in range(k):
+        i = row0 + idx[a]
+        c = w * dot_sparse(V, C, i, delta, nnz, p)
+        for b in range(nnz):
+            acc[C[i, b]] += c * V[i, b]
+
+
 def add_rank_one(G, row0, idx, k, w, delta, acc, p):
     """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p)."""
     for a in range(k):
@@ -209,27 +267,34 @@ def escape_threshold(log_thresh):
     return math.exp(log_thresh)
 
 
-def linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r, w_f, eta,
-                scheme, use_r, use_f, state, perm_r, perm_f, idx, acc, delta):
+def linear_step(G, Gc, H, rank_one, nnz, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r,
+                w_f, eta, scheme, use_r, use_f, state, perm_r, perm_f, idx, acc,
+                delta):
     """One step ``delta <- delta - eta [w_r S_r - w_f S_f]``; return ``|delta|^2``.
 
     ``S_r`` (``S_f``) is the sum of the retain (forget) batch Hessians applied to
     the old ``delta``; the retain batch is drawn before the forget batch. Rows
     ``0..n_r-1`` of ``G`` (rank-one) or ``H`` (dense) are retain, then forget.
-    Entries of the new ``delta`` below ``1e-280`` in magnitude are set to zero
-    (subnormal arithmetic is slow; see ``_FLUSH``).
+    Sparse rank-one rows (``nnz > 0``: values in ``G``, columns in ``Gc``) use
+    the sparse products. Entries of the new ``delta`` below ``1e-280`` in
+    magnitude, signed zeros included, are set to ``0.0`` (subnormal arithmetic
+    is slow; see ``_FLUSH``).
     """
     for j in range(p):
         acc[j] = 0.0
     if use_r:
         k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
-        if rank_one:
+        if nnz > 0:
+            add_sparse(G, Gc, 0, idx, k, w_r, delta, acc, nnz, p)
+        elif rank_one:
             add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
         else:
             add_dense(H, 0, idx, k, w_r, delta, acc, p)
     if use_f:
         k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
-        if rank_one:
+        if nnz > 0:
+            add_sparse(G, Gc, n_r, idx, k, -w_f, delta, acc, nnz, p)
+        elif rank_one:
             add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
         else:
             add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
@@ -243,12 +308,13 @@ def linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r, w_f, eta,
     return sq
 
 
-def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
+def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
                    stop_on_escape, state, perm_r, perm_f, idx, acc, delta, rec):
     """Run one trajectory from ``delta`` (in place); return its summary.
 
-    Parameters are one cell's Hessians and ``cell_i``/``cell_f`` (module
-    docstring), the run settings (``log_K = log escape_factor``), and this
+    Parameters are one cell's Hessians (its family's rows of ``G``, ``Gc``,
+    ``H``) and ``cell_i``/``cell_f`` (module docstring), the run settings
+    (``log_K = log escape_factor``), and this
     trajectory's work arrays: ``state`` (uint64[4]), ``perm_r``/``perm_f``
     (int64, length >= n), ``idx`` (int64, length >= max(n_r, n_f)), ``acc``
     (float64[p]), ``delta`` (float64[p]: ``delta_0`` on entry, the final,
@@ -281,6 +347,7 @@ def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
     use_r = cell_i[6] != 0
     use_f = cell_i[7] != 0
     rank_one = cell_i[8] != 0
+    nnz = cell_i[9]
     q_r = cell_f[0]
     q_f = cell_f[1]
     w_r = cell_f[2]
@@ -304,9 +371,9 @@ def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
     countdown = record_every
     r = 0
     for t in range(1, steps + 1):
-        sq = linear_step(G, H, rank_one, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r,
-                         w_f, eta, scheme, use_r, use_f, state, perm_r, perm_f,
-                         idx, acc, delta)
+        sq = linear_step(G, Gc, H, rank_one, nnz, p, n_r, n_f, B_r, B_f, q_r, q_f,
+                         w_r, w_f, eta, scheme, use_r, use_f, state, perm_r,
+                         perm_f, idx, acc, delta)
         countdown -= 1
         if sq == 0.0:
             if countdown == 0:
@@ -334,7 +401,7 @@ def run_trajectory(G, H, cell_i, cell_f, steps, record_every, log_K,
     return escape_step, steps_run, log_scale + math.log(sq) - log_sq0
 
 
-def simulate_pair(k, G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
+def simulate_pair(k, G, Gc, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
                   stop_on_escape, states, perm_r, perm_f, idx, acc, delta, rec,
                   escape_step, steps_run, log_final):
     """Run (cell, trajectory) pair ``k`` and store its summary.
@@ -346,15 +413,16 @@ def simulate_pair(k, G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K
     ``log_final`` receive its return values.
     """
     c = pair_cell[k]
-    e, s, f = run_trajectory(G[c], H[c], cell_i[c], cell_f[c], steps, record_every,
-                             log_K, stop_on_escape, states[k], perm_r[k], perm_f[k],
-                             idx[k], acc[k], delta[k], rec[k])
+    fam = cell_i[c, 10]
+    e, s, f = run_trajectory(G[fam], Gc[fam], H[fam], cell_i[c], cell_f[c], steps,
+                             record_every, log_K, stop_on_escape, states[k],
+                             perm_r[k], perm_f[k], idx[k], acc[k], delta[k], rec[k])
     escape_step[k] = e
     steps_run[k] = s
     log_final[k] = f
 
 
-def simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, record_every,
+def simulate_many(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_every,
                   log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
                   rec, escape_step, steps_run, log_final):
     """CPU driver body: ``prange`` over (cell, trajectory) pairs.
@@ -366,15 +434,29 @@ def simulate_many(G, H, cell_i, cell_f, pair_cell, order, steps, record_every,
     neither on the thread count nor on the order.
     """
     for i in prange(order.shape[0]):
-        simulate_pair(order[i], G, H, cell_i, cell_f, pair_cell, steps, record_every,
-                      log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
-                      rec, escape_step, steps_run, log_final)
+        simulate_pair(order[i], G, Gc, H, cell_i, cell_f, pair_cell, steps,
+                      record_every, log_K, stop_on_escape, states, perm_r, perm_f,
+                      idx, acc, delta, rec, escape_step, steps_run, log_final)
+
+
+def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_every,
+                    log_K, stop_on_escape, states, perm_r, perm_f, idx, acc, delta,
+                    rec, escape_step, steps_run, log_final):
+    """:func:`simulate_many` on the calling thread (same signature and result).
+
+    For small runs: waking Numba's worker threads costs milliseconds of CPU
+    per call on a loaded machine, more than a small run's arithmetic.
+    """
+    for i in range(order.shape[0]):
+        simulate_pair(order[i], G, Gc, H, cell_i, cell_f, pair_cell, steps,
+                      record_every, log_K, stop_on_escape, states, perm_r, perm_f,
+                      idx, acc, delta, rec, escape_step, steps_run, log_final)
 
 
 #: The device-side functions, in dependency order.
 STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch", "dot_row",
-                  "add_rank_one", "add_dense", "escape_threshold", "linear_step",
-                  "run_trajectory", "simulate_pair")
+                  "dot_sparse", "add_rank_one", "add_sparse", "add_dense",
+                  "escape_threshold", "linear_step", "run_trajectory", "simulate_pair")
 
 
 def family():

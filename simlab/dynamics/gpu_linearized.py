@@ -24,13 +24,13 @@ from .linearized import _grid
 __all__ = ["gpu_linearized", "gpu_linearized_grid"]
 
 
-def _kernel_body(G, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
+def _kernel_body(G, Gc, H, cell_i, cell_f, pair_cell, steps, record_every, log_K,
                  stop_on_escape, states, perm_r, perm_f, idx, acc, delta, rec,
                  escape_step, steps_run, log_final):
     """Kernel: thread ``k`` runs pair ``k`` (``_step.simulate_pair``)."""
     k = cuda.grid(1)  # noqa: F821 - bound by _build
     if k < pair_cell.shape[0]:
-        simulate_pair(k, G, H, cell_i, cell_f, pair_cell, steps,  # noqa: F821
+        simulate_pair(k, G, Gc, H, cell_i, cell_f, pair_cell, steps,  # noqa: F821
                       record_every, log_K, stop_on_escape, states, perm_r, perm_f,
                       idx, acc, delta, rec, escape_step, steps_run, log_final)
 
@@ -45,19 +45,20 @@ def _build():
 def _launcher(device_id):
     cuda, kernel = _build()
 
-    def launch(G, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
+    def launch(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
                stop_on_escape, states, perm_r, perm_f, idx, acc, delta, rec,
                escape_step, steps_run, log_final):
         del order  # one thread per pair: no load balancing needed
         cuda.select_device(device_id)
         outs = (states, delta, rec, escape_step, steps_run, log_final)
         d = {id(a): cuda.to_device(a) for a in
-             (G, H, cell_i, cell_f, pair_cell, states, perm_r, perm_f, idx, acc,
+             (G, Gc, H, cell_i, cell_f, pair_cell, states, perm_r, perm_f, idx, acc,
               delta, rec, escape_step, steps_run, log_final)}
         n = pair_cell.shape[0]
         tpb = config.THREADS_PER_BLOCK
         kernel[math.ceil(n / tpb), tpb](
-            d[id(G)], d[id(H)], d[id(cell_i)], d[id(cell_f)], d[id(pair_cell)],
+            d[id(G)], d[id(Gc)], d[id(H)], d[id(cell_i)], d[id(cell_f)],
+            d[id(pair_cell)],
             steps, every, log_K, stop_on_escape, d[id(states)], d[id(perm_r)],
             d[id(perm_f)], d[id(idx)], d[id(acc)], d[id(delta)], d[id(rec)],
             d[id(escape_step)], d[id(steps_run)], d[id(log_final)])

@@ -18,16 +18,21 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .._blas import serial_blas
 from .._jit import compile_family
 from .._validation import (
+    check_alpha,
+    check_batch,
     check_escape_factor,
     check_eta,
+    check_forget_batch,
     check_int,
-    check_linearized,
+    check_pair,
     check_perturbation_law,
+    check_scheme,
     check_seed,
     check_size,
     check_step,
@@ -41,11 +46,16 @@ __all__ = ["LinearizedResult", "linearized", "linearized_grid"]
 
 
 #: Step bodies and the driver, compiled for the CPU (lazily, on first call).
-_cpu = compile_family(_step.family(), "cpu", drivers=[_step.simulate_many])
+_cpu = compile_family([*_step.family(), _step.simulate_serial], "cpu",
+                      drivers=[_step.simulate_many])
 
 #: The CPU driver ``prange`` over (cell, trajectory) pairs; body in
 #: ``_step.simulate_many``, called by :func:`_run`.
 _simulate_many = _cpu.simulate_many
+
+#: The same loop on the calling thread (small runs); body in
+#: ``_step.simulate_serial``.
+_simulate_serial = _cpu.simulate_serial
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,31 +176,88 @@ def _initial_directions(cell, trajectories, seed):
 
 
 def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
-                  forget_batch=None, alpha=0.0, perturbation_samples=None):
+                  forget_batch=None, alpha=0.0, perturbation_samples=None, *,
+                  cache=None):
     """Validate one configuration and pack it for the kernel.
 
-    Returns a dict with the Hessians ``hess`` (retain rows, then forget rows;
-    in coordinates of ``U`` when ``U`` is a proper subspace), ``rank_one``,
-    ``dim`` (the original ``p``), ``basis`` (``(p, r)`` or ``None``),
-    ``cell_i``, ``cell_f`` (layout in :mod:`simlab.dynamics._step`) and
-    ``params``.
+    Returns a dict with ``family`` (see :func:`_prepare_family`: the Hessians
+    as the kernel reads them, shared by every configuration with the same
+    arrays and active sets), ``rank_one``, ``dim`` (the original ``p``),
+    ``basis`` (``(p, r)`` or ``None``), ``cell_i``, ``cell_f`` (layout in
+    :mod:`simlab.dynamics._step`; ``cell_i[10]``, the family's row, is set by
+    :func:`_run`) and ``params``.
+
+    ``cache`` (a dict owned by one grid call) shares the validation of the
+    arrays and the families between configurations that pass the *same*
+    ``retain``/``forget`` objects: a heatmap over (batch, eta, alpha) of one
+    family validates it, finds its invariant subspace and stores it once.
     """
-    retain, forget, rank_one, batch, B_f, scheme, alpha = check_linearized(
-        retain, batch, scheme, forget, forget_batch, alpha)
-    eta = check_eta(eta)
-    check_step(eta, _step_curvature(retain, forget, rank_one, batch, B_f, scheme,
-                                    alpha))
-    n_r = retain.shape[0]
+    cache = {} if cache is None else cache
+    key = (id(retain), id(forget))
+    if key not in cache:
+        # Keeps the inputs alive, so that their ids stay theirs for the call.
+        r, f, rank_one = check_pair(retain, forget)
+        curv = tuple(None if hs is None else float(sample_curvature(hs, rank_one).max())
+                     for hs in (r, f))
+        cache[key] = (retain, forget, r, f, rank_one, curv)
+    _, _, retain, forget, rank_one, curv = cache[key]
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    batch = check_batch(batch, retain.shape[0], "batch")
     if forget is None:
-        n_f, B_f = 0, 0
-        hess = retain
+        if alpha != 0.0:
+            raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
+        B_f = None
     else:
-        n_f = forget.shape[0]
-        hess = np.concatenate([retain, forget])
+        B_f = check_forget_batch(forget_batch, batch, retain.shape[0],
+                                 forget.shape[0])
+    eta = check_eta(eta)
+    check_step(eta, _step_curvature(retain, forget, curv, batch, B_f, scheme, alpha))
+    n_r = retain.shape[0]
+    n_f = 0 if forget is None else forget.shape[0]
+    if forget is None:
+        B_f = 0
     use_r = alpha < 1.0
     use_f = forget is not None and alpha > 0.0
-    active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
+    fkey = key + (use_r, use_f)
+    if fkey not in cache:
+        cache[fkey] = _prepare_family(retain, forget, rank_one, use_r, use_f)
+    fam = cache[fkey]
+    cell_i = np.array([fam["p"], n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
+                       use_r, use_f, rank_one, fam["nnz"], 0], dtype=np.int64)
+    cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
+                       (1.0 - alpha) / batch, alpha / B_f if n_f else 0.0, eta])
+    params = {
+        "eta": eta, "batch": batch, "scheme": scheme,
+        "forget_batch": B_f if forget is not None else None, "alpha": alpha,
+        "retain_shape": tuple(retain.shape),
+        "forget_shape": None if forget is None else tuple(forget.shape),
+        "rank_one": bool(rank_one),
+    }
     dim = retain.shape[1]
+    _, start = check_perturbation_law(None, perturbation_samples, dim)
+    params["perturbation"] = ("isotropic in U" if start is None else
+                              f"gaussian, second moment of {start.shape[0]} samples")
+    return {"family": fam, "rank_one": rank_one, "dim": dim, "basis": fam["basis"],
+            "cell_i": cell_i, "cell_f": cell_f, "params": params, "start": start}
+
+
+def _prepare_family(retain, forget, rank_one, use_r, use_f):
+    """The Hessians of validated ``retain``/``forget`` as the kernel reads them.
+
+    Retain rows, then forget rows, in coordinates of ``U = range(sum of active
+    H_i)`` when ``U`` is a proper subspace. Returns a dict with ``basis``
+    (``(p, r)`` or ``None``), ``p`` (the kernel's dimension), ``nnz`` and the
+    kernel arrays ``G`` (rank-one: factors, or for a sparse family the nonzero
+    values), ``Gc`` (column indices of a sparse family) and ``H`` (dense).
+
+    Rank-one factors whose rows have at most ``p / 4`` nonzeros (the
+    coherence dial has one) are stored sparsely (``nnz`` = the largest row
+    count, rows padded with zeros at column 0); the kernel's sparse products
+    are bit-identical to the dense ones (:mod:`simlab.dynamics._step`).
+    """
+    hess = retain if forget is None else np.concatenate([retain, forget])
+    active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
     basis = _subspace(np.concatenate(active))
     if basis is not None:
         # Simulate in coordinates of U: no rounding residue can build up in the
@@ -202,35 +269,39 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
             hess = 0.5 * (hess + hess.transpose(0, 2, 1))   # the kernel uses H = H^T
         hess = np.ascontiguousarray(hess)
     p = hess.shape[1]
-    cell_i = np.array([p, n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
-                       use_r, use_f, rank_one], dtype=np.int64)
-    cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
-                       (1.0 - alpha) / batch, alpha / B_f if n_f else 0.0, eta])
-    params = {
-        "eta": eta, "batch": batch, "scheme": scheme,
-        "forget_batch": B_f if forget is not None else None, "alpha": alpha,
-        "retain_shape": tuple(retain.shape),
-        "forget_shape": None if forget is None else tuple(forget.shape),
-        "rank_one": bool(rank_one),
-    }
-    _, start = check_perturbation_law(None, perturbation_samples, dim)
-    params["perturbation"] = ("isotropic in U" if start is None else
-                              f"gaussian, second moment of {start.shape[0]} samples")
-    return {"hess": hess, "rank_one": rank_one, "dim": dim, "basis": basis,
-            "cell_i": cell_i, "cell_f": cell_f, "params": params, "start": start}
+    fam = {"basis": basis, "p": p, "nnz": 0, "rank_one": rank_one,
+           "G": hess if rank_one else np.zeros((0, 0)),
+           "Gc": np.zeros((0, 0), dtype=np.int64),
+           "H": np.zeros((0, 0, 0)) if rank_one else hess}
+    if rank_one and hess.shape[0]:
+        nz = hess != 0
+        counts = nz.sum(axis=1)
+        nnz = max(int(counts.max()), 1)
+        if 4 * nnz <= p:
+            rows = hess.shape[0]
+            C = np.zeros((rows, nnz), dtype=np.int64)
+            V = np.zeros((rows, nnz))
+            i, j = np.nonzero(nz)                   # row-major: columns increase
+            pos = np.arange(i.size) - np.repeat(np.cumsum(counts) - counts, counts)
+            C[i, pos] = j
+            V[i, pos] = hess[i, j]
+            fam.update(nnz=nnz, G=V, Gc=C)
+    return fam
 
 
-def _step_curvature(retain, forget, rank_one, batch, forget_batch, scheme, alpha):
+def _step_curvature(retain, forget, curv, batch, forget_batch, scheme, alpha):
     """Bound on the curvature one step applies: ``|delta_{t+1}| <= (1 + eta c)
     |delta_t|`` with ``c = sum_sets w k lambda_max``, ``k = n / B`` for
     ``"bernoulli"`` (every sample may be drawn, the sum is divided by ``B``)
-    and ``1`` otherwise."""
+    and ``1`` otherwise; ``curv`` holds each set's largest
+    :func:`~simlab._validation.sample_curvature`."""
     c = 0.0
-    for hs, B, w in ((retain, batch, 1.0 - alpha), (forget, forget_batch, alpha)):
+    for hs, B, w, lam in ((retain, batch, 1.0 - alpha, curv[0]),
+                          (forget, forget_batch, alpha, curv[1])):
         if hs is None or w == 0.0:
             continue
         k = hs.shape[0] / B if scheme == "bernoulli" else 1.0
-        c += w * k * float(sample_curvature(hs, rank_one).max())
+        c += w * k * lam
     return c
 
 
@@ -281,84 +352,140 @@ def _ms_growth(log_sq_norm, lyapunov, record_steps):
     return math.exp(slope)
 
 
-def _run(cells, seeds, run, driver=None):
-    """Run every (cell, trajectory) pair in one call of ``driver``.
+#: Pairs per call of the CPU driver: the per-pair work arrays of one chunk
+#: (``delta``, ``acc``, permutations, records) stay within tens of MB however
+#: large the grid (about 4.5 kB per pair on the paper-size Hessian test).
+_CHUNK_PAIRS = 8192
 
-    ``driver`` has the signature of :func:`_simulate_many` (default) and fills
-    the output arrays in place; the CUDA backend passes its kernel launcher.
+#: Below this estimated number of multiply-adds a chunk runs on the calling
+#: thread (``simulate_serial``): waking Numba's worker threads costs several
+#: milliseconds of CPU per call on a loaded machine (measured: 8 ms per
+#: ``linearized`` call of the n = 40 benchmark on 2 shared cores, more than
+#: the arithmetic of most of its cells).
+_SERIAL_WORK = 2e7
+
+
+def _pair_cost(cell, steps):
+    """Estimated multiply-adds of one trajectory of ``cell`` (for scheduling)."""
+    ci = cell["cell_i"]
+    p, nnz = int(ci[0]), int(ci[9])
+    row = 2 * nnz if nnz else (2 * p if ci[8] else p * p)
+    k = ci[3] * ci[6] + ci[4] * ci[7]
+    return steps * (p + k * row + (ci[1] + ci[2] if ci[5] == 0 else 0))
+
+
+def _pack_families(cells):
+    """One row of the kernel arrays ``G``, ``Gc``, ``H`` per distinct family.
+
+    Returns ``(G, Gc, H, fam_of_cell)``; rows are zero-padded to the largest
+    family of each kind.
     """
-    driver = _simulate_many if driver is None else driver
+    fams, where = [], {}
+    fam_of_cell = np.empty(len(cells), dtype=np.int64)
+    for c, cell in enumerate(cells):
+        f = cell["family"]
+        if id(f) not in where:
+            where[id(f)] = len(fams)
+            fams.append(f)
+        fam_of_cell[c] = where[id(f)]
+
+    def stack(key, dtype):
+        ndim = fams[0][key].ndim
+        shape = [max(f[key].shape[d] for f in fams) for d in range(ndim)]
+        check_size((len(fams), *shape), f"the {key} array of a linearized run "
+                                        f"({len(fams)} families)")
+        out = np.zeros((len(fams), *shape), dtype=dtype)
+        for i, f in enumerate(fams):
+            a = f[key]
+            out[(i, *(slice(0, m) for m in a.shape))] = a
+        return out
+
+    return (stack("G", float), stack("Gc", np.int64), stack("H", float),
+            fam_of_cell)
+
+
+def _run(cells, seeds, run, driver=None):
+    """Run every (cell, trajectory) pair.
+
+    ``driver`` has the signature of :func:`_simulate_many` and fills the
+    output arrays in place; the CUDA backend passes its kernel launcher and
+    gets every pair in one call. The CPU runs the pairs in chunks of whole
+    cells (at most about ``_CHUNK_PAIRS`` pairs, so the work arrays stay
+    small), each with ``_simulate_many`` (threads) or, for a small chunk
+    (``_SERIAL_WORK``) or one Numba thread, ``_simulate_serial``. Pairs are
+    independent, so neither choice changes a bit of the result.
+    """
     T = run["trajectories"]
     steps, every = run["steps"], run["record_every"]
     n_cells = len(cells)
     n_rec = steps // every + 1
+    G, Gc, H, fam_of_cell = _pack_families(cells)
     cell_i = np.stack([c["cell_i"] for c in cells])
+    cell_i[:, 10] = fam_of_cell
     cell_f = np.stack([c["cell_f"] for c in cells])
-    p_max = int(cell_i[:, 0].max())
-    n_r_max = int(cell_i[:, 1].max())
-    n_f_max = int(cell_i[:, 2].max())
-    rows = [c["hess"].shape[0] for c in cells]
-    r1 = [c for c in range(n_cells) if cells[c]["rank_one"]]
-    dn = [c for c in range(n_cells) if not cells[c]["rank_one"]]
-    g_rows = max((rows[c] for c in r1), default=0)
-    h_rows = max((rows[c] for c in dn), default=0)
-    n_work = (n_cells * T * (n_rec + 2 * p_max + n_r_max + n_f_max
-                             + max(n_r_max, n_f_max) + 8)
-              + n_cells * (g_rows * p_max + h_rows * p_max * p_max))
-    check_size(n_work, f"a linearized run of {n_cells} configuration(s) x "
-                       f"trajectories={T} with {n_rec} recorded steps "
-                       f"(steps={steps}, record_every={every})")
-    G = np.zeros((n_cells, g_rows, p_max if r1 else 0))
-    H = np.zeros((n_cells, h_rows, *(2 * (p_max if dn else 0,))))
-    for c in r1:
-        hs = cells[c]["hess"]
-        G[c, :hs.shape[0], :hs.shape[1]] = hs
-    for c in dn:
-        hs = cells[c]["hess"]
-        H[c, :hs.shape[0], :hs.shape[1], :hs.shape[2]] = hs
-
-    n_pairs = n_cells * T
-    pair_cell = np.repeat(np.arange(n_cells, dtype=np.int64), T)
-    order = np.random.default_rng(0).permutation(n_pairs).astype(np.int64)
-    states = np.empty((n_pairs, 4), dtype=np.uint64)
-    delta = np.zeros((n_pairs, p_max))
-    for c, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
-        sl = slice(c * T, (c + 1) * T)
-        states[sl] = _rng_states(seed, T)
-        d0 = _initial_directions(cell, T, seed)
-        delta[sl, :d0.shape[1]] = d0
-    perm_r = np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64)
-    perm_f = np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64)
-    idx = np.empty((n_pairs, max(n_r_max, n_f_max, 1)), dtype=np.int64)
-    acc = np.empty((n_pairs, p_max))
-    rec = np.empty((n_pairs, n_rec))
-    escape_step = np.empty(n_pairs, dtype=np.int64)
-    steps_run = np.empty(n_pairs, dtype=np.int64)
-    log_final = np.empty(n_pairs)
+    if driver is None:
+        per_chunk = max(1, _CHUNK_PAIRS // T)
+        chunks = [range(a, min(a + per_chunk, n_cells))
+                  for a in range(0, n_cells, per_chunk)]
+    else:
+        chunks = [range(n_cells)]
     log_K = math.log(run["escape_factor"])
-    driver(G, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
-           run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
-           rec, escape_step, steps_run, log_final)
-
-    record_steps = np.arange(n_rec, dtype=np.int64) * every
     results = []
-    for c, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
-        sl = slice(c * T, (c + 1) * T)
-        p = int(cell_i[c, 0])
-        d = delta[sl, :p]
-        if cell["basis"] is not None:
-            d = d @ cell["basis"].T
-        nrm = np.linalg.norm(d, axis=1, keepdims=True)
-        direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
-        lyapunov = 0.5 * log_final[sl] / steps_run[sl]
-        log_sq_norm = rec[sl].copy()
-        params = {**cell["params"], **run, "seed": int(seed)}
-        results.append(LinearizedResult(
-            escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
-            lyapunov=lyapunov, log_sq_norm=log_sq_norm, record_steps=record_steps,
-            direction=direction,
-            ms_growth=_ms_growth(log_sq_norm, lyapunov, record_steps),
-            params=params, seed=int(seed), version=__version__))
+    for chunk in chunks:
+        sub = cell_i[chunk.start:chunk.stop]
+        p_max = int(sub[:, 0].max())
+        n_r_max = int(sub[:, 1].max())
+        n_f_max = int(sub[:, 2].max())
+        n_pairs = len(chunk) * T
+        check_size(n_pairs * (n_rec + 2 * p_max + n_r_max + n_f_max
+                              + max(n_r_max, n_f_max) + 8),
+                   f"a linearized run of {n_cells} configuration(s) x "
+                   f"trajectories={T} with {n_rec} recorded steps "
+                   f"(steps={steps}, record_every={every})")
+        record_steps = np.arange(n_rec, dtype=np.int64) * every
+        pair_cell = np.repeat(np.arange(chunk.start, chunk.stop, dtype=np.int64), T)
+        order = np.random.default_rng(0).permutation(n_pairs).astype(np.int64)
+        states = np.empty((n_pairs, 4), dtype=np.uint64)
+        delta = np.zeros((n_pairs, p_max))
+        for k, c in enumerate(chunk):
+            sl = slice(k * T, (k + 1) * T)
+            states[sl] = _rng_states(seeds[c], T)
+            d0 = _initial_directions(cells[c], T, seeds[c])
+            delta[sl, :d0.shape[1]] = d0
+        perm_r = np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64)
+        perm_f = np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64)
+        idx = np.empty((n_pairs, max(n_r_max, n_f_max, 1)), dtype=np.int64)
+        acc = np.empty((n_pairs, p_max))
+        rec = np.empty((n_pairs, n_rec))
+        escape_step = np.empty(n_pairs, dtype=np.int64)
+        steps_run = np.empty(n_pairs, dtype=np.int64)
+        log_final = np.empty(n_pairs)
+        drive = driver
+        if drive is None:
+            work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
+            serial = work < _SERIAL_WORK or numba.get_num_threads() == 1
+            drive = _simulate_serial if serial else _simulate_many
+        drive(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
+              run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
+              rec, escape_step, steps_run, log_final)
+        for k, c in enumerate(chunk):
+            cell, seed = cells[c], seeds[c]
+            sl = slice(k * T, (k + 1) * T)
+            p = int(cell_i[c, 0])
+            d = delta[sl, :p]
+            if cell["basis"] is not None:
+                d = d @ cell["basis"].T
+            nrm = np.linalg.norm(d, axis=1, keepdims=True)
+            direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
+            lyapunov = 0.5 * log_final[sl] / steps_run[sl]
+            log_sq_norm = rec[sl].copy()
+            params = {**cell["params"], **run, "seed": int(seed)}
+            results.append(LinearizedResult(
+                escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
+                lyapunov=lyapunov, log_sq_norm=log_sq_norm,
+                record_steps=record_steps, direction=direction,
+                ms_growth=_ms_growth(log_sq_norm, lyapunov, record_steps),
+                params=params, seed=int(seed), version=__version__))
     return results
 
 
@@ -555,7 +682,7 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
     if not configs:
         raise ValueError("configs must hold at least one configuration")
     auto = np.random.SeedSequence(seed).generate_state(len(configs))
-    cells, seeds = [], []
+    cells, seeds, cache = [], [], {}
     for c, cfg in enumerate(configs):
         if not isinstance(cfg, Mapping):
             raise ValueError(f"configs[{c}] must be a mapping, got {type(cfg)}")
@@ -567,7 +694,7 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
         if missing:
             raise ValueError(f"configs[{c}] misses {sorted(missing)}")
         kw = {k: v for k, v in cfg.items() if k != "seed"}
-        cells.append(_prepare_cell(**kw))
+        cells.append(_prepare_cell(**kw, cache=cache))
         seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
                      if "seed" in cfg else int(auto[c]))
     return _run(cells, seeds, run, driver)
