@@ -139,17 +139,37 @@ def test_uncompiled_body_is_bit_identical(family):
         npt.assert_array_equal(d / np.linalg.norm(d), comp.direction[k])
 
 
-def test_sparse_storage_is_bit_identical_to_dense():
-    """Sparse rank-one rows (coherence dial) give bit-for-bit the result of the
-    same factors stored densely: the sparse products add the same nonzero terms
-    to the same partial sums in the same order. Reference: the dense-storage
-    path of the same kernel, forced by replacing the family's sparse arrays
-    with the dense factors."""
-    R = coherence_dial(40, 3)
+def _sparse_factors(n, p, nnz, seed):
+    """Random factors with ``nnz`` nonzeros per row (columns anywhere, the
+    tail ``p - p mod 4`` included; row ``i`` covers column ``i mod p``, so
+    that ``n >= p`` rows span the whole space)."""
+    rng = np.random.default_rng(seed)
+    G = np.zeros((n, p))
+    for i in range(n):
+        others = np.delete(np.arange(p), i % p)
+        cols = np.append(rng.choice(others, nnz - 1, replace=False), i % p)
+        G[i, cols] = rng.standard_normal(nnz)
+    return G
+
+
+@pytest.mark.parametrize("family", ["dial", "three per row"])
+def test_sparse_storage_is_bit_identical_to_dense(family):
+    """Sparse rank-one rows give bit-for-bit the result of the same factors
+    stored densely: the sparse products add the same nonzero terms to the same
+    partial sums in the same order (one nonzero per row: the coherence dial;
+    three per row, p = 27 so that some fall in the tail of the four-way split).
+    Reference: the dense-storage path of the same kernel, forced by replacing
+    the family's sparse arrays with the dense factors."""
+    if family == "dial":
+        R, nnz, eta = coherence_dial(40, 3), 1, 0.9
+    else:
+        R, nnz = _sparse_factors(30, 27, 3, seed=4), 3
+        eta = 1.5 / float(np.linalg.eigvalsh(R.T @ R / 30)[-1])
     kw = dict(scheme="without", forget=R, forget_batch=5, alpha=0.2, steps=300,
               trajectories=4, seed=3, record_every=7)
-    sparse = linearized(R, 0.9, 7, **kw)
-    assert lin._prepare_cell(R, 0.9, 7, "without", R, 5, 0.2)["family"]["nnz"] == 1
+    sparse = linearized(R, eta, 7, **kw)
+    cell = lin._prepare_cell(R, eta, 7, "without", R, 5, 0.2)
+    assert cell["family"]["nnz"] == nnz
     orig = lin._prepare_family
 
     def dense_family(*args):
@@ -162,7 +182,7 @@ def test_sparse_storage_is_bit_identical_to_dense():
 
     lin._prepare_family = dense_family
     try:
-        dense = linearized(R, 0.9, 7, **kw)
+        dense = linearized(R, eta, 7, **kw)
     finally:
         lin._prepare_family = orig
     npt.assert_array_equal(sparse.log_sq_norm, dense.log_sq_norm)

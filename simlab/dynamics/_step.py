@@ -38,9 +38,9 @@ the configurations that share them), not once per cell: ``family`` is the row
 of ``G`` (rank-one factors), ``Gc`` and ``H`` (dense) that a cell uses. A sparse
 rank-one family (``nnz > 0``) stores row ``i``'s nonzero entries in
 ``G[family, i, :nnz]`` and their (increasing) column indices in
-``Gc[family, i, :nnz]`` (padding: value 0 at column 0); the sparse products
-(:func:`dot_sparse`, :func:`add_sparse`) give bit-for-bit the dense ones
-(:func:`dot_row`, :func:`add_rank_one`), at ``O(nnz)`` instead of ``O(p)`` per row.
+``Gc[family, i, :nnz]`` (padding: value 0 at column 0); the sparse product
+:func:`add_sparse` gives bit-for-bit the dense one :func:`add_rank_one`, at
+``O(nnz)`` instead of ``O(p)`` per row.
 """
 
 import math
@@ -55,8 +55,6 @@ __all__ = [
     "rng_uniform",
     "rng_below",
     "draw_batch",
-    "dot_row",
-    "dot_sparse",
     "add_rank_one",
     "add_sparse",
     "add_dense",
@@ -168,80 +166,80 @@ def draw_batch(state, scheme, n, B, q, perm, idx):
     return B
 
 
-def dot_row(A, i, x, p):
-    """``sum_j A[i, j] x[j]`` (``j < p``) with four interleaved partial sums.
-
-    The fixed split (``j mod 4``, combined as ``(s0 + s1) + (s2 + s3)``) breaks
-    the floating-point dependency chain of a plain loop without ``fastmath``,
-    and is the same order on every backend.
-    """
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    j = 0
-    while j + 4 <= p:
-        s0 += A[i, j] * x[j]
-        s1 += A[i, j + 1] * x[j + 1]
-        s2 += A[i, j + 2] * x[j + 2]
-        s3 += A[i, j + 3] * x[j + 3]
-        j += 4
-    while j < p:
-        s0 += A[i, j] * x[j]
-        j += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-def dot_sparse(V, C, i, x, nnz, p):
-    """:func:`dot_row` for a row stored sparsely (values ``V[i, :nnz]`` at the
-    increasing columns ``C[i, :nnz]``), bit-identical to the dense product.
-
-    Every nonzero term goes to the partial sum the dense loop gives it (column
-    ``j mod 4`` before the tail ``p - p mod 4``, ``s0`` in the tail) and in the
-    same order; the dense loop's other terms are exact zeros, which change a
-    partial sum at most in the sign of a zero, and a zero result is used only
-    as a factor of further zeros (see :func:`add_sparse`).
-    """
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    p4 = p - p % 4
-    for a in range(nnz):
-        j = C[i, a]
-        v = V[i, a] * x[j]
-        m = j % 4 if j < p4 else 0
-        if m == 0:
-            s0 += v
-        elif m == 1:
-            s1 += v
-        elif m == 2:
-            s2 += v
-        else:
-            s3 += v
-    return (s0 + s1) + (s2 + s3)
-
-
 def add_sparse(V, C, row0, idx, k, w, delta, acc, nnz, p):
     """:func:`add_rank_one` for sparse rows: ``O(k nnz)``, same result.
+
+    Each nonzero term of ``g_i . delta`` goes to the partial sum the dense
+    loop gives it (column ``j mod 4`` before the tail ``p - p mod 4``, ``s0``
+    in the tail), in the same order; the dense loop's other terms are exact
+    zeros, which change a partial sum at most in the sign of a zero. With one
+    nonzero per row (the coherence dial) the dense sum is that one term: no
+    partial sums, no branch on a random column.
 
     The dense update adds ``c * 0`` (a signed zero, ``c`` is finite) to the
     entries outside the row's support; that changes ``acc[j]`` at most from
     ``+0`` to ``-0``, and ``delta[j] - eta * acc[j]`` is the same for both
     after the flush of :func:`linear_step` (``+-0`` becomes ``0.0``).
+    The products are written out rather than called: on the CPU an array
+    passed to an inlined function costs an atomic reference-count increment
+    and decrement per call.
     """
+    if nnz == 1:
+        for a in range(k):
+            i = row0 + idx[a]
+            j = C[i, 0]
+            c = w * (V[i, 0] * delta[j])
+            acc[j] += c * V[i, 0]
+        return
+    p4 = p - p % 4
     for a in range(k):
         i = row0 + idx[a]
-        c = w * dot_sparse(V, C, i, delta, nnz, p)
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for b in range(nnz):
+            j = C[i, b]
+            v = V[i, b] * delta[j]
+            m = (j & 3) if j < p4 else 0
+            if m == 0:
+                s0 += v
+            elif m == 1:
+                s1 += v
+            elif m == 2:
+                s2 += v
+            else:
+                s3 += v
+        c = w * ((s0 + s1) + (s2 + s3))
         for b in range(nnz):
             acc[C[i, b]] += c * V[i, b]
 
 
 def add_rank_one(G, row0, idx, k, w, delta, acc, p):
-    """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p)."""
+    """``acc += w * sum_a g_i (g_i . delta)``, ``i = row0 + idx[a]``: O(k p).
+
+    ``g_i . delta`` uses four interleaved partial sums (``j mod 4``, the
+    tail in ``s0``, combined as ``(s0 + s1) + (s2 + s3)``): the fixed split
+    breaks the floating-point dependency chain of a plain loop without
+    ``fastmath``, and is the same order on every backend.
+    """
     for a in range(k):
         i = row0 + idx[a]
-        c = w * dot_row(G, i, delta, p)
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = 0
+        while j + 4 <= p:
+            s0 += G[i, j] * delta[j]
+            s1 += G[i, j + 1] * delta[j + 1]
+            s2 += G[i, j + 2] * delta[j + 2]
+            s3 += G[i, j + 3] * delta[j + 3]
+            j += 4
+        while j < p:
+            s0 += G[i, j] * delta[j]
+            j += 1
+        c = w * ((s0 + s1) + (s2 + s3))
         for j in range(p):
             acc[j] += c * G[i, j]
 
@@ -454,8 +452,8 @@ def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_ev
 
 
 #: The device-side functions, in dependency order.
-STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch", "dot_row",
-                  "dot_sparse", "add_rank_one", "add_sparse", "add_dense",
+STEP_FUNCTIONS = ("rng_next", "rng_uniform", "rng_below", "draw_batch",
+                  "add_rank_one", "add_sparse", "add_dense",
                   "escape_threshold", "linear_step", "run_trajectory", "simulate_pair")
 
 
