@@ -143,9 +143,9 @@ def bench(n, args):
     work_np = sum(np.where(e >= 0, e, steps).sum() for e in np_steps)
     work_sim = sum(np.where(r.escape_step >= 0, r.escape_step, steps).sum()
                    for r in res)
-    print(f"  {'':22s} {'wall s':>9s} {'CPU s':>9s} {'x numpy wall':>13s} "
+    print(f"  {'':30s} {'wall s':>9s} {'CPU s':>9s} {'x numpy wall':>13s} "
           f"{'x numpy CPU':>12s} {'M steps/CPU s':>14s}")
-    print(f"  {'numpy loop':22s} {t_np:9.3f} {c_np:9.3f} {'':13s} {'':12s} "
+    print(f"  {'numpy loop':30s} {t_np:9.3f} {c_np:9.3f} {'':13s} {'':12s} "
           f"{work_np / c_np / 1e6:14.4f}")
     ratios = {}
     for name, (wall, cpu, out) in t.items():
@@ -153,7 +153,7 @@ def bench(n, args):
                 sum(np.where(r.escape_step >= 0, r.escape_step, steps).sum()
                     for r in out))
         ratios[name] = (t_np / wall, c_np / cpu)
-        print(f"  {'simlab, ' + name:22s} {wall:9.4f} {cpu:9.4f} "
+        print(f"  {'simlab, ' + name:30s} {wall:9.4f} {cpu:9.4f} "
               f"{t_np / wall:12.0f}x {c_np / cpu:11.0f}x {work / cpu / 1e6:14.2f}")
 
     # --- agreement of escape fractions (different random streams)
