@@ -595,8 +595,10 @@ def linearized(retain, eta, batch, *, scheme="without", forget=None,
     needs many trajectories and a modest horizon; ``lyapunov`` and the escape
     fraction measure the typical behaviour instead (THEORY section 4). With
     ``stop_on_escape`` only the recorded steps before the first stop are used.
-    Cost per step: ``O(B p)`` for rank-one factors, ``O(B p^2)`` dense (plus
-    ``O(n)`` random draws for ``"bernoulli"``).
+    Cost per step: ``O(B p)`` for rank-one factors, ``O(B nnz + p)`` when
+    their rows have at most ``nnz <= p / 4`` nonzeros (stored sparsely, same
+    result bit for bit; the coherence dial has ``nnz = 1``), ``O(B p^2)``
+    dense (plus ``O(n)`` random draws for ``"bernoulli"``).
 
     Examples
     --------
@@ -653,9 +655,13 @@ def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
 
     Notes
     -----
-    All (configuration, trajectory) pairs run in one ``prange`` loop, so a
-    heatmap of small cells costs one kernel launch instead of one per cell.
-    Hessians are zero-padded to the largest dimension, which costs memory but
+    All (configuration, trajectory) pairs run in ``prange`` loops over chunks
+    of about 8192 pairs, so a heatmap of small cells costs a few kernel
+    launches instead of one per cell, and the per-trajectory work arrays stay
+    small. Configurations that pass the *same* ``retain``/``forget`` array
+    objects share their validation, invariant subspace and kernel copy of the
+    Hessians (pass one array to many configurations rather than copies).
+    Families are zero-padded to the largest dimension, which costs memory but
     no arithmetic (loops run to each cell's own ``p`` and ``n``). THEORY
     sections 1-4 and 7 (the coherence-dial heatmaps).
 
