@@ -77,3 +77,19 @@ def test_bad_input():
     with pytest.raises(ValueError, match="alpha"):
         dial_spectral_radius(10, 2, 0.5, 2, alpha=-0.1)
     assert np.isfinite(dial_critical_lr(10, 2, 2))
+
+
+@pytest.mark.parametrize("s", [1, 4, 8, 18, 33, 60, 100])
+def test_matrix_free_radius_equals_closed_form_at_n100(s):
+    """The default (matrix-free Davidson) spectral_radius on the n = 100 dial
+    family against the closed form, SGD and unlearning, B from 1 to 49. A
+    regression test: with start vectors that turned out linearly dependent the
+    iteration once returned rho = 0 without a Ritz step (e.g. s = 8, B = 1:
+    closed form 11.5). Tolerance 1e-10 relative (observed 7e-15)."""
+    H = coherence_dial(100, s)
+    for B in (1, 2, 10, 40, 49):
+        for a in (0.0, 0.1):
+            kw = dict(forget=H, forget_batch=B, alpha=a) if a else {}
+            got = spectral_radius(H, 0.5, B, **kw)
+            ref = dial_spectral_radius(100, s, 0.5, B, alpha=a)
+            assert got == pytest.approx(ref, rel=1e-10), (s, B, a, got, ref)

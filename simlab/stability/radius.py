@@ -158,6 +158,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
 
     m = 0
     theta = 0.0
+    ritz_at = -1                                    # basis size of the last Ritz step
     small = np.zeros((m_max, m_max))                # V T V^T, kept up to date
     v = starts.pop(0)
     for _ in range(maxiter):
@@ -176,15 +177,19 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
                 continue
             if m == 0:
                 return 0.0
-            return theta                            # the space is exhausted
-        V[m] = v / nv
-        TV[m] = matvec(V[m].reshape(r, r)).ravel()
-        small[m, :m + 1] = V[:m + 1] @ TV[m]
-        small[:m, m] = small[m, :m]
-        m += 1
-        if starts:
-            v = starts.pop(0)
-            continue
+            if ritz_at == m:
+                return theta                        # the space is exhausted
+            # a dependent start vector was the last one: Ritz step on what we have
+        else:
+            V[m] = v / nv
+            TV[m] = matvec(V[m].reshape(r, r)).ravel()
+            small[m, :m + 1] = V[:m + 1] @ TV[m]
+            small[:m, m] = small[m, :m]
+            m += 1
+            if starts:
+                v = starts.pop(0)
+                continue
+        ritz_at = m
         lam, S = np.linalg.eigh(small[:m, :m])
         theta, s = float(lam[-1]), S[:, -1]
         x, Tx = s @ V[:m], s @ TV[:m]
