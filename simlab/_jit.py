@@ -68,6 +68,11 @@ def _rebind(fn, env):
     return copy
 
 
+def num_threads():
+    """Numba's current number of threads (``numba.get_num_threads()``)."""
+    return numba.get_num_threads()
+
+
 def compile_family(bodies, target, *, drivers=()):
     """Compile plain-Python step bodies for one target.
 

@@ -18,11 +18,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from .._blas import serial_blas
-from .._jit import compile_family
+from .._jit import compile_family, num_threads
 from .._validation import (
     check_alpha,
     check_batch,
@@ -177,7 +176,7 @@ def _initial_directions(cell, trajectories, seed):
 
 def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
                   forget_batch=None, alpha=0.0, perturbation_samples=None, *,
-                  cache=None):
+                  shared=None):
     """Validate one configuration and pack it for the kernel.
 
     Returns a dict with ``family`` (see :func:`_prepare_family`: the Hessians
@@ -187,20 +186,20 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
     :mod:`simlab.dynamics._step`; ``cell_i[10]``, the family's row, is set by
     :func:`_run`) and ``params``.
 
-    ``cache`` (a dict owned by one grid call) shares the validation of the
+    ``shared`` (a dict owned by one grid call) shares the validation of the
     arrays and the families between configurations that pass the *same*
     ``retain``/``forget`` objects: a heatmap over (batch, eta, alpha) of one
     family validates it, finds its invariant subspace and stores it once.
     """
-    cache = {} if cache is None else cache
+    shared = {} if shared is None else shared
     key = (id(retain), id(forget))
-    if key not in cache:
+    if key not in shared:
         # Keeps the inputs alive, so that their ids stay theirs for the call.
         r, f, rank_one = check_pair(retain, forget)
         curv = tuple(None if hs is None else float(sample_curvature(hs, rank_one).max())
                      for hs in (r, f))
-        cache[key] = (retain, forget, r, f, rank_one, curv)
-    _, _, retain, forget, rank_one, curv = cache[key]
+        shared[key] = (retain, forget, r, f, rank_one, curv)
+    _, _, retain, forget, rank_one, curv = shared[key]
     scheme = check_scheme(scheme)
     alpha = check_alpha(alpha)
     batch = check_batch(batch, retain.shape[0], "batch")
@@ -220,9 +219,9 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
     use_r = alpha < 1.0
     use_f = forget is not None and alpha > 0.0
     fkey = key + (use_r, use_f)
-    if fkey not in cache:
-        cache[fkey] = _prepare_family(retain, forget, rank_one, use_r, use_f)
-    fam = cache[fkey]
+    if fkey not in shared:
+        shared[fkey] = _prepare_family(retain, forget, rank_one, use_r, use_f)
+    fam = shared[fkey]
     cell_i = np.array([fam["p"], n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
                        use_r, use_f, rank_one, fam["nnz"], 0], dtype=np.int64)
     cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
@@ -463,7 +462,7 @@ def _run(cells, seeds, run, driver=None):
         drive = driver
         if drive is None:
             work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
-            serial = work < _SERIAL_WORK or numba.get_num_threads() == 1
+            serial = work < _SERIAL_WORK or num_threads() == 1
             drive = _simulate_serial if serial else _simulate_many
         drive(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
               run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
@@ -688,7 +687,7 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
     if not configs:
         raise ValueError("configs must hold at least one configuration")
     auto = np.random.SeedSequence(seed).generate_state(len(configs))
-    cells, seeds, cache = [], [], {}
+    cells, seeds, shared = [], [], {}
     for c, cfg in enumerate(configs):
         if not isinstance(cfg, Mapping):
             raise ValueError(f"configs[{c}] must be a mapping, got {type(cfg)}")
@@ -700,7 +699,7 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
         if missing:
             raise ValueError(f"configs[{c}] misses {sorted(missing)}")
         kw = {k: v for k, v in cfg.items() if k != "seed"}
-        cells.append(_prepare_cell(**kw, cache=cache))
+        cells.append(_prepare_cell(**kw, shared=shared))
         seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
                      if "seed" in cfg else int(auto[c]))
     return _run(cells, seeds, run, driver)
