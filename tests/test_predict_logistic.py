@@ -273,7 +273,8 @@ def test_logistic_panel_bookkeeping():
     assert P in ds.attrs["summary"]
 
 
-@pytest.mark.slow
+# paper size (minutes): by hand (-m full); the figure run measures the same numbers
+@pytest.mark.full
 def test_logistic_panel_paper_size():
     """Acceptance (issue 10 item 5): at paper size the typical drift-aware
     verdict agrees with the real majority on >= 90% of far cells."""

@@ -108,7 +108,8 @@ def test_stable_minimum_cell_through_sweep(tmp_path):
     assert np.all(np.isnan(a.rho.values[~settled]))
 
 
-@pytest.mark.slow
+# full size (minutes): by hand (-m full); the figure run measures the same numbers
+@pytest.mark.full
 def test_full_size_acceptance():
     """Issue 9 acceptance at full size (about 3 min on 2 busy cores): >= 200
     settled runs, no GD violation of eta lambda_max <= 2, no SGD typical
