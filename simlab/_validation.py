@@ -350,17 +350,25 @@ def check_linearized(retain, batch, scheme, forget, forget_batch, alpha, *,
     without a forget set. ``rank_k`` as in :func:`check_pair`.
     """
     retain, forget, rank_one = check_pair(retain, forget, rank_k=rank_k)
+    batch, forget_batch, scheme, alpha = check_run_config(
+        retain.shape[0], None if forget is None else forget.shape[0], batch, scheme,
+        forget_batch, alpha)
+    return retain, forget, rank_one, batch, forget_batch, scheme, alpha
+
+
+def check_run_config(n_retain, n_forget, batch, scheme, forget_batch, alpha):
+    """Validate ``(batch, forget_batch, scheme, alpha)`` for set sizes ``n_retain``
+    and ``n_forget`` (``None``: no forget set); returns them in that order, with
+    ``forget_batch`` defaulted (:func:`check_forget_batch`) or ``None``."""
     scheme = check_scheme(scheme)
     alpha = check_alpha(alpha)
-    batch = check_batch(batch, retain.shape[0], "batch")
-    if forget is None:
+    batch = check_batch(batch, n_retain, "batch")
+    if n_forget is None:
         if alpha != 0.0:
             raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
-        forget_batch = None
-    else:
-        forget_batch = check_forget_batch(forget_batch, batch, retain.shape[0],
-                                          forget.shape[0])
-    return retain, forget, rank_one, batch, forget_batch, scheme, alpha
+        return batch, None, scheme, alpha
+    return (batch, check_forget_batch(forget_batch, batch, n_retain, n_forget),
+            scheme, alpha)
 
 
 def _is_bool(value):

@@ -23,15 +23,12 @@ import numpy as np
 from .._blas import serial_blas
 from .._jit import compile_family, num_threads
 from .._validation import (
-    check_alpha,
-    check_batch,
     check_escape_factor,
     check_eta,
-    check_forget_batch,
     check_int,
     check_pair,
     check_perturbation_law,
-    check_scheme,
+    check_run_config,
     check_seed,
     check_size,
     check_step,
@@ -200,16 +197,9 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
                      for hs in (r, f))
         shared[key] = (retain, forget, r, f, rank_one, curv)
     _, _, retain, forget, rank_one, curv = shared[key]
-    scheme = check_scheme(scheme)
-    alpha = check_alpha(alpha)
-    batch = check_batch(batch, retain.shape[0], "batch")
-    if forget is None:
-        if alpha != 0.0:
-            raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
-        B_f = None
-    else:
-        B_f = check_forget_batch(forget_batch, batch, retain.shape[0],
-                                 forget.shape[0])
+    batch, B_f, scheme, alpha = check_run_config(
+        retain.shape[0], None if forget is None else forget.shape[0], batch, scheme,
+        forget_batch, alpha)
     eta = check_eta(eta)
     check_step(eta, _step_curvature(retain, forget, curv, batch, B_f, scheme, alpha))
     n_r = retain.shape[0]
