@@ -142,13 +142,21 @@ def range_basis(hessians, rtol=None):
     Eigenvalues of ``sum_i H_i`` below ``rtol * lambda_max`` (default
     ``config.RANGE_RTOL``) count as zero.
     """
+    return _range_pairs(hessians, rtol)[2]
+
+
+def _range_pairs(hessians, rtol):
+    """``(n, lam, U)``: the family's size, the kept eigenvalues of ``sum_i H_i``
+    (ascending, :func:`range_eig`) and their orthonormal eigenvectors in
+    parameter space ``(p, r)``; ``rtol`` validated here."""
     H, rank_one = check_hessians(hessians, rank_k=True)
     rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
                                                                  allow_zero=True)
     if rtol >= 1.0:
         raise ValueError(f"rtol must be < 1, got {rtol}")
     lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
-    return factor_rows(H).T @ (V / np.sqrt(lam)) if rank_one else V
+    U = factor_rows(H).T @ (V / np.sqrt(lam)) if rank_one else V
+    return H.shape[0], lam, U
 
 
 def eigenbasis(hessians, rtol=None):
@@ -184,15 +192,8 @@ def eigenbasis(hessians, rtol=None):
     >>> vals.tolist(), vecs.shape
     ([2.0, 0.5], (2, 2))
     """
-    H, rank_one = check_hessians(hessians, rank_k=True)
-    rtol = config.RANGE_RTOL if rtol is None else check_positive(rtol, "rtol",
-                                                                 allow_zero=True)
-    if rtol >= 1.0:
-        raise ValueError(f"rtol must be < 1, got {rtol}")
-    lam, V = range_eig(H, rank_one=rank_one, rtol=rtol)
-    lam, V = lam[::-1], V[:, ::-1]
-    vectors = factor_rows(H).T @ (V / np.sqrt(lam)) if rank_one else V
-    return lam / H.shape[0], np.ascontiguousarray(vectors)
+    n, lam, U = _range_pairs(hessians, rtol)
+    return lam[::-1] / n, np.ascontiguousarray(U[:, ::-1])
 
 
 def coherence_dial(n, s, *, rank_one=True):
