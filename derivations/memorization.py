@@ -39,7 +39,37 @@ Derivation
    transform, :func:`mp_stieltjes_check`), overlap ``a = -1/(beta^2 G'(z*))``;
    bulk eigenvectors at ``lambda`` have overlap ``(1/n)/[(1 - beta Re G)^2 +
    (beta pi nu)^2]``; the overlaps sum to 1 (:func:`overlap_normalisation`).
-3. With ``A = yhat^T P_k yhat``, ``y = tau y_c + r`` (``tau = 1 - 2 p_hat``),
+3. *Finite n: the spike transition.* At ``n = 20-40`` the ``n -> infinity``
+   equivalents of step 2 fail near the threshold (``theta / (1 + sqrt(gamma))``
+   in about ``[0.9, 1.3]``): they put the outlier overlap at 0 below it, while
+   the top eigenvector of a finite sample carries a substantial overlap there
+   (measured ``E[A]`` 0.40 against 0.19 at ``n = 20, d = 200, SNR = 0.15,
+   k = 1``), and recitation was overestimated by up to 0.19. Measured on
+   sampled ``A``: averaging the recitation over the simulated law of ``A``
+   instead of plugging in ``E[A]`` changes it by at most 0.03 in the band and
+   makes the low-SNR ``k = 1`` cells worse (0.06), so the gap is ``E[A]``
+   itself, not the nonlinearity of ``Phi``. The finite-``n`` model is the exact
+   secular equation of the rank-one spike (:func:`secular_check`): with ``W =
+   sum_j lam_j u_j u_j^T`` and ``w_j = (u_j . yhat)^2`` the eigenvalues ``z``
+   of ``W + beta yhat yhat^T`` solve ``beta sum_j w_j/(z - lam_j) = 1`` and
+   the eigenvector at ``z`` has squared overlap ``1/(beta^2 sum_j w_j/(z -
+   lam_j)^2)``; the overlaps of all ``n`` eigenvectors sum to 1
+   (:func:`secular_sum_check`). Its inputs are set to a deterministic
+   finite-``n`` skeleton: null eigenvalues at their classical locations (MP
+   quantiles ``(j - 1/2)/n``), the top one with its Tracy-Widom fluctuation
+   ``mu + sigma TW1`` (Johnstone 2001 with Ma's 2012 half-integer centering;
+   ``TW1`` as Chiani's shifted gamma, :func:`tw1_gamma_moments`; 8-node
+   generalized Gauss-Laguerre quadrature; clipped at the second location),
+   and the Haar weights at their mean ``1/n``. ``E[A]`` is the quadrature
+   average of the top-``k`` overlap sum; as ``n -> infinity`` it tends to the
+   step-2 equivalents (:func:`large_n_limit`). Randomizing the top one or
+   two weights as well (their ``Beta(1/2, (n-1)/2)`` marginals of the exact
+   Dirichlet(1/2) law, by quadrature) brought ``E[A]`` closer in the band
+   but moved the worst recitation error outside it to 0.054-0.066 (through
+   the step-4 Gaussian law, which is not exact at ``k = 1``), so the weights
+   stay at their mean.
+4. With ``A = yhat^T P_k yhat`` (at its finite-``n`` mean), ``y = tau y_c +
+   r`` (``tau = 1 - 2 p_hat``),
    the components of the eigenvectors orthogonal to ``yhat`` Haar:
    ``E[f_i y_c,i] = tau A + m1 r_i y_c,i``, ``m1 = (k - A)/(n-1)``, and
    ``Var f_i = tau^2 n A(1-A)/(n-1) + (s2 - m1^2)(||r||^2 + r_i^2)/(n-1) + ...``
@@ -105,6 +135,80 @@ def overlap_normalisation(c_num=0.1, beta_num=3.0, grid=200_001):
         zs = optimize.brentq(lambda t: G(t) - 1 / beta_num, b_ * (1 + 1e-12), 1e6)
         out = -1.0 / (beta_num**2 * dG(zs))
     return out, bulk, out + bulk
+
+
+def secular_check(size=3):
+    """Rank-one spike on ``D = diag(l_1..l_size)``: with ``s(z) = sum_j
+    w_j/(z - l_j)`` and ``x = (z - D)^{-1} v`` (``v_j^2 = w_j``),
+    ``(D + beta v v^T) x - z x = (beta s(z) - 1) v``, so every root of
+    ``beta s(z) = 1`` is an eigenvalue with eigenvector ``x``, and the squared
+    overlap ``(v.x)^2/||x||^2 = s^2 / s_2`` equals ``1/(beta^2 s_2)`` there
+    (``s_2 = sum_j w_j/(z - l_j)^2``). Returns the two residuals (both 0)."""
+    ls = sp.symbols(f"l1:{size + 1}", positive=True)
+    vs = sp.symbols(f"v1:{size + 1}", positive=True)
+    D = sp.diag(*ls)
+    v = sp.Matrix(vs)
+    x = sp.Matrix([vj / (z - lj) for vj, lj in zip(vs, ls, strict=True)])
+    s = sum(vj**2 / (z - lj) for vj, lj in zip(vs, ls, strict=True))
+    s2 = sum(vj**2 / (z - lj) ** 2 for vj, lj in zip(vs, ls, strict=True))
+    eig = sp.simplify((D + beta * v * v.T) * x - z * x - (beta * s - 1) * v)
+    overlap = (v.dot(x)) ** 2 / x.dot(x)
+    ov = sp.simplify(overlap.subs(beta, 1 / s) - 1 / ((1 / s) ** 2 * s2))
+    return sp.simplify(sp.Matrix(eig).norm()), ov
+
+
+def secular_sum_check(size=7, seed=0):
+    """Overlaps of all eigenvectors from the secular equation sum to 1 and
+    match a dense eigendecomposition (random ``l``, Dirichlet(1/2) weights):
+    returns ``(max |sum - 1|, max |secular - dense|)``."""
+    from simlab.memorization import _secular_overlaps
+
+    rng = np.random.default_rng(seed)
+    lam_ = -np.sort(-rng.random((4, size)), axis=1)
+    w = rng.dirichlet(np.full(size, 0.5), size=4)
+    b = 0.7
+    sec = _secular_overlaps(lam_, w, b, size)
+    dense = []
+    for li, wi in zip(lam_, w, strict=True):
+        v = np.sqrt(wi)
+        _, U = np.linalg.eigh(np.diag(li) + b * np.outer(v, v))
+        dense.append(((U.T @ v) ** 2)[::-1])
+    return float(np.abs(sec.sum(axis=1) - 1).max()), float(np.abs(sec - dense).max())
+
+
+def tw1_gamma_moments():
+    """Mean and variance of Chiani's ``Gamma(46.446, 0.186054) - 9.84801``
+    against those of ``TW1`` (-1.2065335745820, 1.607781034581; Tracy-Widom
+    1996 tables): ``(mean, variance)`` differences, both below ``1e-4``."""
+    from simlab.memorization import _TW1_GAMMA
+
+    shape, scale, shift = (sp.Rational(str(v)) for v in _TW1_GAMMA)
+    mean = shape * scale - shift
+    var = shape * scale**2
+    return (float(mean - sp.Rational("-1.2065335745820")),
+            float(var - sp.Rational("1.607781034581")))
+
+
+def large_n_limit(ns=(40, 400)):
+    """Finite-``n`` mean overlap ``E[A]`` against the ``n -> infinity``
+    deterministic equivalent, ``d = 10 n + 1``: the outlier (``k = 1``, twice
+    the threshold) and a macroscopic top-``n/4`` sum below (half the
+    threshold) and above it. Worst relative difference per ``n``; it shrinks
+    with ``n`` (a finite number of edge eigenvectors below the threshold keeps
+    an O(1) relative difference: their overlaps are O(1/n) either way)."""
+    from simlab.memorization import _mean_overlap, _overlaps
+
+    out = {}
+    for n_ in ns:
+        d_ = 10 * n_ + 1
+        rel = []
+        for r, k_ in ((2.0, 1), (0.5, n_ // 4), (2.0, n_ // 4)):
+            snr = float(np.sqrt(r * (1 + np.sqrt((d_ - 1) / n_)) / d_))
+            fin = _mean_overlap(n_, d_, snr, k_)
+            lim = float(_overlaps(n_, d_, snr, k_).sum())
+            rel.append(abs(fin / lim - 1))
+        out[n_] = max(rel)
+    return out
 
 
 def grad_norm_identity():
@@ -224,15 +328,23 @@ def main():
     print("reduced GD increments:", gd_increments())
     print("late-time ratio limit:", late_time_limit())
     print("flipped mean at k = n:", full_projection_check())
+    print("secular equation residuals (eigen, overlap):", secular_check())
+    print("secular overlaps: |sum - 1|, |secular - dense|:", secular_sum_check())
+    print("Chiani TW1 gamma: (mean, variance) - TW1's:", tw1_gamma_moments())
+    print("finite-n E[A] vs n -> infinity, worst relative difference:", large_n_limit())
     if "--errors" in sys.argv:
-        worst = 0.0
+        worst = {True: (0.0, 0), False: (0.0, 0)}
         for row in measure_errors():
-            err = abs(row[4] - row[5])
-            worst = max(worst, err)
             n_, d_, snr, k_, sim, pred = row
+            err = abs(sim - pred)
+            band = bool(0.9 <= snr**2 * d_ / (1 + np.sqrt((d_ - 1) / n_)) <= 1.3)
+            worst[band] = (max(worst[band][0], err), worst[band][1] + 1)
             print(f"n={n_} d={d_} snr={snr:.2f} k={k_} sim {sim:.3f} pred {pred:.3f}",
-                  "<-" if err > 0.05 else "")
-        print("worst |error|:", worst)
+                  "(band)" if band else "", "<-" if err > 0.05 else "")
+        for band, (w, cnt) in worst.items():
+            print(("inside" if band else "outside"),
+                  f"theta/(1 + sqrt(gamma)) in [0.9, 1.3]: worst |error| {w:.3f}"
+                  f" over {cnt} cells")
     if "--ratio-errors" in sys.argv:
         worst = 0.0
         for row in measure_ratio_errors():
