@@ -1,0 +1,78 @@
+"""Per-call set-up of the linearized simulator: the cache of validated families.
+
+``simlab.dynamics.linearized`` keeps the validated families of recent calls
+(bit-for-bit copies of the inputs) so that a loop of ``linearized`` calls on
+the same Hessians sets them up once. These tests check that the cache never
+changes a result: a cached call equals an uncached one bit for bit, an array
+mutated in place between calls is seen as new, and copies, views and other
+memory layouts of the same numbers give the same result. Deterministic
+(fixed seeds, exact equality).
+"""
+
+import numpy as np
+import pytest
+
+from simlab.curvature import coherence_dial
+from simlab.dynamics import linearized as lin
+from simlab.simulate import linearized
+
+RUN = dict(steps=60, trajectories=3, seed=4)
+
+
+def _fields(res):
+    return (res.escape_step, res.lyapunov, res.log_sq_norm, res.direction,
+            np.array(res.ms_growth))
+
+
+def _assert_same(a, b):
+    for x, y in zip(_fields(a), _fields(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture
+def empty_cache(monkeypatch):
+    monkeypatch.setattr(lin, "_CACHE", type(lin._CACHE)())
+    return lin._CACHE
+
+
+def test_cached_call_equals_uncached(empty_cache, monkeypatch):
+    G = np.random.default_rng(0).standard_normal((9, 5))
+    first = linearized(G, 0.3, 2, **RUN)
+    assert len(empty_cache) == 1
+    again = linearized(G, 0.3, 2, **RUN)
+    _assert_same(first, again)
+    monkeypatch.setattr(lin, "_CACHE_BYTES", 0)      # nothing is cached
+    uncached = linearized(G, 0.3, 2, **RUN)
+    _assert_same(first, uncached)
+
+
+def test_in_place_mutation_is_a_new_family(empty_cache):
+    G = np.random.default_rng(1).standard_normal((8, 6))
+    before = linearized(G, 0.4, 3, **RUN)
+    G[2] *= 3.0                                       # same object, new numbers
+    after = linearized(G, 0.4, 3, **RUN)
+    fresh = linearized(G.copy(), 0.4, 3, **RUN)
+    _assert_same(after, fresh)
+    assert not np.array_equal(before.log_sq_norm, after.log_sq_norm)
+    G[2] = -0.0 * G[2]                                # signed zeros differ in bits
+    _assert_same(linearized(G, 0.4, 3, **RUN), linearized(G.copy(), 0.4, 3, **RUN))
+
+
+def test_layouts_and_forget_set(empty_cache):
+    H = coherence_dial(12, 4)
+    kw = dict(forget=H[:5], forget_batch=2, alpha=0.2, **RUN)
+    ref = linearized(H.copy(), 0.5, 3, **kw)
+    _assert_same(ref, linearized(np.asfortranarray(H), 0.5, 3, **kw))
+    _assert_same(ref, linearized(H.tolist(), 0.5, 3, **kw))      # not cached
+    wide = np.zeros((12, 2 * H.shape[1]))
+    wide[:, ::2] = H
+    _assert_same(ref, linearized(wide[:, ::2], 0.5, 3, **kw))    # strided view
+    # Another forget set with the same retain set is another family.
+    other = linearized(H, 0.5, 3, **{**kw, "forget": H[5:10]})
+    assert not np.array_equal(ref.log_sq_norm, other.log_sq_norm)
+
+
+def test_cache_is_bounded(empty_cache):
+    for k in range(lin._CACHE_ENTRIES + 5):
+        linearized(coherence_dial(6 + k, 2), 0.5, 2, steps=5, trajectories=1)
+    assert len(empty_cache) == lin._CACHE_ENTRIES
