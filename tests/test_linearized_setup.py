@@ -76,3 +76,27 @@ def test_cache_is_bounded(empty_cache):
     for k in range(lin._CACHE_ENTRIES + 5):
         linearized(coherence_dial(6 + k, 2), 0.5, 2, steps=5, trajectories=1)
     assert len(empty_cache) == lin._CACHE_ENTRIES
+
+
+def test_ms_growth_of_a_chunk_equals_per_cell():
+    """The vectorized growth estimate of a chunk equals the per-cell one bit
+    for bit, for regular cells and for cells with stopped or zero
+    trajectories (NaN / -inf records)."""
+    rng = np.random.default_rng(7)
+    T, n_rec, cells = 4, 21, 9
+    steps = np.arange(n_rec) * 5
+    rec = np.cumsum(rng.standard_normal((cells * T, n_rec)), axis=1)
+    rec[:, 0] = 0.0
+    lyap = rec[:, -1] / (2 * steps[-1])
+    rec[5, 12:] = np.nan                      # cell 1: a stopped trajectory
+    rec[9, 7] = -np.inf                       # cell 2: a trajectory became zero
+    rec[9, 8:] = np.nan
+    lyap[9] = -np.inf
+    rec[12:16, 3:] = -np.inf                  # cell 3: all zero from step 3
+    rec[12:16, 4:] = np.nan
+    lyap[12:16] = -np.inf
+    got = lin._ms_growth_many(rec, lyap, steps, T)
+    want = [lin._ms_growth(rec[k * T:(k + 1) * T], lyap[k * T:(k + 1) * T], steps)
+            for k in range(cells)]
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(got[[0, 4, 8]]).all()

@@ -412,6 +412,47 @@ def _ms_growth(log_sq_norm, lyapunov, record_steps):
     return math.exp(slope)
 
 
+def _ms_growth_many(rec, lyapunov, record_steps, T):
+    """:func:`_ms_growth` of every cell of a chunk (``T`` consecutive rows of
+    ``rec`` and ``lyapunov`` per cell), the same numbers bit for bit.
+
+    Cells whose trajectories all ran to the end without becoming zero (every
+    recorded step usable) share one vectorized log-mean-exp: the mean over
+    trajectories adds them in the same order as :func:`_log_mean_exp`, and
+    every other operation is elementwise. The other cells take
+    :func:`_ms_growth` one by one.
+    """
+    n_cells = rec.shape[0] // T
+    rec3 = rec.reshape(n_cells, T, rec.shape[1])
+    out = np.empty(n_cells)
+    regular = ~(np.isneginf(lyapunov).reshape(n_cells, T).any(axis=1)
+                | np.isnan(rec3).any(axis=(1, 2)))
+    for k in np.flatnonzero(~regular):
+        sl = slice(k * T, (k + 1) * T)
+        out[k] = _ms_growth(rec[sl], lyapunov[sl], record_steps)
+    k_end = rec.shape[1]
+    if not regular.any() or k_end < 2:
+        out[regular] = math.nan
+        return out
+    lo = (k_end - 1) // 2
+    L = rec3[regular][:, :, lo:k_end]
+    top = L.max(axis=1)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        m = np.log(np.exp(L - shift[:, None, :]).mean(axis=1)) + shift
+    t = record_steps[lo:k_end].astype(float)
+    tc = t - t.mean()
+    den = np.dot(tc, tc)
+    vals = np.empty(m.shape[0])
+    for i, y in enumerate(m):
+        if np.isneginf(y[-1]):
+            vals[i] = 0.0
+        else:
+            vals[i] = math.exp(float(np.dot(tc, y - y.mean()) / den))
+    out[regular] = vals
+    return out
+
+
 #: Pairs per call of the CPU driver: the per-pair work arrays of one chunk
 #: (``delta``, ``acc``, permutations, records) stay within tens of MB however
 #: large the grid (about 4.5 kB per pair on the paper-size Hessian test).
@@ -539,6 +580,9 @@ def _run(cells, seeds, run, driver=None):
         drive(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
               run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
               rec, escape_step, steps_run, log_final)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lyapunov = 0.5 * log_final / steps_run
+        ms_growth = _ms_growth_many(rec, lyapunov, record_steps, T)
         for k, c in enumerate(chunk):
             cell, seed = cells[c], seeds[c]
             sl = slice(k * T, (k + 1) * T)
@@ -548,15 +592,13 @@ def _run(cells, seeds, run, driver=None):
                 d = d @ cell["basis"].T
             nrm = np.linalg.norm(d, axis=1, keepdims=True)
             direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
-            lyapunov = 0.5 * log_final[sl] / steps_run[sl]
-            log_sq_norm = rec[sl].copy()
             params = {**cell["params"], **run, "seed": int(seed)}
             results.append(LinearizedResult(
                 escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
-                lyapunov=lyapunov, log_sq_norm=log_sq_norm,
+                lyapunov=lyapunov[sl].copy(), log_sq_norm=rec[sl].copy(),
                 record_steps=record_steps, direction=direction,
-                ms_growth=_ms_growth(log_sq_norm, lyapunov, record_steps),
-                params=params, seed=int(seed), version=__version__))
+                ms_growth=ms_growth[k], params=params, seed=int(seed),
+                version=__version__))
     return results
 
 
