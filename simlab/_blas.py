@@ -13,8 +13,9 @@ once, lazily.
 """
 
 import functools
+import os
 
-__all__ = ["serial_blas"]
+__all__ = ["serial_blas", "blas_threads"]
 
 
 @functools.cache
@@ -33,3 +34,19 @@ def serial_blas(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def blas_threads(dim):
+    """Context: BLAS threads for an exact-operator problem of dimension ``dim``.
+
+    ``config.BLAS_THREADS`` threads (``None``: every core) when ``dim >=
+    config.BLAS_THREADS_MIN_DIM``, where the work is large BLAS-3 products
+    (``trmm``, ``syrk``, ``eigh`` of ``dim x dim`` matrices) that split well;
+    one thread below it, for the reason in the module docstring.
+    """
+    from . import config
+
+    threads = 1
+    if dim >= config.BLAS_THREADS_MIN_DIM:
+        threads = config.BLAS_THREADS or os.cpu_count() or 1
+    return _controller().limit(limits=int(threads), user_api="blas")

@@ -612,7 +612,11 @@ def test_davidson_matches_lanczos_gaussian_family():
 def test_operator_action_group_forms(scheme, n_f, kinds):
     """The factored forms of the set-mean terms H_s Y H_s (small set through
     its factors, the other through M) equal the dense operator matrix."""
-    from simlab.stability.operator import OperatorAction, quadratic_matrix
+    from simlab.stability.operator import (
+        OperatorAction,
+        operator_matrix,
+        quadratic_matrix,
+    )
 
     rng = np.random.default_rng(13)
     G = rng.standard_normal((12, 10))
@@ -627,6 +631,15 @@ def test_operator_action_group_forms(scheme, n_f, kinds):
     diag = act.quadratic_diagonal()
     npt.assert_allclose(diag.ravel(), np.diag(quadratic_matrix(act.prob)),
                         rtol=1e-10, atol=1e-10 * np.abs(diag).max())
+    # packed triangles (trmm/syrk/syr2k kernels) against the same dense matrix
+    tol = dict(rtol=1e-10, atol=1e-10 * np.abs(ref).max())
+    assert act._fast
+    npt.assert_allclose(act.unpack(act.pack(Y)), Y, rtol=1e-15)
+    npt.assert_allclose(act.unpack(act.quadratic_packed(act.pack(Y))), ref, **tol)
+    eta = 0.05
+    ref_t = (operator_matrix(act.prob, eta) @ Y.ravel()).reshape(Y.shape)
+    npt.assert_allclose(act.unpack(act.operator_packed(eta, act.pack(Y))), ref_t,
+                        **tol)
 
 
 def test_simulate_accepts_factors_through_the_dense_form():

@@ -28,6 +28,7 @@ PSD matrices, so its spectral radius is its largest eigenvalue, attained at a
 PSD eigenmatrix.
 """
 
+import functools
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -337,9 +338,8 @@ class OperatorAction:
         when the *other* set is small (``M`` is diagonal here), else dense."""
         prob = self.prob
         r = prob.dim
-        Hs = prob.weighted_sum(d)
         if not prob.rank_one:
-            return "dense", Hs
+            return "dense", prob.weighted_sum(d)
         k = prob.rank
 
         def lowrank(mask):
@@ -347,7 +347,7 @@ class OperatorAction:
             if key not in self._lowrank:
                 n_s = int(mask.sum())
                 self._lowrank[key] = (factor_rows(prob.hessians[mask]),
-                                      np.full(n_s * k, 1.0 / n_s))
+                                      np.full(n_s * k, 1.0 / n_s), mask)
             return self._lowrank[key]
 
         mine = d > 0
@@ -361,12 +361,12 @@ class OperatorAction:
             w_o = c[other] * n_o
             if np.ptp(w_s) == 0 and np.ptp(w_o) == 0:
                 return "complement", (w_s[0], w_o[0], lowrank(other))
-        return "dense", Hs
+        return "dense", prob.weighted_sum(d)
 
     @staticmethod
     def _lowrank_sandwich(lowrank, Y):
         """``Z = Y H_s`` and ``H_s Y H_s`` for ``H_s = F^T diag(w) F``."""
-        F, w = lowrank
+        F, w, _ = lowrank
         Z = ((Y @ F.T) * w) @ F
         return Z, F.T @ (w[:, None] * (F @ Z))
 
@@ -423,7 +423,7 @@ class OperatorAction:
                 elif kind == "lowrank":
                     hs = data[1] @ data[0] ** 2
                 else:
-                    w_s, w_o, (F, w) = data
+                    w_s, w_o, (F, w, _) = data
                     hs = (self.lam - w_o * (w @ F**2)) / w_s
                 out -= b * (hs[:, None] * hs[None, :])
             self._qdiag = out
@@ -433,6 +433,151 @@ class OperatorAction:
         """``<E_kl, T(E_kl)>`` for every ``(k, l)`` (rotated basis), ``r x r``."""
         return (1.0 - eta * (self.lam[:, None] + self.lam[None, :])
                 + eta**2 * self.quadratic_diagonal())
+
+    # ---------------------------------------------------------------- packed
+    # Symmetric r x r matrices as packed upper triangles (length r (r + 1) / 2,
+    # off-diagonal entries times sqrt 2, so the Euclidean inner product of two
+    # packed vectors is the Frobenius one of the matrices): half the memory
+    # traffic of the eigensolver's basis. For rank-one factors the sampling
+    # and set-mean terms are applied on triangles with BLAS-3 (``trmm``,
+    # ``syrk``, ``syr2k``): ``g^T Y g = 2 g^T L g`` with ``L`` the lower
+    # triangle of ``Y`` (halved diagonal), so ``N r^2`` flops per product
+    # instead of ``2 N r^2`` for ``G Y``, and every output term is a symmetric
+    # rank-``2k`` update that writes one triangle.
+
+    def pack(self, Y):
+        """Packed form of a symmetric ``r x r`` matrix ``Y``."""
+        flat, _, wts, _ = _packing(self.prob.dim)
+        return np.ascontiguousarray(Y).ravel()[flat] * wts
+
+    def entries(self, Y):
+        """The entries ``Y_kl``, ``k <= l``, in packed order (no weights): for
+        elementwise coefficients and diagonals."""
+        return np.ascontiguousarray(Y).ravel()[_packing(self.prob.dim)[0]]
+
+    def unpack(self, v):
+        """Full symmetric matrix of a packed vector."""
+        U = self._upper_half(v)
+        return U + U.T
+
+    def _upper_half(self, v):
+        """Upper triangle of the matrix of ``v`` with halved diagonal
+        (Fortran order, for ``trmm``): ``Y = U + U^T``."""
+        r = self.prob.dim
+        _, flat_f, _, half = _packing(r)
+        U = np.zeros(r * r)
+        U[flat_f] = v * half
+        return U.reshape(r, r).T
+
+    @cached_property
+    def _fast(self):
+        """True when the packed products run on triangles (rank-one factors)."""
+        return self.prob.rank_one and self.prob.hessians.ndim == 2
+
+    @cached_property
+    def _elementwise(self):
+        """``E`` (packed) with ``D(Y) = E o Y + R(Y)``: ``L Y L`` and the
+        set-mean terms that are diagonal in this basis."""
+        lam = self.lam
+        E = lam[:, None] * lam[None, :]
+        if self._fast:
+            for b, kind, data in self._groups:
+                if kind == "diag":
+                    E = E - b * (data[:, None] * data[None, :])
+                elif kind == "complement":
+                    E = E - (b / data[0] ** 2) * (lam[:, None] * lam[None, :])
+        return self.entries(E)
+
+    def _rest_packed(self, v):
+        """``R(Y) = D(Y) - E o Y`` (packed) for rank-one factors."""
+        prob = self.prob
+        G = prob.hessians
+        r = prob.dim
+        blas = scipy.linalg.blas
+        U = self._upper_half(v)
+        # G L with L = U^T: rows g_i^T L, from (U G^T) in place of a copy of G^T
+        GL = blas.dtrmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
+        out = np.zeros((r, r), order="F")
+        a = prob.noise_coef
+        if np.any(a):
+            w = 2.0 * a * np.einsum("ij,ij->i", GL, G)            # a_i g_i^T Y g_i
+            for sign in (1.0, -1.0):
+                sel = sign * w > 0
+                if sel.any():
+                    A = np.array(G[sel].T * np.sqrt(sign * w[sel]), order="F")
+                    out = blas.dsyrk(sign, A, beta=1.0, c=out, overwrite_c=1)
+        cores = {}
+
+        def core(form):
+            """``C = diag(w) F Y F^T diag(w)`` of one low-rank set mean."""
+            if id(form) not in cores:
+                F, wf, mask = form
+                X = GL[mask] @ F.T
+                cores[id(form)] = (wf[:, None] * wf[None, :]) * (X + X.T)
+            return cores[id(form)]
+
+        def sandwich(alpha, form):
+            """``out += alpha F^T C F`` (one triangle, ``syr2k``)."""
+            F = form[0]
+            CF = core(form) @ F
+            return blas.dsyr2k(0.5 * alpha, F.T, CF.T, beta=1.0, c=out,
+                               overwrite_c=1)
+
+        Y = None
+        for b, kind, data in self._groups:
+            if kind == "lowrank":
+                out = sandwich(-b, data)
+            elif kind == "complement":
+                # -(b / w_s^2)(- w_o (L Z + Z^T L) + w_o^2 H_o Y H_o); L Y L is in E
+                w_s, w_o, form = data
+                F, wf, mask = form
+                # F Y = F L + (U^T F^T)^T
+                FY = GL[mask] + blas.dtrmm(1.0, U, np.array(F.T, order="F"),
+                                           trans_a=1, overwrite_b=1).T
+                P = np.asfortranarray(self.lam[:, None] * FY.T * wf[None, :])
+                out = blas.dsyr2k(b * w_o / w_s**2, P, F.T, beta=1.0, c=out,
+                                  overwrite_c=1)
+                out = sandwich(-b * w_o**2 / w_s**2, form)
+            elif kind == "dense":
+                if Y is None:
+                    Y = U + U.T
+                out -= b * (data @ Y @ data)
+        _, flat_f, wts, _ = _packing(r)
+        return out.T.ravel()[flat_f] * wts
+
+    def quadratic_packed(self, v):
+        """``D(Y)`` on packed vectors (rotated basis)."""
+        if not self._fast:
+            return self.pack(self.quadratic(self.unpack(v)))
+        return self._elementwise * v + self._rest_packed(v)
+
+    def operator_packed(self, eta, v):
+        """``T(Y)`` on packed vectors (rotated basis)."""
+        if not self._fast:
+            return self.pack(self.operator(eta, self.unpack(v)))
+        check_step(eta, self._curvature)
+        if getattr(self, "_coef_eta", None) != eta:
+            lam = self.entries(self.lam[:, None] + self.lam[None, :])
+            self._coef = 1.0 - eta * lam + eta**2 * self._elementwise
+            self._coef_eta = eta
+        out = self._rest_packed(v)
+        out *= eta**2
+        out += self._coef * v
+        return out
+
+
+@functools.lru_cache(maxsize=4)
+def _packing(r):
+    """Index maps of the packed upper triangle of ``r x r`` matrices:
+    ``(flat, flat_f, wts, half)``: flat indices of the entries ``(k, l)``,
+    ``k <= l``, row by row, in C order and in Fortran order; the weights
+    (1 on the diagonal, sqrt 2 off it) and the factors that map a packed
+    entry to the halved-diagonal triangle ``U`` with ``Y = U + U^T``."""
+    k, l = np.triu_indices(r)
+    off = k != l
+    wts = np.where(off, np.sqrt(2.0), 1.0)
+    half = np.where(off, np.sqrt(0.5), 0.5)
+    return k * r + l, l * r + k, wts, half
 
 
 #: Off-diagonal size (relative to the diagonal) below which ``M`` counts as
