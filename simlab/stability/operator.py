@@ -573,11 +573,11 @@ def _packing(r):
     ``k <= l``, row by row, in C order and in Fortran order; the weights
     (1 on the diagonal, sqrt 2 off it) and the factors that map a packed
     entry to the halved-diagonal triangle ``U`` with ``Y = U + U^T``."""
-    k, l = np.triu_indices(r)
-    off = k != l
+    row, col = np.triu_indices(r)
+    off = row != col
     wts = np.where(off, np.sqrt(2.0), 1.0)
     half = np.where(off, np.sqrt(0.5), 0.5)
-    return k * r + l, l * r + k, wts, half
+    return row * r + col, col * r + row, wts, half
 
 
 #: Off-diagonal size (relative to the diagonal) below which ``M`` counts as

@@ -127,8 +127,8 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     sampling part couples those entries strongly; ``block = (pos, Q, L)``
     (:func:`_packed_block`: the eigen-decomposition ``Q diag(L) Q^T`` of the
     operator restricted to symmetric matrices supported on ``J x J``, whose
-    entries sit at the packed positions ``pos``) inverts that part exactly (with Olsen's correction against stagnation)
-    and gives the first start vector (its Perron eigenmatrix, PSD); ``starts``
+    entries sit at the packed positions ``pos``) inverts that part exactly
+    (with Olsen's correction against stagnation) and gives the first start vector (its Perron eigenmatrix, PSD); ``starts``
     (packed; the identity, which overlaps every PSD eigenmatrix, THEORY
     section 4, comes first) are the others. Stops at ``|T x - theta x| <= rtol
     |theta|`` (ARPACK's criterion; ``rtol`` = ``_DAVIDSON_RTOL``), which bounds
@@ -485,7 +485,8 @@ def _critical_geneig(prob, act=None, lanczos=False):
             diag = S * S * act.quadratic_diagonal()
             J, sub = _dense_block(act, diag)
             s = S[np.ix_(J, J)].ravel()
-            block = _packed_block(act, J, s[:, None] * quadratic_matrix(sub) * s[None, :])
+            A = s[:, None] * quadratic_matrix(sub) * s[None, :]
+            block = _packed_block(act, J, A)
             Sp = act.entries(S)
             eye = act.pack(np.eye(r))
             mu = _davidson_top(lambda v: Sp * act.quadratic_packed(Sp * v),
