@@ -128,13 +128,14 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     (:func:`_packed_block`: the eigen-decomposition ``Q diag(L) Q^T`` of the
     operator restricted to symmetric matrices supported on ``J x J``, whose
     entries sit at the packed positions ``pos``) inverts that part exactly
-    (with Olsen's correction against stagnation) and gives the first start vector (its Perron eigenmatrix, PSD); ``starts``
-    (packed; the identity, which overlaps every PSD eigenmatrix, THEORY
-    section 4, comes first) are the others. Stops at ``|T x - theta x| <= rtol
-    |theta|`` (ARPACK's criterion; ``rtol`` = ``_DAVIDSON_RTOL``), which bounds
-    the distance of ``theta`` to an eigenvalue by ``rtol |theta|``, or once
-    the quadratic bound ``|r|^2 / gap`` (Kato-Temple; ``gap`` estimated by the
-    second Ritz value) is below ``etol |theta|`` (``_DAVIDSON_ETOL``).
+    (with Olsen's correction against stagnation) and gives the first start
+    vector (its Perron eigenmatrix, PSD); ``starts`` (packed; the identity,
+    which overlaps every PSD eigenmatrix, THEORY section 4, comes first) are
+    the others. Stops at ``|T x - theta x| <= rtol |theta|`` (ARPACK's
+    criterion; ``rtol`` = ``_DAVIDSON_RTOL``), which bounds the distance of
+    ``theta`` to an eigenvalue by ``rtol |theta|``, or once the quadratic
+    bound ``|r|^2 / gap`` (Kato-Temple; ``gap`` estimated by the second Ritz
+    value) is below ``etol |theta|`` (``_DAVIDSON_ETOL``).
     """
     rtol = _DAVIDSON_RTOL if rtol is None else rtol
     etol = _DAVIDSON_ETOL if etol is None else etol
