@@ -414,7 +414,7 @@ class OperatorAction:
                 dH = np.einsum("ikk->ik", H)
             lam = self.lam
             out = lam[:, None] * lam[None, :]
-            out += (dH.T * self.prob.noise_coef) @ dH
+            out += _weighted_gram(dH, self.prob.noise_coef)
             for b, kind, data in self._groups:
                 if kind == "diag":
                     hs = data

@@ -34,7 +34,7 @@ from .._validation import (
     check_step,
     sample_curvature,
 )
-from ..curvature import range_eig
+from ..curvature import factor_rows, range_eig
 from .operator import (
     OperatorAction,
     build_problem,
@@ -394,7 +394,17 @@ def _parts_scale(prob, lam=None):
     subtracted: then the parts sum to ``M``)."""
     if lam is not None and np.all(prob.mean_coef >= 0):
         return float(lam[-1])
-    return float(np.linalg.eigvalsh(prob.weighted_sum(np.abs(prob.mean_coef)))[-1])
+    c = np.abs(prob.mean_coef)
+    r = prob.dim
+    if prob.rank_one and r > config.DENSE_MAX_DIM:
+        # matrix-free: only a scale for tolerances, O(N k r) per product
+        F = factor_rows(prob.hessians)
+        w = np.repeat(c, prob.rank)
+        op = spla.LinearOperator((r, r), dtype=float,
+                                 matvec=lambda x: F.T @ (w * (F @ x)))
+        return float(spla.eigsh(op, k=1, which="LA", v0=np.ones(r), tol=1e-8,
+                                return_eigenvectors=False)[0])
+    return float(np.linalg.eigvalsh(prob.weighted_sum(c))[-1])
 
 
 @serial_blas
