@@ -506,42 +506,41 @@ class OperatorAction:
                 if sel.any():
                     A = np.array(G[sel].T * np.sqrt(sign * w[sel]), order="F")
                     out = blas.dsyrk(sign, A, beta=1.0, c=out, overwrite_c=1)
-        cores = {}
+        # Every set-mean term of a low-rank form (F, w) is X F + F^T X^T for
+        # some r x n_s matrix X: accumulate X per form, then one syr2k each.
+        acc = {}
 
-        def core(form):
-            """``C = diag(w) F Y F^T diag(w)`` of one low-rank set mean."""
-            if id(form) not in cores:
-                F, wf, mask = form
-                X = GL[mask] @ F.T
-                cores[id(form)] = (wf[:, None] * wf[None, :]) * (X + X.T)
-            return cores[id(form)]
+        def add(form, X):
+            acc[id(form)] = (form, acc[id(form)][1] + X if id(form) in acc else X)
 
-        def sandwich(alpha, form):
-            """``out += alpha F^T C F`` (one triangle, ``syr2k``)."""
-            F = form[0]
-            CF = core(form) @ F
-            return blas.dsyr2k(0.5 * alpha, F.T, CF.T, beta=1.0, c=out,
-                               overwrite_c=1)
+        def sandwich_x(form):
+            """``X`` with ``X F + F^T X^T = 2 F^T C F``, ``C = diag(w) F Y F^T
+            diag(w)`` (the set mean's ``H_s Y H_s``)."""
+            F, wf, mask = form
+            FYF = GL[mask] @ F.T                     # F L F^T; F Y F^T = it + its T
+            C = (wf[:, None] * wf[None, :]) * (FYF + FYF.T)
+            return (C @ F).T
 
         Y = None
         for b, kind, data in self._groups:
             if kind == "lowrank":
-                out = sandwich(-b, data)
+                add(data, -0.5 * b * sandwich_x(data))
             elif kind == "complement":
                 # -(b / w_s^2)(- w_o (L Z + Z^T L) + w_o^2 H_o Y H_o); L Y L is in E
                 w_s, w_o, form = data
                 F, wf, mask = form
-                # F Y = F L + (U^T F^T)^T
+                # F Y = F L + (U^T F^T)^T; L Z = P F with P = L (F Y)^T diag(w)
                 FY = GL[mask] + blas.dtrmm(1.0, U, np.array(F.T, order="F"),
                                            trans_a=1, overwrite_b=1).T
-                P = np.asfortranarray(self.lam[:, None] * FY.T * wf[None, :])
-                out = blas.dsyr2k(b * w_o / w_s**2, P, F.T, beta=1.0, c=out,
-                                  overwrite_c=1)
-                out = sandwich(-b * w_o**2 / w_s**2, form)
+                add(form, (b * w_o / w_s**2) * (self.lam[:, None] * FY.T * wf)
+                    - (0.5 * b * w_o**2 / w_s**2) * sandwich_x(form))
             elif kind == "dense":
                 if Y is None:
                     Y = U + U.T
                 out -= b * (data @ Y @ data)
+        for form, X in acc.values():
+            out = blas.dsyr2k(1.0, np.asfortranarray(X), form[0].T, beta=1.0, c=out,
+                              overwrite_c=1)
         _, flat_f, wts, _ = _packing(r)
         return out.T.ravel()[flat_f] * wts
 
