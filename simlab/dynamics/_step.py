@@ -63,7 +63,6 @@ __all__ = [
     "add_dense",
     "draw_add_one",
     "escape_threshold",
-    "linear_step",
     "sum_sq",
     "run_trajectory",
     "simulate_pair",
@@ -94,7 +93,7 @@ _TWO_M53 = 2.0**-53
 _SQ_LOW = 1e-200
 _SQ_HIGH = 1e200
 
-# Entries of delta below _FLUSH in magnitude are set to zero (see linear_step).
+# Entries of delta below _FLUSH in magnitude are set to zero (see run_trajectory).
 # The norm is kept >= 1e-100 by the renormalization, so a flushed entry is more
 # than 180 orders of magnitude below it: the flush changes no recorded quantity,
 # and it keeps the arithmetic out of the subnormal range, which costs ~100 cycles
@@ -102,7 +101,7 @@ _SQ_HIGH = 1e200
 # where decoupled axes decay independently).
 _FLUSH = 1e-280
 
-# The step returns |delta|^2 as four interleaved partial sums (fast); the
+# Each step computes |delta|^2 as four interleaved partial sums (fast); the
 # in-order sum is recomputed only where the value decides something: when the
 # fast value lies within this relative margin of the escape threshold or of
 # the renormalization bounds, on recorded steps and on the last step. Both sums
@@ -234,7 +233,7 @@ def add_sparse(V, C, row0, idx, k, w, delta, acc, nnz, p):
     The dense update adds ``c * 0`` (a signed zero, ``c`` is finite) to the
     entries outside the row's support; that changes ``acc[j]`` at most from
     ``+0`` to ``-0``, and ``delta[j] - eta * acc[j]`` is the same for both
-    after the flush of :func:`linear_step` (``+-0`` becomes ``0.0``).
+    after the flush in :func:`run_trajectory` (``+-0`` becomes ``0.0``).
     The products are written out rather than called: on the CPU an array
     passed to an inlined function costs an atomic reference-count increment
     and decrement per call.
@@ -320,7 +319,7 @@ def draw_add_one(state, n, B, perm, V, C, row0, w, delta, acc):
     the round trip of the batch through ``idx``. The coherence dial's case.
 
     Indices are unsigned (``np.uint64``) here and in the update loop of
-    :func:`linear_step`: a signed index costs a negative-index test per array
+    :func:`run_trajectory`: a signed index costs a negative-index test per array
     access in the compiled code (1.3x on the Hessian-test cells).
     """
     s0 = state[0]
@@ -349,94 +348,6 @@ def escape_threshold(log_thresh):
     if log_thresh > 700.0:
         return math.inf
     return math.exp(log_thresh)
-
-
-def linear_step(G, Gc, H, rank_one, nnz, p, n_r, n_f, B_r, B_f, q_r, q_f, w_r,
-                w_f, eta, scheme, use_r, use_f, state, perm_r, perm_f, idx, acc,
-                delta):
-    """One step ``delta <- delta - eta [w_r S_r - w_f S_f]``; return a fast
-    ``|delta|^2``.
-
-    ``S_r`` (``S_f``) is the sum of the retain (forget) batch Hessians applied to
-    the old ``delta``; the retain batch is drawn before the forget batch. Rows
-    ``0..n_r-1`` of ``G`` (rank-one) or ``H`` (dense) are retain, then forget.
-    Sparse rank-one rows (``nnz > 0``: values in ``G``, columns in ``Gc``) use
-    the sparse products. Entries of the new ``delta`` below ``1e-280`` in
-    magnitude, signed zeros included, are set to ``0.0`` (subnormal arithmetic
-    is slow; see ``_FLUSH``).
-
-    ``acc`` must be zero on entry and is zero again on return (each entry is
-    cleared where it is consumed: no separate pass). The returned ``|delta|^2``
-    sums the squares in four interleaved partial sums (``j mod 4``), which
-    breaks the dependency chain of an in-order sum; it differs from the
-    in-order sum :func:`sum_sq` by a relative ``<= 2 p 2^-53`` at most, and
-    :func:`run_trajectory` uses the in-order sum wherever the value decides or
-    is recorded (see ``_SQ_MARGIN``). Zero exactly when the in-order sum is.
-    """
-    if scheme == 2 and nnz == 1:            # fused draw and product
-        if use_r:
-            draw_add_one(state, n_r, B_r, perm_r, G, Gc, 0, w_r, delta, acc)
-        if use_f:
-            draw_add_one(state, n_f, B_f, perm_f, G, Gc, n_r, -w_f, delta, acc)
-        use_r = False
-        use_f = False
-    if use_r:
-        k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
-        if nnz > 0:
-            add_sparse(G, Gc, 0, idx, k, w_r, delta, acc, nnz, p)
-        elif rank_one:
-            add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
-        else:
-            add_dense(H, 0, idx, k, w_r, delta, acc, p)
-    if use_f:
-        k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
-        if nnz > 0:
-            add_sparse(G, Gc, n_r, idx, k, -w_f, delta, acc, nnz, p)
-        elif rank_one:
-            add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
-        else:
-            add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    pu = np.uint64(p)
-    j = np.uint64(0)
-    while j + _U4 <= pu:
-        d0 = delta[j] - eta * acc[j]
-        d1 = delta[j + _U1] - eta * acc[j + _U1]
-        d2 = delta[j + _U2] - eta * acc[j + _U2]
-        d3 = delta[j + _U3] - eta * acc[j + _U3]
-        if abs(d0) < _FLUSH:
-            d0 = 0.0
-        if abs(d1) < _FLUSH:
-            d1 = 0.0
-        if abs(d2) < _FLUSH:
-            d2 = 0.0
-        if abs(d3) < _FLUSH:
-            d3 = 0.0
-        delta[j] = d0
-        delta[j + _U1] = d1
-        delta[j + _U2] = d2
-        delta[j + _U3] = d3
-        acc[j] = 0.0
-        acc[j + _U1] = 0.0
-        acc[j + _U2] = 0.0
-        acc[j + _U3] = 0.0
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-        j += _U4
-    while j < pu:
-        d = delta[j] - eta * acc[j]
-        if abs(d) < _FLUSH:
-            d = 0.0
-        delta[j] = d
-        acc[j] = 0.0
-        s0 += d * d
-        j += _U1
-    return (s0 + s1) + (s2 + s3)
 
 
 def sum_sq(delta, p):
@@ -515,9 +426,86 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     hi = _SQ_HIGH * (1.0 - _SQ_MARGIN)
     near = thresh * (1.0 - _SQ_MARGIN)
     for t in range(1, steps + 1):
-        sq = linear_step(G, Gc, H, rank_one, nnz, p, n_r, n_f, B_r, B_f, q_r, q_f,
-                         w_r, w_f, eta, scheme, use_r, use_f, state, perm_r,
-                         perm_f, idx, acc, delta)
+        # One step delta <- delta - eta [w_r S_r - w_f S_f]: S_r (S_f) is the
+        # sum of the retain (forget) batch Hessians applied to the old delta;
+        # the retain batch is drawn before the forget batch. Rows 0..n_r-1 of
+        # G (rank-one; sparse: values in G, columns in Gc) or H (dense) are
+        # retain, then forget. Written here rather than in a function of its
+        # own: the nine arrays such a call passes cost reference counting per
+        # step in the compiled loop (1.14x on the Hessian-test cells).
+        ur = use_r
+        uf = use_f
+        if scheme == 2 and nnz == 1:            # fused draw and product
+            if ur:
+                draw_add_one(state, n_r, B_r, perm_r, G, Gc, 0, w_r, delta, acc)
+            if uf:
+                draw_add_one(state, n_f, B_f, perm_f, G, Gc, n_r, -w_f, delta, acc)
+            ur = False
+            uf = False
+        if ur:
+            k = draw_batch(state, scheme, n_r, B_r, q_r, perm_r, idx)
+            if nnz > 0:
+                add_sparse(G, Gc, 0, idx, k, w_r, delta, acc, nnz, p)
+            elif rank_one:
+                add_rank_one(G, 0, idx, k, w_r, delta, acc, p)
+            else:
+                add_dense(H, 0, idx, k, w_r, delta, acc, p)
+        if uf:
+            k = draw_batch(state, scheme, n_f, B_f, q_f, perm_f, idx)
+            if nnz > 0:
+                add_sparse(G, Gc, n_r, idx, k, -w_f, delta, acc, nnz, p)
+            elif rank_one:
+                add_rank_one(G, n_r, idx, k, -w_f, delta, acc, p)
+            else:
+                add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
+        # New delta, entries below 1e-280 in magnitude (signed zeros included)
+        # set to 0.0 (subnormal arithmetic is slow; see _FLUSH), acc cleared
+        # where consumed (it is zero at every step's start), and a fast
+        # |delta|^2 in four interleaved partial sums (j mod 4): it differs from
+        # the in-order sum_sq by a relative <= 2 p 2^-53 and is zero exactly
+        # when that is; the in-order sum is taken wherever the value decides
+        # or is recorded (_SQ_MARGIN).
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        pu = np.uint64(p)
+        j = np.uint64(0)
+        while j + _U4 <= pu:
+            d0 = delta[j] - eta * acc[j]
+            d1 = delta[j + _U1] - eta * acc[j + _U1]
+            d2 = delta[j + _U2] - eta * acc[j + _U2]
+            d3 = delta[j + _U3] - eta * acc[j + _U3]
+            if abs(d0) < _FLUSH:
+                d0 = 0.0
+            if abs(d1) < _FLUSH:
+                d1 = 0.0
+            if abs(d2) < _FLUSH:
+                d2 = 0.0
+            if abs(d3) < _FLUSH:
+                d3 = 0.0
+            delta[j] = d0
+            delta[j + _U1] = d1
+            delta[j + _U2] = d2
+            delta[j + _U3] = d3
+            acc[j] = 0.0
+            acc[j + _U1] = 0.0
+            acc[j + _U2] = 0.0
+            acc[j + _U3] = 0.0
+            s0 += d0 * d0
+            s1 += d1 * d1
+            s2 += d2 * d2
+            s3 += d3 * d3
+            j += _U4
+        while j < pu:
+            d = delta[j] - eta * acc[j]
+            if abs(d) < _FLUSH:
+                d = 0.0
+            delta[j] = d
+            acc[j] = 0.0
+            s0 += d * d
+            j += _U1
+        sq = (s0 + s1) + (s2 + s3)
         countdown -= 1
         if sq == 0.0:
             if countdown == 0:
@@ -608,7 +596,7 @@ def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_ev
 STEP_FUNCTIONS = ("xoshiro", "rng_next", "to_uniform", "to_below", "rng_uniform",
                   "rng_below", "draw_batch",
                   "add_rank_one", "add_sparse", "add_dense", "draw_add_one",
-                  "escape_threshold", "linear_step", "sum_sq", "run_trajectory",
+                  "escape_threshold", "sum_sq", "run_trajectory",
                   "simulate_pair")
 
 
