@@ -100,3 +100,20 @@ def test_ms_growth_of_a_chunk_equals_per_cell():
             for k in range(cells)]
     np.testing.assert_array_equal(got, want)
     assert np.isfinite(got[[0, 4, 8]]).all()
+
+
+def test_chunked_pipeline_equals_one_chunk(monkeypatch):
+    """Several chunks (the driver of one in a helper thread while the host
+    prepares the next and assembles the previous) give the results of one
+    chunk bit for bit, in order."""
+    cfgs = [dict(retain=coherence_dial(30, s), eta=0.5, batch=B, scheme="without")
+            for s in (1, 5, 30) for B in (1, 4, 30)]
+    cfgs.append(dict(retain=coherence_dial(30, 5), forget=coherence_dial(30, 5),
+                     alpha=0.3, eta=0.5, batch=3))
+    one = lin.linearized_grid(cfgs, steps=150, trajectories=6, seed=2)
+    monkeypatch.setattr(lin, "_CHUNK_PAIRS", 12)            # two cells a chunk
+    many = lin.linearized_grid(cfgs, steps=150, trajectories=6, seed=2)
+    for a, b in zip(one, many, strict=True):
+        for x, y in zip(_fields(a), _fields(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+        assert a.params == b.params

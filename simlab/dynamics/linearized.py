@@ -18,6 +18,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -455,8 +456,9 @@ def _ms_growth_many(rec, lyapunov, record_steps, T):
 
 #: Pairs per call of the CPU driver: the per-pair work arrays of one chunk
 #: (``delta``, ``acc``, permutations, records) stay within tens of MB however
-#: large the grid (about 4.5 kB per pair on the paper-size Hessian test).
-_CHUNK_PAIRS = 8192
+#: large the grid (about 3.7 kB per pair on the paper-size Hessian test; up to
+#: three chunks are alive at once, see :func:`_run`).
+_CHUNK_PAIRS = 4096
 
 #: Below this estimated number of multiply-adds a chunk runs on the calling
 #: thread (``simulate_serial``): waking Numba's worker threads costs several
@@ -523,11 +525,15 @@ def _run(cells, seeds, run, driver=None):
     small), each with ``_simulate_many`` (threads) or, for a small chunk
     (``_SERIAL_WORK``) or one Numba thread, ``_simulate_serial``. Pairs are
     independent, so neither choice changes a bit of the result.
+
+    With several chunks the compiled driver of one chunk runs in a helper
+    thread (it releases the GIL) while this thread draws the initial states of
+    the next chunk and assembles the results of the previous one: the host
+    work of a large grid (about a quarter of the Hessian-test run) overlaps
+    the simulation instead of following it.
     """
     T = run["trajectories"]
-    steps, every = run["steps"], run["record_every"]
     n_cells = len(cells)
-    n_rec = steps // every + 1
     G, Gc, H, fam_of_cell = _pack_families(cells)
     cell_i = np.stack([c["cell_i"] for c in cells])
     cell_i[:, 10] = fam_of_cell
@@ -538,68 +544,114 @@ def _run(cells, seeds, run, driver=None):
                   for a in range(0, n_cells, per_chunk)]
     else:
         chunks = [range(n_cells)]
-    log_K = math.log(run["escape_factor"])
+    shared = (G, Gc, H, cell_i, cell_f)
     results = []
-    for chunk in chunks:
-        sub = cell_i[chunk.start:chunk.stop]
-        p_max = int(sub[:, 0].max())
-        n_r_max = int(sub[:, 1].max())
-        n_f_max = int(sub[:, 2].max())
-        n_pairs = len(chunk) * T
-        check_size(n_pairs * (n_rec + 2 * p_max + n_r_max + n_f_max
-                              + max(n_r_max, n_f_max) + 8),
-                   f"a linearized run of {n_cells} configuration(s) x "
-                   f"trajectories={T} with {n_rec} recorded steps "
-                   f"(steps={steps}, record_every={every})")
-        record_steps = np.arange(n_rec, dtype=np.int64) * every
-        pair_cell = np.repeat(np.arange(chunk.start, chunk.stop, dtype=np.int64), T)
-        states = np.empty((n_pairs, 4), dtype=np.uint64)
-        delta = np.zeros((n_pairs, p_max))
-        for k, c in enumerate(chunk):
-            sl = slice(k * T, (k + 1) * T)
-            states[sl] = _rng_states(seeds[c], T)
-            d0 = _initial_directions(cells[c], T, seeds[c])
-            delta[sl, :d0.shape[1]] = d0
-        perm_r = np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64)
-        perm_f = np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64)
-        idx = np.empty((n_pairs, max(n_r_max, n_f_max, 1)), dtype=np.int64)
-        acc = np.empty((n_pairs, p_max))
-        rec = np.empty((n_pairs, n_rec))
-        escape_step = np.empty(n_pairs, dtype=np.int64)
-        steps_run = np.empty(n_pairs, dtype=np.int64)
-        log_final = np.empty(n_pairs)
-        drive = driver
-        if drive is None:
-            work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
-            serial = work < _SERIAL_WORK or num_threads() == 1
-            drive = _simulate_serial if serial else _simulate_many
-        if drive is _simulate_serial:       # one thread: the order is irrelevant
-            order = np.arange(n_pairs, dtype=np.int64)
-        else:
-            order = _pair_order(n_pairs)
-        drive(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, every, log_K,
-              run["stop_on_escape"], states, perm_r, perm_f, idx, acc, delta,
-              rec, escape_step, steps_run, log_final)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lyapunov = 0.5 * log_final / steps_run
-        ms_growth = _ms_growth_many(rec, lyapunov, record_steps, T)
-        for k, c in enumerate(chunk):
-            cell, seed = cells[c], seeds[c]
-            sl = slice(k * T, (k + 1) * T)
-            p = int(cell_i[c, 0])
-            d = delta[sl, :p]
-            if cell["basis"] is not None:
-                d = d @ cell["basis"].T
-            nrm = np.linalg.norm(d, axis=1, keepdims=True)
-            direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
-            params = {**cell["params"], **run, "seed": int(seed)}
-            results.append(LinearizedResult(
-                escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
-                lyapunov=lyapunov[sl].copy(), log_sq_norm=rec[sl].copy(),
-                record_steps=record_steps, direction=direction,
-                ms_growth=ms_growth[k], params=params, seed=int(seed),
-                version=__version__))
+    if len(chunks) == 1:
+        work = _chunk_inputs(chunks[0], cells, seeds, run, cell_i, driver)
+        _launch(work, shared, run)
+        results.extend(_assemble(work, cells, seeds, run))
+        return results
+    with ThreadPoolExecutor(1, thread_name_prefix="simlab-linearized") as pool:
+        work = _chunk_inputs(chunks[0], cells, seeds, run, cell_i, driver)
+        running = pool.submit(_launch, work, shared, run)
+        done = None
+        for chunk in [*chunks[1:], None]:
+            nxt = (None if chunk is None else
+                   _chunk_inputs(chunk, cells, seeds, run, cell_i, driver))
+            if done is not None:
+                results.extend(_assemble(done, cells, seeds, run))
+            running.result()
+            done, work = work, nxt
+            if work is not None:
+                running = pool.submit(_launch, work, shared, run)
+        results.extend(_assemble(done, cells, seeds, run))
     return results
+
+
+def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
+    """Work arrays of one chunk of cells, initial states drawn: a dict."""
+    T = run["trajectories"]
+    steps, every = run["steps"], run["record_every"]
+    n_rec = steps // every + 1
+    sub = cell_i[chunk.start:chunk.stop]
+    p_max = int(sub[:, 0].max())
+    n_r_max = int(sub[:, 1].max())
+    n_f_max = int(sub[:, 2].max())
+    n_pairs = len(chunk) * T
+    check_size(n_pairs * (n_rec + 2 * p_max + n_r_max + n_f_max
+                          + max(n_r_max, n_f_max) + 8),
+               f"a linearized run of {len(cells)} configuration(s) x "
+               f"trajectories={T} with {n_rec} recorded steps "
+               f"(steps={steps}, record_every={every})")
+    pair_cell = np.repeat(np.arange(chunk.start, chunk.stop, dtype=np.int64), T)
+    fused = bool(np.all((sub[:, 5] == _step.SCHEME_CODES["without"])
+                        & (sub[:, 9] == 1)))
+    states = np.empty((n_pairs, 4), dtype=np.uint64)
+    delta = np.zeros((n_pairs, p_max))
+    for k, c in enumerate(chunk):
+        sl = slice(k * T, (k + 1) * T)
+        states[sl] = _rng_states(seeds[c], T)
+        d0 = _initial_directions(cells[c], T, seeds[c])
+        delta[sl, :d0.shape[1]] = d0
+    drive = driver
+    if drive is None:
+        work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
+        serial = work < _SERIAL_WORK or num_threads() == 1
+        drive = _simulate_serial if serial else _simulate_many
+    return {
+        "chunk": chunk, "drive": drive, "pair_cell": pair_cell,
+        # one thread: the order is irrelevant
+        "order": (np.arange(n_pairs, dtype=np.int64) if drive is _simulate_serial
+                  else _pair_order(n_pairs)),
+        "states": states, "delta": delta,
+        "perm_r": np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64),
+        "perm_f": np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64),
+        # The fused draw of one-nonzero rows without replacement needs no idx.
+        "idx": np.empty((n_pairs, 1 if fused else max(n_r_max, n_f_max, 1)),
+                        dtype=np.int64),
+        "acc": np.empty((n_pairs, p_max)),
+        "rec": np.empty((n_pairs, n_rec)),
+        "escape_step": np.empty(n_pairs, dtype=np.int64),
+        "steps_run": np.empty(n_pairs, dtype=np.int64),
+        "log_final": np.empty(n_pairs),
+    }
+
+
+def _launch(w, shared, run):
+    """Run one chunk's driver on its work arrays (filled in place)."""
+    G, Gc, H, cell_i, cell_f = shared
+    w["drive"](G, Gc, H, cell_i, cell_f, w["pair_cell"], w["order"], run["steps"],
+               run["record_every"], math.log(run["escape_factor"]),
+               run["stop_on_escape"], w["states"], w["perm_r"], w["perm_f"],
+               w["idx"], w["acc"], w["delta"], w["rec"], w["escape_step"],
+               w["steps_run"], w["log_final"])
+
+
+def _assemble(w, cells, seeds, run):
+    """The :class:`LinearizedResult` of every cell of a finished chunk."""
+    T = run["trajectories"]
+    rec, delta, escape_step = w["rec"], w["delta"], w["escape_step"]
+    record_steps = np.arange(rec.shape[1], dtype=np.int64) * run["record_every"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lyapunov = 0.5 * w["log_final"] / w["steps_run"]
+    ms_growth = _ms_growth_many(rec, lyapunov, record_steps, T)
+    out = []
+    for k, c in enumerate(w["chunk"]):
+        cell, seed = cells[c], seeds[c]
+        sl = slice(k * T, (k + 1) * T)
+        d = delta[sl, :int(cell["cell_i"][0])]
+        if cell["basis"] is not None:
+            d = d @ cell["basis"].T
+        nrm = np.linalg.norm(d, axis=1, keepdims=True)
+        direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
+        params = {**cell["params"], **run, "seed": int(seed)}
+        out.append(LinearizedResult(
+            escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
+            lyapunov=lyapunov[sl].copy(), log_sq_norm=rec[sl].copy(),
+            record_steps=record_steps, direction=direction,
+            ms_growth=ms_growth[k], params=params, seed=int(seed),
+            version=__version__))
+    return out
 
 
 # ------------------------------------------------------------------- public API

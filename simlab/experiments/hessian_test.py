@@ -176,7 +176,7 @@ def plot(ds):
     for ax, mode in zip(axes, ds["mode"].values):
         sub = ds.sel(mode=mode)
         im = ax.pcolormesh(B, s, sub["escape_fraction"].values, shading="nearest",
-                           vmin=0, vmax=1, cmap="viridis")
+                           vmin=0, vmax=1, cmap="viridis", rasterized=True)
         ax.contour(B, s, sub["rho"].values, levels=[1.0], colors="k",
                    linewidths=1.8)
         ax.contour(B, s, sub["lyapunov_median"].values, levels=[0.0],
