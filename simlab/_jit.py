@@ -28,7 +28,8 @@ import numba
 
 from . import config
 
-__all__ = ["compile_family", "cuda_kernel", "cuda_module", "jit", "pjit", "prange"]
+__all__ = ["compile_family", "cuda_kernel", "cuda_module", "dynamic_chunks", "jit",
+           "num_threads", "pjit", "prange"]
 
 prange = numba.prange
 
@@ -71,6 +72,15 @@ def _rebind(fn, env):
 def num_threads():
     """Numba's current number of threads (``numba.get_num_threads()``)."""
     return numba.get_num_threads()
+
+
+def dynamic_chunks(n):
+    """Context manager: ``prange`` loops launched from this thread hand out
+    chunks of about ``n`` iterations to whichever thread is free (a dynamic
+    schedule, ``numba.parallel_chunksize``) instead of one static block per
+    thread, so that a thread slowed by other work on the machine does not
+    leave the others idle at the end of the loop."""
+    return numba.parallel_chunksize(n)
 
 
 def compile_family(bodies, target, *, drivers=()):

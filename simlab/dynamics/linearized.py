@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._blas import serial_blas
-from .._jit import compile_family, num_threads
+from .._jit import compile_family, dynamic_chunks, num_threads
 from .._validation import (
     check_escape_factor,
     check_eta,
@@ -460,6 +460,10 @@ def _ms_growth_many(rec, lyapunov, record_steps, T):
 #: three chunks are alive at once, see :func:`_run`).
 _CHUNK_PAIRS = 4096
 
+#: Pairs per work item of the ``prange`` driver's dynamic schedule (a pair of
+#: the paper-size Hessian test takes about 0.2 ms).
+_PRANGE_CHUNK = 8
+
 #: Below this estimated number of multiply-adds a chunk runs on the calling
 #: thread (``simulate_serial``): waking Numba's worker threads costs several
 #: milliseconds of CPU per call on a loaded machine (measured: 8 ms per
@@ -618,13 +622,15 @@ def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
 
 
 def _launch(w, shared, run):
-    """Run one chunk's driver on its work arrays (filled in place)."""
+    """Run one chunk's driver on its work arrays (filled in place); the
+    ``prange`` driver with a dynamic schedule of ``_PRANGE_CHUNK`` pairs."""
     G, Gc, H, cell_i, cell_f = shared
-    w["drive"](G, Gc, H, cell_i, cell_f, w["pair_cell"], w["order"], run["steps"],
-               run["record_every"], math.log(run["escape_factor"]),
-               run["stop_on_escape"], w["states"], w["perm_r"], w["perm_f"],
-               w["idx"], w["acc"], w["delta"], w["rec"], w["escape_step"],
-               w["steps_run"], w["log_final"])
+    with dynamic_chunks(_PRANGE_CHUNK if w["drive"] is _simulate_many else 0):
+        w["drive"](G, Gc, H, cell_i, cell_f, w["pair_cell"], w["order"],
+                   run["steps"], run["record_every"], math.log(run["escape_factor"]),
+                   run["stop_on_escape"], w["states"], w["perm_r"], w["perm_f"],
+                   w["idx"], w["acc"], w["delta"], w["rec"], w["escape_step"],
+                   w["steps_run"], w["log_final"])
 
 
 def _assemble(w, cells, seeds, run):

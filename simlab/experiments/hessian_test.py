@@ -15,6 +15,8 @@ THEORY sections 4 and 7, claim 3 of section 9. On the coherence-dial family
 """
 
 import json
+import os
+import time
 
 import numpy as np
 import xarray as xr
@@ -68,6 +70,7 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     xarray.Dataset
         Dimensions ``mode`` (``sgd``, ``unlearn``), ``s``, ``batch``.
     """
+    t_wall, t_cpu, load0 = time.perf_counter(), time.process_time(), _load()
     params = dict(QUICK if quick else FULL)
     unknown = set(overrides) - set(params)
     if unknown:
@@ -140,11 +143,25 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     }
     ds.attrs["frontier_stats"] = json.dumps(stats)
     ds.attrs["operator_check_max_rel_err"] = check
+    seconds = time.perf_counter() - t_wall
+    cpu_seconds = time.process_time() - t_cpu
+    ds.attrs.update(seconds=seconds, cpu_seconds=cpu_seconds,
+                    load_average=f"{load0:.1f}-{_load():.1f} on {os.cpu_count()} CPUs")
     ds.attrs["summary"] = "; ".join(
         f"{m}: {v['ms_vs_lyapunov_disagree']}/{v['cells']} cells where mean-square "
         f"and typical (Lyapunov) verdicts differ, {v['ms_vs_escape_disagree']} where "
-        f"mean-square and escape-fraction>1/2 differ" for m, v in stats.items())
+        f"mean-square and escape-fraction>1/2 differ" for m, v in stats.items()) + (
+        f"; run(): {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU (load "
+        f"{ds.attrs['load_average']})")
     return ds
+
+
+def _load():
+    """One-minute load average (NaN where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - platform without getloadavg
+        return float("nan")
 
 
 def _operator_spot_check(n, eta, scheme, modes, s_vals, b_vals, rho, seed, k=6):
