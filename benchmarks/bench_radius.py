@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from simlab import config
 from simlab.curvature import random_rank_one
 from simlab.stability import critical_lr, kappa_plus, spectral_radius
 
@@ -97,10 +98,17 @@ def main(argv=None):
                     help="unlearning weight (0: SGD only)")
     ap.add_argument("--check", action="store_true",
                     help="compare with the Lanczos solver (slow)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads for r >= config.BLAS_THREADS_MIN_DIM "
+                         "(default: config.BLAS_THREADS)")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        config.BLAS_THREADS = args.threads
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; p={args.p}")
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; p={args.p}; "
+          f"BLAS threads for r >= {config.BLAS_THREADS_MIN_DIM}: "
+          f"{config.BLAS_THREADS or os.cpu_count()}")
     worst = []
     for n in args.n:
         print(f"n={n}", flush=True)

@@ -501,11 +501,14 @@ class OperatorAction:
         a = prob.noise_coef
         if np.any(a):
             w = 2.0 * a * np.einsum("ij,ij->i", GL, G)            # a_i g_i^T Y g_i
-            for sign in (1.0, -1.0):
-                sel = sign * w > 0
-                if sel.any():
-                    A = np.array(G[sel].T * np.sqrt(sign * w[sel]), order="F")
-                    out = blas.dsyrk(sign, A, beta=1.0, c=out, overwrite_c=1)
+            # rows with w > 0 first: one scaled copy, two syrk on its halves
+            order = np.argsort(w <= 0, kind="stable")
+            n_pos = int(np.count_nonzero(w > 0))
+            A = G[order].T * np.sqrt(np.abs(w[order]))        # Fortran order
+            if n_pos:
+                out = blas.dsyrk(1.0, A[:, :n_pos], beta=1.0, c=out, overwrite_c=1)
+            if n_pos < A.shape[1]:
+                out = blas.dsyrk(-1.0, A[:, n_pos:], beta=1.0, c=out, overwrite_c=1)
         # Every set-mean term of a low-rank form (F, w) is X F + F^T X^T for
         # some r x n_s matrix X: accumulate X per form, then one syr2k each.
         acc = {}
