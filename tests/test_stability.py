@@ -652,3 +652,34 @@ def test_simulate_accepts_factors_through_the_dense_form():
     b = simulate.linearized(reference.dense_from_factors(G), 0.05, 2, steps=30,
                             trajectories=3, seed=1)
     npt.assert_allclose(a.log_sq_norm, b.log_sq_norm, rtol=1e-12, atol=1e-12)
+
+
+def test_blas_threads_policy_and_values(monkeypatch):
+    """config.BLAS_THREADS applies from BLAS_THREADS_MIN_DIM on, one thread
+    below. Threads only reorder BLAS sums, so both settings give the same
+    eigenvalue up to the solver's stopping error (``_DAVIDSON_ETOL`` = 1e-11
+    relative each): rtol 1e-10."""
+    import os
+
+    from threadpoolctl import threadpool_info
+
+    from simlab._blas import blas_threads
+
+    def blas_threads_now():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    want = min(2, os.cpu_count() or 1)
+    monkeypatch.setattr(config, "BLAS_THREADS", want)
+    monkeypatch.setattr(config, "BLAS_THREADS_MIN_DIM", 40)
+    with blas_threads(39):
+        assert blas_threads_now() == {1}
+    with blas_threads(40):
+        assert blas_threads_now() == {want}
+    G = random_rank_one(60, 300, seed=5) / np.sqrt(300)
+    monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
+    values = []
+    for threads in (1, want):
+        monkeypatch.setattr(config, "BLAS_THREADS", threads)
+        eta = critical_lr(G, 5, forget=G[:6].copy(), alpha=0.05)
+        values.append((eta, spectral_radius(G, 0.9 * eta, 5)))
+    npt.assert_allclose(values[0], values[1], rtol=1e-10)
