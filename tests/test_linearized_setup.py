@@ -100,6 +100,8 @@ def test_ms_growth_of_a_chunk_equals_per_cell():
             for k in range(cells)]
     np.testing.assert_array_equal(got, want)
     assert np.isfinite(got[[0, 4, 8]]).all()
+    np.testing.assert_array_equal(lin._ms_growth_many(rec[:T], lyap[:T], steps, T),
+                                  want[:1])
 
 
 def test_chunked_pipeline_equals_one_chunk(monkeypatch):

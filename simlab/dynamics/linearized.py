@@ -424,6 +424,8 @@ def _ms_growth_many(rec, lyapunov, record_steps, T):
     :func:`_ms_growth` one by one.
     """
     n_cells = rec.shape[0] // T
+    if n_cells == 1:                    # one cell: nothing to share
+        return np.array([_ms_growth(rec, lyapunov, record_steps)])
     rec3 = rec.reshape(n_cells, T, rec.shape[1])
     out = np.empty(n_cells)
     regular = ~(np.isneginf(lyapunov).reshape(n_cells, T).any(axis=1)
