@@ -245,7 +245,7 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_ENTRIES = 16
 #: Inputs larger than this (bytes, retain and forget together) are not cached:
 #: their simulation outweighs the set-up.
-_CACHE_BYTES = 1 << 21
+_CACHE_BYTES = 1 << 20
 
 
 def _cacheable(arr):
@@ -829,11 +829,14 @@ def linearized_grid(configs, *, steps=1000, trajectories=16, escape_factor=1e3,
     Notes
     -----
     All (configuration, trajectory) pairs run in ``prange`` loops over chunks
-    of about 8192 pairs, so a heatmap of small cells costs a few kernel
+    of about 4096 pairs, so a heatmap of small cells costs a few kernel
     launches instead of one per cell, and the per-trajectory work arrays stay
-    small. Configurations that pass the *same* ``retain``/``forget`` array
-    objects share their validation, invariant subspace and kernel copy of the
-    Hessians (pass one array to many configurations rather than copies).
+    small; while one chunk runs, the host prepares the next and assembles the
+    previous one. Configurations that pass the *same* ``retain``/``forget``
+    array objects share their validation, invariant subspace and kernel copy
+    of the Hessians (pass one array to many configurations rather than
+    copies); recent families are also kept between calls (verified bit for
+    bit against a copy of the inputs, so mutating an array is safe).
     Families are zero-padded to the largest dimension, which costs memory but
     no arithmetic (loops run to each cell's own ``p`` and ``n``). THEORY
     sections 1-4 and 7 (the coherence-dial heatmaps).
