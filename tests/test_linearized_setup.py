@@ -119,3 +119,11 @@ def test_chunked_pipeline_equals_one_chunk(monkeypatch):
         for x, y in zip(_fields(a), _fields(b), strict=True):
             np.testing.assert_array_equal(x, y)
         assert a.params == b.params
+
+
+def test_result_types():
+    """``ms_growth`` is a Python float in grid and single results alike."""
+    cfg = dict(retain=coherence_dial(8, 3), eta=0.5, batch=2)
+    for res in (linearized(**cfg, **RUN), *lin.linearized_grid([cfg, cfg], steps=40)):
+        assert type(res.ms_growth) is float
+        assert type(res.seed) is int

@@ -657,7 +657,7 @@ def _assemble(w, cells, seeds, run):
             escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
             lyapunov=lyapunov[sl].copy(), log_sq_norm=rec[sl].copy(),
             record_steps=record_steps, direction=direction,
-            ms_growth=ms_growth[k], params=params, seed=int(seed),
+            ms_growth=float(ms_growth[k]), params=params, seed=int(seed),
             version=__version__))
     return out
 
