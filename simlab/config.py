@@ -29,11 +29,13 @@ ARPACK_NCV = 8
 #: Relative tolerance used to decide that the mean curvature ``M`` is singular.
 SINGULAR_RTOL = 1e-10
 
-#: BLAS threads of the exact operators (``simlab.stability``) on problems of
-#: dimension ``r >= BLAS_THREADS_MIN_DIM`` (``None``: every core; smaller
-#: problems always run on one thread, see ``simlab._blas``). Threaded BLAS
-#: loses badly when other busy processes share the cores: set 1 there.
-BLAS_THREADS = 1
+#: BLAS threads of the large BLAS-3 products of the exact operators
+#: (``simlab.stability``: Gram matrix, ``eigh`` of ``M``, the ``trmm``/``syrk``
+#: of each operator application) on problems of dimension ``r >=
+#: BLAS_THREADS_MIN_DIM``; ``None``: every core. Everything else runs on one
+#: thread (see ``simlab._blas``). Threaded BLAS loses badly when other busy
+#: processes share the cores: set 1 there.
+BLAS_THREADS = None
 BLAS_THREADS_MIN_DIM = 512
 
 #: CUDA launch configuration.

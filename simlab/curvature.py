@@ -9,6 +9,7 @@ import numpy as np
 import scipy.linalg.blas
 
 from . import config
+from ._blas import blas_threads
 from ._validation import (
     Factors,
     as_float_array,
@@ -131,8 +132,9 @@ def range_eig(H, *, rank_one, rtol=None):
         n = F.shape[0]
         check_size((n, n), f"the Gram matrix of {n} factor rows")
         # lower triangle of F F^T by a rank-k update (half the flops of F @ F.T)
-        K = scipy.linalg.blas.dsyrk(1.0, np.asfortranarray(F.T), trans=1, lower=1)
-        lam, V = np.linalg.eigh(K, UPLO="L")
+        with blas_threads(min(F.shape)):
+            K = scipy.linalg.blas.dsyrk(1.0, np.asfortranarray(F.T), trans=1, lower=1)
+            lam, V = np.linalg.eigh(K, UPLO="L")
     else:
         lam, V = np.linalg.eigh(H.sum(axis=0))
     keep = lam > rtol * max(lam[-1], 0.0)

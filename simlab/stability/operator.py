@@ -35,6 +35,7 @@ from functools import cached_property
 import numpy as np
 import scipy.linalg.blas
 
+from .._blas import blas_threads
 from .._validation import (
     as_float_array,
     check_eta,
@@ -317,8 +318,9 @@ class OperatorAction:
             H = H[..., perm] if prob.rank_one else H[:, perm][:, :, perm]
             self.prob = replace(prob, hessians=np.ascontiguousarray(H))
         else:
-            self.lam, self.W = np.linalg.eigh(M)
-            self.prob = prob.rotated(self.W)
+            with blas_threads(M.shape[0]):
+                self.lam, self.W = np.linalg.eigh(M)
+                self.prob = prob.rotated(self.W)
         self._qdiag = None
         self._groups = []
         self._lowrank = {}          # one factor form per set, shared by the groups
@@ -496,7 +498,8 @@ class OperatorAction:
         blas = scipy.linalg.blas
         U = self._upper_half(v)
         # G L with L = U^T: rows g_i^T L, from (U G^T) in place of a copy of G^T
-        GL = blas.dtrmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
+        with blas_threads(r):
+            GL = blas.dtrmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
         out = np.zeros((r, r), order="F")
         a = prob.noise_coef
         if np.any(a):
@@ -505,10 +508,13 @@ class OperatorAction:
             order = np.argsort(w <= 0, kind="stable")
             n_pos = int(np.count_nonzero(w > 0))
             A = G[order].T * np.sqrt(np.abs(w[order]))        # Fortran order
-            if n_pos:
-                out = blas.dsyrk(1.0, A[:, :n_pos], beta=1.0, c=out, overwrite_c=1)
-            if n_pos < A.shape[1]:
-                out = blas.dsyrk(-1.0, A[:, n_pos:], beta=1.0, c=out, overwrite_c=1)
+            with blas_threads(r):
+                if n_pos:
+                    out = blas.dsyrk(1.0, A[:, :n_pos], beta=1.0, c=out,
+                                     overwrite_c=1)
+                if n_pos < A.shape[1]:
+                    out = blas.dsyrk(-1.0, A[:, n_pos:], beta=1.0, c=out,
+                                     overwrite_c=1)
         # Every set-mean term of a low-rank form (F, w) is X F + F^T X^T for
         # some r x n_s matrix X: accumulate X per form, then one syr2k each.
         acc = {}
@@ -533,8 +539,10 @@ class OperatorAction:
                 w_s, w_o, form = data
                 F, wf, mask = form
                 # F Y = F L + (U^T F^T)^T; L Z = P F with P = L (F Y)^T diag(w)
-                FY = GL[mask] + blas.dtrmm(1.0, U, np.array(F.T, order="F"),
-                                           trans_a=1, overwrite_b=1).T
+                with blas_threads(r):
+                    FU = blas.dtrmm(1.0, U, np.array(F.T, order="F"), trans_a=1,
+                                    overwrite_b=1)
+                FY = GL[mask] + FU.T
                 add(form, (b * w_o / w_s**2) * (self.lam[:, None] * FY.T * wf)
                     - (0.5 * b * w_o**2 / w_s**2) * sandwich_x(form))
             elif kind == "dense":
@@ -542,8 +550,9 @@ class OperatorAction:
                     Y = U + U.T
                 out -= b * (data @ Y @ data)
         for form, X in acc.values():
-            out = blas.dsyr2k(1.0, np.asfortranarray(X), form[0].T, beta=1.0, c=out,
-                              overwrite_c=1)
+            with blas_threads(r):
+                out = blas.dsyr2k(1.0, np.asfortranarray(X), form[0].T, beta=1.0,
+                                  c=out, overwrite_c=1)
         _, flat_f, wts, _ = _packing(r)
         return out.T.ravel()[flat_f] * wts
 

@@ -23,7 +23,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config
-from .._blas import blas_threads, serial_blas
+from .._blas import serial_blas
 from .._validation import (
     as_float_array,
     check_escape_factor,
@@ -100,9 +100,10 @@ _DAVIDSON_RTOL = 1e-10
 #: estimated by the distance to the second Ritz value, is below ``_DAVIDSON_ETOL
 #: |theta|``. The eigenvalue converges like ``|r|^2``, so this stops about 40 %
 #: earlier than the residual criterion alone, with an eigenvalue error of the
-#: order of ``_DAVIDSON_ETOL`` (100 times below the 1e-9 the tests and
-#: ``benchmarks/bench_radius.py --check`` hold it to against ARPACK Lanczos).
-_DAVIDSON_ETOL = 1e-11
+#: order of ``_DAVIDSON_ETOL`` (ten times below the 1e-9 the tests and
+#: ``benchmarks/bench_radius.py --check`` hold it to against ARPACK Lanczos;
+#: measured there: at most 2e-11).
+_DAVIDSON_ETOL = 1e-10
 #: Size ``k`` of the block of coordinates preconditioned exactly (a dense
 #: ``k^2 x k^2`` eigenproblem).
 _DAVIDSON_BLOCK = 24
@@ -231,23 +232,42 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
 _SAMPLE_STARTS = 1
 
 
-def _sample_starts(act, q=_SAMPLE_STARTS):
-    """``H_i`` (rotated coordinates) of the ``q`` samples with the largest
-    sampling weight ``a_i lambda_max(H_i)^2``: where the sampling noise
+def _sample_starts(act, q=_SAMPLE_STARTS, scale=None):
+    """Single-sample start matrices (rotated coordinates) for the ``q``
+    samples with the largest sampling weight: where the sampling noise
     dominates (small batches, ``eta`` far below ``2 / lambda_max(M)``) the
     top eigenmatrix concentrates on single samples (THEORY section 11's
-    single-sample mode), which these start vectors contain."""
+    single-sample mode). For ``T``: ``H_i``, weight ``a_i lambda_max(H_i)^2``.
+    For the scaled operator ``S o D(S o X)`` of :func:`_critical_geneig`
+    (``scale = S``) the sampling part is ``sum_i a_i Q_i Q_i^T`` with ``Q_i =
+    S o H_i``: start ``Q_i``, weight ``a_i ||Q_i||_F^2`` (``S`` is largest on
+    the directions of small curvature, where the top eigenmatrix lives when
+    ascent nearly cancels descent)."""
     prob = act.prob
     H = prob.hessians
     a = prob.noise_coef
     if not np.any(a > 0):
         return []
-    top = np.argsort(a * sample_curvature(H, prob.rank_one) ** 2)[::-1]
+    if scale is None:
+        weight = a * sample_curvature(H, prob.rank_one) ** 2
+    elif prob.rank_one and H.ndim == 2:
+        H2 = H * H
+        weight = a * np.einsum("ij,ij->i", H2 @ (scale * scale), H2)
+    else:
+        weight = a * np.array([np.sum((scale * Hi) ** 2)
+                               for Hi in _sample_matrices(prob, range(H.shape[0]))])
+    top = np.argsort(weight)[::-1]
     top = top[:q][a[top[:q]] > 0]
-    if not prob.rank_one:
-        return [H[i] for i in top]
-    G = H if H.ndim == 3 else H[:, None, :]
-    return [G[i].T @ G[i] for i in top]
+    starts = list(_sample_matrices(prob, top))
+    return starts if scale is None else [scale * X for X in starts]
+
+
+def _sample_matrices(prob, idx):
+    """``H_i`` (``r x r``) of the samples ``idx``, one at a time."""
+    H = prob.hessians
+    G = H if not prob.rank_one or H.ndim == 3 else H[:, None, :]
+    for i in idx:
+        yield G[i].T @ G[i] if prob.rank_one else H[i]
 
 
 def _dense_block(act, weight, k=None):
@@ -372,20 +392,8 @@ def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
     eta = check_eta(eta)
     if method not in _METHODS_RHO:
         raise ValueError(f"method must be one of {_METHODS_RHO}, got {method!r}")
-    with blas_threads(_dim_hint(retain)):
-        prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
-        return _radius(prob, eta, method)
-
-
-def _dim_hint(retain):
-    """Upper bound on the restricted dimension ``r`` from the shape of the
-    retain family (``n k`` factor rows or ``p``), for :func:`blas_threads`."""
-    shape = getattr(retain, "shape", None) or np.shape(retain)
-    if len(shape) == 2:
-        return min(shape)
-    if len(shape) == 3 and getattr(retain, "G", None) is not None:
-        return min(shape[0] * shape[1], shape[2])
-    return shape[-1] if shape else 0
+    prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
+    return _radius(prob, eta, method)
 
 
 def _parts_scale(prob, lam=None):
@@ -449,12 +457,6 @@ def critical_lr(retain, batch, *, scheme="without", forget=None, forget_batch=No
     """
     if method not in _METHODS_LR:
         raise ValueError(f"method must be one of {_METHODS_LR}, got {method!r}")
-    with blas_threads(_dim_hint(retain)):
-        return _critical_lr(retain, batch, scheme, forget, forget_batch, alpha,
-                            method)
-
-
-def _critical_lr(retain, batch, scheme, forget, forget_batch, alpha, method):
     prob = _problem(retain, batch, scheme, forget, forget_batch, alpha)
     act = OperatorAction(prob)              # eigenbasis of M, shared below
     lam, W = act.lam, act.W
@@ -502,7 +504,8 @@ def _critical_geneig(prob, act=None, lanczos=False):
             eye = act.pack(np.eye(r))
             mu = _davidson_top(lambda v: Sp * act.quadratic_packed(Sp * v),
                                act.entries(diag), block,
-                               [eye] + [act.pack(X / S) for X in _sample_starts(act)])
+                               [eye] + [act.pack(X)
+                                        for X in _sample_starts(act, scale=S)])
     # D contains a PSD sampling part and M (x) M scaled by (1 - b) >= 0, so
     # mu > 0 whenever M is positive definite.
     return 2.0 / mu if mu > 0 else np.inf
