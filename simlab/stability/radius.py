@@ -271,11 +271,11 @@ def _sample_matrices(prob, idx):
 
 
 def _dense_block(act, weight, k=None):
-    """``(J, Q, L)`` for :func:`_davidson_top`: the ``k`` rotated coordinates
-    ``J`` with the largest diagonal ``weight[j, j]`` and the eigenpairs of the
-    operator restricted to matrices supported on ``J x J``. ``weight`` is the
-    operator's diagonal; the restricted operator is built by
-    ``operator_matrix``/``quadratic_matrix`` on the coordinates ``J``."""
+    """``(J, sub)``: the ``k`` rotated coordinates ``J`` with the largest
+    diagonal ``weight[j, j]`` (the operator's diagonal) and the problem
+    restricted to them, whose dense matrix (``operator_matrix`` /
+    ``quadratic_matrix``) :func:`_packed_block` turns into the exact block
+    preconditioner of :func:`_davidson_top`."""
     r = act.prob.dim
     k = min(r, _DAVIDSON_BLOCK if k is None else k)
     J = np.sort(np.argsort(np.diag(weight))[::-1][:k])
