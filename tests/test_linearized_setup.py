@@ -127,3 +127,51 @@ def test_result_types():
     for res in (linearized(**cfg, **RUN), *lin.linearized_grid([cfg, cfg], steps=40)):
         assert type(res.ms_growth) is float
         assert type(res.seed) is int
+
+
+def test_vectorized_seeding_equals_numpy():
+    """The chunk-wide generator states equal NumPy's ``SeedSequence`` and
+    ``default_rng`` seed by seed, bit for bit (both words of the xoshiro
+    states and the PCG64 state), including the edge seeds 0 and 2**32 - 1;
+    a seed >= 2**32 takes NumPy's own route with the same result."""
+    seeds = [0, 1, 2**32 - 1, *np.random.SeedSequence(5).generate_state(200).tolist()]
+    states, pcg = lin._seeded_streams(seeds, 3)
+    want = np.concatenate([lin._rng_states(s, 3) for s in seeds])
+    np.testing.assert_array_equal(states, want)
+    reuse = np.random.Generator(np.random.PCG64(0))
+    for s, st in zip(seeds, pcg, strict=True):
+        got = lin._generator(s, st, reuse).standard_normal(7)
+        np.testing.assert_array_equal(got, np.random.default_rng(s).standard_normal(7))
+    big, pcg_big = lin._seeded_streams([2**40 + 3, 7], 2)
+    assert pcg_big == [None, None]
+    np.testing.assert_array_equal(big[:2], lin._rng_states(2**40 + 3, 2))
+    # the raw SeedSequence state of several entropy words
+    ent = np.random.default_rng(1).integers(0, 2**32, (50, 7), dtype=np.uint32)
+    np.testing.assert_array_equal(
+        lin._ss_states(ent, 5),
+        [np.random.SeedSequence(row.tolist()).generate_state(5, np.uint64)
+         for row in ent])
+
+
+def test_chunk_inputs_equal_per_cell():
+    """The chunk-wide initial directions (families of different widths, with
+    and without a basis of U, perturbation samples) equal the per-cell
+    ``_initial_directions`` row for row, bit for bit."""
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((6, 9))
+    cfgs = [dict(retain=coherence_dial(12, s), eta=0.5, batch=2) for s in (1, 4, 12)]
+    cfgs += [dict(retain=G, eta=0.1, batch=3),
+             dict(retain=G[:, :4] @ rng.standard_normal((4, 9)), eta=0.1, batch=2,
+                  perturbation_samples=rng.standard_normal((3, 9)))]
+    shared = {}
+    cells = [lin._prepare_cell(**c, shared=shared) for c in cfgs]
+    seeds = [11, 0, 2**32 - 1, 5, 2**35]
+    cell_i = np.stack([c["cell_i"] for c in cells])
+    run = lin._check_run(10, 4, 1e3, 1, False)
+    w = lin._chunk_inputs(range(len(cells)), cells, seeds, run, cell_i, None)
+    for k, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
+        d0 = lin._initial_directions(cell, 4, seed)
+        np.testing.assert_array_equal(w["delta"][4 * k:4 * k + 4, :d0.shape[1]], d0)
+        assert not w["delta"][4 * k:4 * k + 4, d0.shape[1]:].any()
+        np.testing.assert_array_equal(w["states"][4 * k:4 * k + 4],
+                                      lin._rng_states(seed, 4))

@@ -134,6 +134,161 @@ def _rng_states(seed, count):
     return states
 
 
+# Constants of NumPy's SeedSequence (numpy/random/bit_generator.pyx, after
+# M. E. O'Neill's seed_seq_fe): hash and mix multipliers on uint32 words.
+_SS_INIT_A = 0x43B0D7E5
+_SS_MULT_A = 0x931E8875
+_SS_INIT_B = 0x8B51F9DD
+_SS_MULT_B = 0x58F38DED
+_SS_MIX_L = 0xCA01F9DD
+_SS_MIX_R = 0x4973F715
+_M32 = 0xFFFFFFFF
+_U32_16 = np.uint32(16)
+
+
+def _ss_hashmix(value, hc):
+    """SeedSequence ``hashmix`` on a uint32 array; ``hc`` (a Python int) is the
+    hash constant before the call. Returns ``(value, hc after the call)``."""
+    value = value ^ np.uint32(hc)
+    hc = (hc * _SS_MULT_A) & _M32
+    value = value * np.uint32(hc)
+    return value ^ (value >> _U32_16), hc
+
+
+def _ss_mix(x, y):
+    """SeedSequence ``mix`` of two uint32 arrays."""
+    r = np.uint32(_SS_MIX_L) * x - np.uint32(_SS_MIX_R) * y
+    return r ^ (r >> _U32_16)
+
+
+def _ss_states(entropy, n_words):
+    """``SeedSequence(...).generate_state(n_words, np.uint64)`` for many seeds.
+
+    ``entropy`` (uint32, ``(N, L)``) holds each sequence's assembled entropy
+    words (``SeedSequence.get_assembled_entropy``), all of the same length.
+    The pool mixing and the state generation of NumPy's ``SeedSequence``
+    (pool size 4) are elementwise uint32 arithmetic, so they run on all
+    ``N`` rows at once; the hash constants are the same for every row.
+    Returns uint64 ``(N, n_words)``, equal bit for bit to NumPy's (tested;
+    :func:`_fast_seeding` checks it once per process before use).
+    """
+    entropy = np.asarray(entropy, dtype=np.uint32)
+    N, L = entropy.shape
+    zero = np.zeros(N, dtype=np.uint32)
+    hc = _SS_INIT_A
+    mixer = []
+    for i in range(4):
+        v, hc = _ss_hashmix(entropy[:, i] if i < L else zero, hc)
+        mixer.append(v)
+    for i_src in range(4):
+        for i_dst in range(4):
+            if i_src != i_dst:
+                h, hc = _ss_hashmix(mixer[i_src], hc)
+                mixer[i_dst] = _ss_mix(mixer[i_dst], h)
+    for i_src in range(4, L):
+        for i_dst in range(4):
+            h, hc = _ss_hashmix(entropy[:, i_src], hc)
+            mixer[i_dst] = _ss_mix(mixer[i_dst], h)
+    pool = np.stack(mixer, axis=1)
+    n32 = 2 * n_words
+    before = np.empty(n32, dtype=np.uint32)      # hash constant before ...
+    after = np.empty(n32, dtype=np.uint32)       # ... and after each word
+    hc = _SS_INIT_B
+    for i in range(n32):
+        before[i] = hc
+        hc = (hc * _SS_MULT_B) & _M32
+        after[i] = hc
+    words = pool[:, np.arange(n32) % 4] ^ before
+    words *= after
+    words ^= words >> _U32_16
+    # Little-endian pairs of uint32 words, as NumPy's uint64 output.
+    return (words[:, 0::2].astype(np.uint64)
+            | (words[:, 1::2].astype(np.uint64) << np.uint64(32)))
+
+
+#: ``_PCG_MULT``: PCG64's 128-bit LCG multiplier (``pcg64.h``).
+_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+_M128 = (1 << 128) - 1
+
+
+def _pcg64_states(seeds):
+    """``np.random.PCG64(seed).state["state"]`` (the ``state`` and ``inc``
+    integers) for seeds ``< 2**32``: PCG64 seeds itself with
+    ``SeedSequence(seed).generate_state(4, np.uint64)`` (``pcg64_set_seed``:
+    ``initstate = v0 v1``, ``initseq = v2 v3`` as 128-bit numbers, then
+    ``pcg_setseq_128_srandom_r``)."""
+    vals = _ss_states(np.asarray(seeds, dtype=np.uint32)[:, None], 4).tolist()
+    out = []
+    for v0, v1, v2, v3 in vals:
+        inc = ((((v2 << 64) | v3) << 1) | 1) & _M128
+        state = (inc + ((v0 << 64) | v1)) & _M128
+        out.append({"state": (state * _PCG_MULT + inc) & _M128, "inc": inc})
+    return out
+
+
+_FAST_SEEDING = []
+
+
+def _fast_seeding():
+    """Whether :func:`_ss_states` and :func:`_pcg64_states` reproduce this
+    NumPy's ``SeedSequence`` and ``default_rng`` (checked once per process on
+    a few seeds; if not, the per-cell NumPy calls are used)."""
+    if not _FAST_SEEDING:
+        seeds = [0, 1, 12345, 2**32 - 1]
+        try:
+            ok = all(
+                np.array_equal(
+                    _ss_states(np.array([[s, 0, 0, 0, 0]], dtype=np.uint32), 7)[0],
+                    np.random.SeedSequence(s, spawn_key=(0,)).generate_state(
+                        7, dtype=np.uint64))
+                and np.random.default_rng(s).bit_generator.state
+                == _pcg_state_dict(st)
+                for s, st in zip(seeds, _pcg64_states(seeds)))
+        except Exception:       # pragma: no cover - a NumPy we do not know
+            ok = False
+        _FAST_SEEDING.append(ok)
+    return _FAST_SEEDING[0]
+
+
+def _pcg_state_dict(st):
+    """The ``bit_generator.state`` dict of a fresh PCG64 with state ``st``."""
+    return {"bit_generator": "PCG64", "state": st, "has_uint32": 0,
+            "uinteger": 0}
+
+
+def _seeded_streams(seeds, count):
+    """:func:`_rng_states` of many seeds, and what ``default_rng(seed)`` needs.
+
+    Returns ``(states, pcg)``: the kernel states ``(len(seeds) * count, 4)``
+    (``count`` rows per seed, equal to ``_rng_states(seed, count)``) and, per
+    seed, the PCG64 state of ``default_rng(seed)`` for :func:`_generator`
+    (``None`` entries: construct ``default_rng(seed)`` itself). Seeds
+    ``>= 2**32`` (more than one entropy word) take NumPy's own route.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or max(seeds) >= 2**32 or not _fast_seeding():
+        states = (np.concatenate([_rng_states(s, count) for s in seeds])
+                  if seeds else np.empty((0, 4), dtype=np.uint64))
+        return states, [None] * len(seeds)
+    # SeedSequence(seed, spawn_key=(0,)) assembles [seed, 0, 0, 0] + [0].
+    entropy = np.zeros((len(seeds), 5), dtype=np.uint32)
+    entropy[:, 0] = seeds
+    states = _ss_states(entropy, 4 * count).reshape(len(seeds) * count, 4)
+    zero = ~states.any(axis=1)          # the all-zero state is a fixed point
+    states[zero, 0] = np.uint64(1)
+    return states, _pcg64_states(seeds)
+
+
+def _generator(seed, pcg, reuse):
+    """``default_rng(seed)``: ``reuse`` (a PCG64 ``Generator``) re-seeded in
+    place to the state ``pcg`` of :func:`_seeded_streams`, or a new generator
+    when ``pcg`` is ``None``."""
+    if pcg is None:
+        return np.random.default_rng(seed)
+    reuse.bit_generator.state = _pcg_state_dict(pcg)
+    return reuse
+
+
 def _subspace(active):
     """Orthonormal basis ``(p, r)`` of ``U = range(sum of active H_i)``, or ``None``.
 
@@ -158,15 +313,27 @@ def _initial_directions(cell, trajectories, seed):
     ``z A`` with ``z`` standard Gaussian ``(trajectories, k)`` when the cell
     has perturbation samples ``A``), projected onto ``U`` (THEORY section 4)
     and normalized; when ``U`` is a proper subspace the result is expressed in
-    the basis ``cell["basis"]``.
+    the basis ``cell["basis"]``. :func:`_chunk_inputs` gives the same rows for
+    many cells at once.
     """
+    return _normalized(_raw_directions(cell, trajectories,
+                                       np.random.default_rng(seed)))
+
+
+def _raw_directions(cell, trajectories, rng):
+    """The directions of :func:`_initial_directions` before normalization."""
     A = cell.get("start")
-    rng = np.random.default_rng(seed)
     if A is None:
         Z = rng.standard_normal((trajectories, cell["dim"]))
     else:
         Z = rng.standard_normal((trajectories, A.shape[0])) @ A
-    D = Z if cell["basis"] is None else Z @ cell["basis"]
+    return Z if cell["basis"] is None else Z @ cell["basis"]
+
+
+def _normalized(D):
+    """Rows of ``D`` divided by their norms (row by row the same numbers for
+    any number of rows); a zero row is the error of a perturbation law
+    without component in ``U``."""
     nrm = np.linalg.norm(D, axis=1, keepdims=True)
     if not np.all(nrm > 0):
         raise ValueError("perturbation_samples: the perturbation law has no "
@@ -446,12 +613,15 @@ def _ms_growth_many(rec, lyapunov, record_steps, T):
     t = record_steps[lo:k_end].astype(float)
     tc = t - t.mean()
     den = np.dot(tc, tc)
-    vals = np.empty(m.shape[0])
-    for i, y in enumerate(m):
-        if np.isneginf(y[-1]):
-            vals[i] = 0.0
-        else:
-            vals[i] = math.exp(float(np.dot(tc, y - y.mean()) / den))
+    # Row means and centring are row by row the numbers of y.mean() and
+    # y - y.mean(); the dot product stays one np.dot per cell (a matrix-vector
+    # product may add in another order).
+    with np.errstate(invalid="ignore"):          # rows ending at -inf: unused
+        yc = m - m.mean(axis=1, keepdims=True)
+    zero = np.isneginf(m[:, -1])
+    vals = np.zeros(m.shape[0])
+    for i in np.flatnonzero(~zero):
+        vals[i] = math.exp(float(np.dot(tc, yc[i]) / den))
     out[regular] = vals
     return out
 
@@ -592,13 +762,21 @@ def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
     pair_cell = np.repeat(np.arange(chunk.start, chunk.stop, dtype=np.int64), T)
     fused = bool(np.all((sub[:, 5] == _step.SCHEME_CODES["without"])
                         & (sub[:, 9] == 1)))
-    states = np.empty((n_pairs, 4), dtype=np.uint64)
+    # As _rng_states and _initial_directions cell by cell, bit for bit: the
+    # generator states of the whole chunk at once, and one normalization per
+    # group of cells of the same width (row norms do not depend on the rows
+    # around them).
+    states, pcg = _seeded_streams([seeds[c] for c in chunk], T)
     delta = np.zeros((n_pairs, p_max))
+    reuse = np.random.Generator(np.random.PCG64(0))
+    by_width = {}
     for k, c in enumerate(chunk):
-        sl = slice(k * T, (k + 1) * T)
-        states[sl] = _rng_states(seeds[c], T)
-        d0 = _initial_directions(cells[c], T, seeds[c])
-        delta[sl, :d0.shape[1]] = d0
+        D = _raw_directions(cells[c], T, _generator(seeds[c], pcg[k], reuse))
+        by_width.setdefault(D.shape[1], []).append((k, D))
+    traj = np.arange(T)
+    for width, items in by_width.items():
+        rows = (np.array([k for k, _ in items])[:, None] * T + traj).ravel()
+        delta[rows, :width] = _normalized(np.concatenate([D for _, D in items]))
     drive = driver
     if drive is None:
         work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
@@ -636,28 +814,49 @@ def _launch(w, shared, run):
 
 
 def _assemble(w, cells, seeds, run):
-    """The :class:`LinearizedResult` of every cell of a finished chunk."""
+    """The :class:`LinearizedResult` of every cell of a finished chunk.
+
+    Vectorized over the chunk: the directions of all cells of one family (one
+    basis of ``U``) are mapped back and normalized together (a stacked
+    product, one matrix product per cell as before, and row norms), and each
+    result holds views of the chunk's arrays (disjoint rows, nothing shared
+    between results).
+    """
     T = run["trajectories"]
+    chunk = w["chunk"]
     rec, delta, escape_step = w["rec"], w["delta"], w["escape_step"]
     record_steps = np.arange(rec.shape[1], dtype=np.int64) * run["record_every"]
+    log_final, steps_run = w["log_final"], w["steps_run"]
     with np.errstate(divide="ignore", invalid="ignore"):
-        lyapunov = 0.5 * w["log_final"] / w["steps_run"]
+        lyapunov = 0.5 * log_final / steps_run
     ms_growth = _ms_growth_many(rec, lyapunov, record_steps, T)
+    escaped = escape_step >= 0
+    direction = [None] * len(chunk)
+    groups = {}
+    for k, c in enumerate(chunk):
+        cell = cells[c]
+        key = (id(cell["basis"]), int(cell["cell_i"][0]))
+        groups.setdefault(key, (cell["basis"], []))[1].append(k)
+    traj = np.arange(T)
+    for (_, r), (basis, ks) in groups.items():
+        rows = (np.array(ks)[:, None] * T + traj).ravel()
+        d = delta[rows, :r].reshape(len(ks), T, r)
+        if basis is not None:
+            d = d @ basis.T
+        nrm = np.linalg.norm(d, axis=2, keepdims=True)
+        d = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
+        for i, k in enumerate(ks):
+            direction[k] = d[i]
     out = []
-    for k, c in enumerate(w["chunk"]):
-        cell, seed = cells[c], seeds[c]
+    for k, c in enumerate(chunk):
+        seed = int(seeds[c])
         sl = slice(k * T, (k + 1) * T)
-        d = delta[sl, :int(cell["cell_i"][0])]
-        if cell["basis"] is not None:
-            d = d @ cell["basis"].T
-        nrm = np.linalg.norm(d, axis=1, keepdims=True)
-        direction = np.divide(d, nrm, out=np.zeros_like(d), where=nrm > 0)
-        params = {**cell["params"], **run, "seed": int(seed)}
         out.append(LinearizedResult(
-            escaped=escape_step[sl] >= 0, escape_step=escape_step[sl].copy(),
-            lyapunov=lyapunov[sl].copy(), log_sq_norm=rec[sl].copy(),
-            record_steps=record_steps, direction=direction,
-            ms_growth=float(ms_growth[k]), params=params, seed=int(seed),
+            escaped=escaped[sl], escape_step=escape_step[sl],
+            lyapunov=lyapunov[sl], log_sq_norm=rec[sl],
+            record_steps=record_steps, direction=direction[k],
+            ms_growth=float(ms_growth[k]),
+            params={**cells[c]["params"], **run, "seed": seed}, seed=seed,
             version=__version__))
     return out
 

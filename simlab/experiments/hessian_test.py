@@ -25,7 +25,7 @@ from .._provenance import provenance
 from ..curvature import coherence_dial
 from ..dynamics.backends import get_kernel
 from ..stability import spectral_radius
-from ..theory import dial_critical_lr, dial_spectral_radius
+from ..theory.dial import _dial_table
 
 NAME = "hessian-test"
 CLAIM = "THEORY 9.3: the exact frontier of the Hessian-test family matches simulation"
@@ -82,8 +82,8 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     s_vals = [int(s) for s in params["s"]]
     b_vals = [int(b) for b in params["batch"]]
     modes = {"sgd": 0.0, "unlearn": alpha}
-    configs, index = [], []
-    for mode, a in modes.items():
+    configs = []
+    for a in modes.values():
         for s in s_vals:
             H = coherence_dial(n, s)
             for B in b_vals:
@@ -91,26 +91,24 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
                 if a:
                     cfg.update(forget=H, forget_batch=B, alpha=a)
                 configs.append(cfg)
-                index.append((mode, s, B))
     results = simulate(configs, steps=params["steps"],
                        trajectories=params["trajectories"],
                        escape_factor=params["escape_factor"], seed=seed,
                        stop_on_escape=False,
                        record_every=max(1, params["steps"] // 50))
+    # Results come in the order of ``configs`` (mode, s, batch), so the grid
+    # is a reshape; per-cell summaries and the closed forms are vectorized.
     shape = (len(modes), len(s_vals), len(b_vals))
-    frac = np.empty(shape)
-    lyap = np.empty(shape)
-    ms = np.empty(shape)
+    frac = np.array([res.escape_fraction for res in results]).reshape(shape)
+    lyap = np.median(np.stack([res.lyapunov for res in results]),
+                     axis=1).reshape(shape)
+    ms = np.array([res.ms_growth for res in results]).reshape(shape)
     rho = np.empty(shape)
     eta_c = np.empty(shape)
-    for (mode, s, B), res in zip(index, results):
-        k = (list(modes).index(mode), s_vals.index(s), b_vals.index(B))
-        frac[k] = res.escape_fraction
-        lyap[k] = np.median(res.lyapunov)
-        ms[k] = res.ms_growth
-        a = modes[mode]
-        rho[k] = dial_spectral_radius(n, s, eta, B, scheme=scheme, alpha=a)
-        eta_c[k] = dial_critical_lr(n, s, B, scheme=scheme, alpha=a)
+    for i, a in enumerate(modes.values()):
+        for j, s in enumerate(s_vals):
+            rho[i, j], eta_c[i, j] = _dial_table(n, s, eta, b_vals, scheme=scheme,
+                                                 alpha=a)
     check = _operator_spot_check(n, eta, scheme, modes, s_vals, b_vals, rho, seed)
     coords = {"mode": list(modes), "s": s_vals, "batch": b_vals}
     dims = ("mode", "s", "batch")

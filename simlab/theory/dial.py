@@ -22,6 +22,8 @@ power iteration from ``I``, which stays diagonal: ``rho(T) = max(rho_0, rho_1)``
 """
 
 
+import numpy as np
+
 from .._validation import (
     check_alpha,
     check_batch,
@@ -110,3 +112,38 @@ def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
     if s < n:
         etas.append(m * s / (m**2 + a * n**2 - b))
     return float(min(etas))
+
+
+def _dial_table(n, s, eta, batches, *, scheme="without", alpha=0.0):
+    """:func:`dial_spectral_radius` and :func:`dial_critical_lr` of one ``s``
+    over many batch sizes (forget batch = batch), as two float arrays.
+
+    The same expressions evaluated elementwise in float64 (the scalars in
+    Python, the per-batch coefficients in NumPy), so every entry equals the
+    scalar function's value bit for bit (tested); used by the Hessian-test
+    heatmap, which needs the two numbers on thousands of cells.
+    """
+    eta = check_eta(eta)
+    n = check_int(n, "n", low=1)
+    s = check_int(s, "s", low=1, high=n)
+    batch = np.array([check_batch(b, n) for b in batches], dtype=np.int64)
+    scheme = check_scheme(scheme)
+    alpha = check_alpha(alpha)
+    a_r, b_r = scheme_coefficients(n, batch, scheme)
+    a = (1 - alpha) ** 2 * a_r + alpha**2 * a_r
+    b = (1 - alpha) ** 2 * b_r + alpha**2 * b_r
+    m = 1.0 - 2.0 * alpha
+    check_step(eta, 2.0 * n / s)
+    rho = (1 - 2 * m * eta) ** 2 + 4 * eta**2 * (a * n**2 / s - b)
+    if s < n:
+        rho = np.maximum(rho, (1 - 2 * m * eta / s) ** 2
+                         + 4 * eta**2 * (a * n**2 - b) / s**2)
+    if m <= 0:
+        eta_c = 0.0
+    else:
+        eta_c = m / (m**2 + a * n**2 / s - b)
+        if s < n:
+            eta_c = np.minimum(eta_c, m * s / (m**2 + a * n**2 - b))
+    # n = 1 gives scalar coefficients: broadcast to one entry per batch.
+    return (np.broadcast_to(rho, batch.shape).astype(float),
+            np.broadcast_to(eta_c, batch.shape).astype(float))
