@@ -460,50 +460,35 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
                 add_dense(H, n_r, idx, k, -w_f, delta, acc, p)
         # New delta, entries below 1e-280 in magnitude (signed zeros included)
         # set to 0.0 (subnormal arithmetic is slow; see _FLUSH), acc cleared
-        # where consumed (it is zero at every step's start), and a fast
+        # where consumed (it is zero at every step's start). Then a fast
         # |delta|^2 in four interleaved partial sums (j mod 4): it differs from
         # the in-order sum_sq by a relative <= 2 p 2^-53 and is zero exactly
         # when that is; the in-order sum is taken wherever the value decides
-        # or is recorded (_SQ_MARGIN).
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
+        # or is recorded (_SQ_MARGIN). Two loops rather than one: the update
+        # has no reduction and compiles to SIMD code, and the sum reads the
+        # fresh delta from L1 (1.8x faster than the fused loop at p = 100).
         pu = np.uint64(p)
         j = np.uint64(0)
-        while j + _U4 <= pu:
-            d0 = delta[j] - eta * acc[j]
-            d1 = delta[j + _U1] - eta * acc[j + _U1]
-            d2 = delta[j + _U2] - eta * acc[j + _U2]
-            d3 = delta[j + _U3] - eta * acc[j + _U3]
-            if abs(d0) < _FLUSH:
-                d0 = 0.0
-            if abs(d1) < _FLUSH:
-                d1 = 0.0
-            if abs(d2) < _FLUSH:
-                d2 = 0.0
-            if abs(d3) < _FLUSH:
-                d3 = 0.0
-            delta[j] = d0
-            delta[j + _U1] = d1
-            delta[j + _U2] = d2
-            delta[j + _U3] = d3
-            acc[j] = 0.0
-            acc[j + _U1] = 0.0
-            acc[j + _U2] = 0.0
-            acc[j + _U3] = 0.0
-            s0 += d0 * d0
-            s1 += d1 * d1
-            s2 += d2 * d2
-            s3 += d3 * d3
-            j += _U4
         while j < pu:
             d = delta[j] - eta * acc[j]
             if abs(d) < _FLUSH:
                 d = 0.0
             delta[j] = d
             acc[j] = 0.0
-            s0 += d * d
+            j += _U1
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = np.uint64(0)
+        while j + _U4 <= pu:
+            s0 += delta[j] * delta[j]
+            s1 += delta[j + _U1] * delta[j + _U1]
+            s2 += delta[j + _U2] * delta[j + _U2]
+            s3 += delta[j + _U3] * delta[j + _U3]
+            j += _U4
+        while j < pu:
+            s0 += delta[j] * delta[j]
             j += _U1
         sq = (s0 + s1) + (s2 + s3)
         countdown -= 1
