@@ -166,12 +166,25 @@ def test_chunk_inputs_equal_per_cell():
     shared = {}
     cells = [lin._prepare_cell(**c, shared=shared) for c in cfgs]
     seeds = [11, 0, 2**32 - 1, 5, 2**35]
-    cell_i = np.stack([c["cell_i"] for c in cells])
     run = lin._check_run(10, 4, 1e3, 1, False)
-    w = lin._chunk_inputs(range(len(cells)), cells, seeds, run, cell_i, None)
+    w = lin._chunk_inputs(range(len(cells)), cells, seeds, run, None)
     for k, (cell, seed) in enumerate(zip(cells, seeds, strict=True)):
         d0 = lin._initial_directions(cell, 4, seed)
         np.testing.assert_array_equal(w["delta"][4 * k:4 * k + 4, :d0.shape[1]], d0)
         assert not w["delta"][4 * k:4 * k + 4, d0.shape[1]:].any()
         np.testing.assert_array_equal(w["states"][4 * k:4 * k + 4],
                                       lin._rng_states(seed, 4))
+
+
+def test_invalid_configuration_in_a_later_chunk_raises(monkeypatch):
+    """Configurations are validated chunk by chunk (overlapping the
+    simulation of the previous chunk): an invalid one in the last chunk
+    still raises its ValueError and nothing is returned."""
+    monkeypatch.setattr(lin, "_CHUNK_PAIRS", 4)                 # two cells a chunk
+    good = [dict(retain=coherence_dial(10, s), eta=0.5, batch=2) for s in (1, 2, 5)]
+    with pytest.raises(ValueError, match="eta"):
+        lin.linearized_grid([*good, dict(retain=coherence_dial(10, 2), eta=-1.0,
+                                         batch=2)], steps=20, trajectories=2)
+    with pytest.raises(ValueError, match="batch"):
+        lin.linearized_grid([*good, dict(retain=coherence_dial(10, 2), eta=0.5,
+                                         batch=11)], steps=20, trajectories=2)

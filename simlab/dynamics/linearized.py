@@ -14,6 +14,7 @@ directions and generator states on the host, and runs the CPU driver
 ``_step.simulate_many``).
 """
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -351,7 +352,7 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
     arrays and active sets), ``rank_one``, ``dim`` (the original ``p``),
     ``basis`` (``(p, r)`` or ``None``), ``cell_i``, ``cell_f`` (layout in
     :mod:`simlab.dynamics._step`; ``cell_i[10]``, the family's row, is set by
-    :func:`_run`) and ``params``.
+    :func:`_chunk_inputs`) and ``params``.
 
     ``shared`` (a dict owned by one grid call) shares the validation of the
     arrays and the families between configurations that pass the *same*
@@ -694,6 +695,13 @@ def _pack_families(cells):
 def _run(cells, seeds, run, driver=None):
     """Run every (cell, trajectory) pair.
 
+    ``cells`` holds prepared cells (:func:`_prepare_cell`) or callables that
+    prepare them (:func:`_grid`): a chunk's configurations are then validated
+    just before its work arrays are drawn, while the previous chunk runs, so
+    the set-up of a large grid overlaps the simulation (an invalid
+    configuration raises its ``ValueError`` once its chunk is reached, after
+    the chunks before it have run; nothing is returned).
+
     ``driver`` has the signature of :func:`_simulate_many` and fills the
     output arrays in place; the CUDA backend passes its kernel launcher and
     gets every pair in one call. The CPU runs the pairs in chunks of whole
@@ -703,65 +711,77 @@ def _run(cells, seeds, run, driver=None):
     independent, so neither choice changes a bit of the result.
 
     With several chunks the compiled driver of one chunk runs in a helper
-    thread (it releases the GIL) while this thread draws the initial states of
-    the next chunk and assembles the results of the previous one: the host
-    work of a large grid (about a quarter of the Hessian-test run) overlaps
-    the simulation instead of following it.
+    thread (it releases the GIL) while this thread prepares the cells and
+    draws the initial states of the next chunk and assembles the results of
+    the previous one: the host work of a large grid overlaps the simulation
+    instead of preceding or following it.
     """
     T = run["trajectories"]
+    cells = list(cells)
     n_cells = len(cells)
-    G, Gc, H, fam_of_cell = _pack_families(cells)
-    cell_i = np.stack([c["cell_i"] for c in cells])
-    cell_i[:, 10] = fam_of_cell
-    cell_f = np.stack([c["cell_f"] for c in cells])
     if driver is None:
         per_chunk = max(1, _CHUNK_PAIRS // T)
         chunks = [range(a, min(a + per_chunk, n_cells))
                   for a in range(0, n_cells, per_chunk)]
     else:
         chunks = [range(n_cells)]
-    shared = (G, Gc, H, cell_i, cell_f)
+
+    def inputs(chunk):
+        for c in chunk:
+            if callable(cells[c]):
+                cells[c] = cells[c]()
+        return _chunk_inputs(chunk, cells, seeds, run, driver)
+
     results = []
     if len(chunks) == 1:
-        work = _chunk_inputs(chunks[0], cells, seeds, run, cell_i, driver)
-        _launch(work, shared, run)
+        work = inputs(chunks[0])
+        _launch(work, run)
         results.extend(_assemble(work, cells, seeds, run))
         return results
     with ThreadPoolExecutor(1, thread_name_prefix="simlab-linearized") as pool:
-        work = _chunk_inputs(chunks[0], cells, seeds, run, cell_i, driver)
-        running = pool.submit(_launch, work, shared, run)
+        work = inputs(chunks[0])
+        running = pool.submit(_launch, work, run)
         done = None
         for chunk in [*chunks[1:], None]:
-            nxt = (None if chunk is None else
-                   _chunk_inputs(chunk, cells, seeds, run, cell_i, driver))
+            nxt = None if chunk is None else inputs(chunk)
             if done is not None:
                 results.extend(_assemble(done, cells, seeds, run))
             running.result()
             done, work = work, nxt
             if work is not None:
-                running = pool.submit(_launch, work, shared, run)
+                running = pool.submit(_launch, work, run)
         results.extend(_assemble(done, cells, seeds, run))
     return results
 
 
-def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
-    """Work arrays of one chunk of cells, initial states drawn: a dict."""
+def _chunk_inputs(chunk, cells, seeds, run, driver):
+    """Work arrays of one chunk of cells, initial states drawn: a dict.
+
+    ``shared`` holds the kernel's view of the chunk's configurations: the
+    Hessians of its families (:func:`_pack_families`) and the stacked
+    ``cell_i``/``cell_f`` (``cell_i[:, 10]`` = the family's row), indexed by
+    the position in the chunk.
+    """
     T = run["trajectories"]
     steps, every = run["steps"], run["record_every"]
     n_rec = steps // every + 1
-    sub = cell_i[chunk.start:chunk.stop]
-    p_max = int(sub[:, 0].max())
-    n_r_max = int(sub[:, 1].max())
-    n_f_max = int(sub[:, 2].max())
+    members = [cells[c] for c in chunk]
+    G, Gc, H, fam_of_cell = _pack_families(members)
+    cell_i = np.stack([c["cell_i"] for c in members])
+    cell_i[:, 10] = fam_of_cell
+    cell_f = np.stack([c["cell_f"] for c in members])
+    p_max = int(cell_i[:, 0].max())
+    n_r_max = int(cell_i[:, 1].max())
+    n_f_max = int(cell_i[:, 2].max())
     n_pairs = len(chunk) * T
     check_size(n_pairs * (n_rec + 2 * p_max + n_r_max + n_f_max
                           + max(n_r_max, n_f_max) + 8),
                f"a linearized run of {len(cells)} configuration(s) x "
                f"trajectories={T} with {n_rec} recorded steps "
                f"(steps={steps}, record_every={every})")
-    pair_cell = np.repeat(np.arange(chunk.start, chunk.stop, dtype=np.int64), T)
-    fused = bool(np.all((sub[:, 5] == _step.SCHEME_CODES["without"])
-                        & (sub[:, 9] == 1)))
+    pair_cell = np.repeat(np.arange(len(chunk), dtype=np.int64), T)
+    fused = bool(np.all((cell_i[:, 5] == _step.SCHEME_CODES["without"])
+                        & (cell_i[:, 9] == 1)))
     # As _rng_states and _initial_directions cell by cell, bit for bit: the
     # generator states of the whole chunk at once, and one normalization per
     # group of cells of the same width (row norms do not depend on the rows
@@ -784,6 +804,7 @@ def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
         drive = _simulate_serial if serial else _simulate_many
     return {
         "chunk": chunk, "drive": drive, "pair_cell": pair_cell,
+        "shared": (G, Gc, H, cell_i, cell_f),
         # one thread: the order is irrelevant
         "order": (np.arange(n_pairs, dtype=np.int64) if drive is _simulate_serial
                   else _pair_order(n_pairs)),
@@ -801,10 +822,10 @@ def _chunk_inputs(chunk, cells, seeds, run, cell_i, driver):
     }
 
 
-def _launch(w, shared, run):
+def _launch(w, run):
     """Run one chunk's driver on its work arrays (filled in place); the
     ``prange`` driver with a dynamic schedule of ``_PRANGE_CHUNK`` pairs."""
-    G, Gc, H, cell_i, cell_f = shared
+    G, Gc, H, cell_i, cell_f = w["shared"]
     with dynamic_chunks(_PRANGE_CHUNK if w["drive"] is _simulate_many else 0):
         w["drive"](G, Gc, H, cell_i, cell_f, w["pair_cell"], w["order"],
                    run["steps"], run["record_every"], math.log(run["escape_factor"]),
@@ -1075,7 +1096,8 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
         if missing:
             raise ValueError(f"configs[{c}] misses {sorted(missing)}")
         kw = {k: v for k, v in cfg.items() if k != "seed"}
-        cells.append(_prepare_cell(**kw, shared=shared))
+        # Validated and packed when _run reaches its chunk.
+        cells.append(functools.partial(_prepare_cell, **kw, shared=shared))
         seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
                      if "seed" in cfg else int(auto[c]))
     return _run(cells, seeds, run, driver)
