@@ -99,7 +99,7 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     # Results come in the order of ``configs`` (mode, s, batch), so the grid
     # is a reshape; per-cell summaries and the closed forms are vectorized.
     shape = (len(modes), len(s_vals), len(b_vals))
-    frac = np.array([res.escape_fraction for res in results]).reshape(shape)
+    frac = np.mean(np.stack([res.escaped for res in results]), axis=1).reshape(shape)
     lyap = np.median(np.stack([res.lyapunov for res in results]),
                      axis=1).reshape(shape)
     ms = np.array([res.ms_growth for res in results]).reshape(shape)
