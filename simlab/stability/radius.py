@@ -23,7 +23,7 @@ import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config
-from .._blas import serial_blas
+from .._blas import blas_threads, serial_blas
 from .._validation import (
     as_float_array,
     check_escape_factor,
@@ -584,7 +584,9 @@ class _SamplePreconditioner:
         iu, ju, P = self.pairs
         m = self.sa.size
         K = np.zeros((m, m))
-        K[iu, ju] = np.einsum("ij,ij->i", P @ W, P)
+        with blas_threads(W.shape[0]):
+            PW = P @ W
+        K[iu, ju] = np.einsum("ij,ij->i", PW, P)
         K[ju, iu] = K[iu, ju]
         K *= self.sa[:, None] * self.sa[None, :]
         self.lu = scipy.linalg.lu_factor(np.eye(m) - K, check_finite=False)
@@ -596,12 +598,18 @@ class _SamplePreconditioner:
         y = w / self.den
         if not self.sa.size:
             return y
-        Y = act.unpack(y)
+        # g^T Y g = 2 g^T U g with Y = U + U^T (U: upper triangle, halved
+        # diagonal): no full matrix
+        U = act._upper_half(y)
         if self.scale is not None:
-            Y *= self.scale
-        c = self.sa * np.einsum("ij,ij->i", self.G @ Y, self.G)
+            U *= self.scale
+        r = U.shape[0]
+        with blas_threads(r):
+            GU = self.G @ U
+        c = 2.0 * self.sa * np.einsum("ij,ij->i", GU, self.G)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        Z = (self.G.T * z) @ self.G
+        with blas_threads(r):
+            Z = (self.G.T * z) @ self.G
         if self.scale is not None:
             Z *= self.scale
         return y + act.pack(Z) / self.den
