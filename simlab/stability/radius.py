@@ -524,9 +524,13 @@ def _critical_geneig(prob, act=None, lanczos=False):
 
 
 #: Samples whose rank-one sampling terms :class:`_SamplePreconditioner` inverts
-#: exactly (measured on the unlearning family of ``benchmarks/bench_radius.py``,
-#: eta*, B = 10, without: n = 1000 32 -> 17-21 products of the operator for m
-#: in [8, 128]; n = 2000 63 -> 29 for m = 32, 30 for m = 64).
+#: exactly. Products of the operator per call on the families of
+#: ``benchmarks/bench_radius.py`` (p = 10^4, B in {1, 10, 100}, three schemes),
+#: without -> with it (m = 32): n = 1000 unlearning eta* 29-32 -> 19, rho at
+#: 0.5 eta* 18-22 -> 20-30, at 0.9 eta* 19-30 -> 15-17; SGD 21-24 -> 19-22 (eta*),
+#: 10-11 -> 9-11, 15-18 -> 15-18. n = 2000 unlearning (B = 10, without): eta*
+#: 56 -> 31, rho 16 -> 20 and 88 -> 59. m in [8, 128] gave 17-21 for eta* at
+#: n = 1000, m = 64 30 at n = 2000.
 _PRECOND_SAMPLES = 32
 
 
