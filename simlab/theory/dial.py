@@ -80,8 +80,8 @@ def dial_spectral_radius(n, s, eta, batch, *, scheme="without", alpha=0.0,
 
     Examples
     --------
-    >>> dial_spectral_radius(10, 3, 0.5, 10, scheme="without")   # GD
-    0.4444444444444444
+    >>> round(dial_spectral_radius(10, 3, 0.5, 10, scheme="without"), 12)  # GD
+    0.444444444444
     """
     eta = check_eta(eta)
     n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
@@ -102,7 +102,7 @@ def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
 
     Examples
     --------
-    >>> dial_critical_lr(10, 3, 1)            # Bernoulli SGD, B = 1
+    >>> dial_critical_lr(10, 3, 1, scheme="bernoulli")   # Bernoulli SGD, B = 1
     0.25
     """
     n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
