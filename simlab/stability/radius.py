@@ -76,7 +76,7 @@ def _radius(prob, eta, method="auto"):
         J, sub = _dense_block(act, diag)
         block = _packed_block(act, J, operator_matrix(sub, eta))
         solve = (_SamplePreconditioner(act, diag, coef=eta**2)
-                 if act._fast and _PRECOND_SAMPLES else None)
+                 if _SamplePreconditioner.pays(act) else None)
         eye = act.pack(np.eye(r))
         starts = [eye] + [act.pack(X) for X in _sample_starts(act)]
         return _davidson_top(lambda v: act.operator_packed(eta, v), act.entries(diag),
@@ -512,7 +512,7 @@ def _critical_geneig(prob, act=None, lanczos=False):
             A = s[:, None] * quadratic_matrix(sub) * s[None, :]
             block = _packed_block(act, J, A)
             solve = (_SamplePreconditioner(act, diag, scale=S)
-                     if act._fast and _PRECOND_SAMPLES else None)
+                     if _SamplePreconditioner.pays(act) else None)
             Sp = act.entries(S)
             eye = act.pack(np.eye(r))
             starts = [eye] + [act.pack(X) for X in _sample_starts(act, scale=S)]
@@ -530,7 +530,8 @@ def _critical_geneig(prob, act=None, lanczos=False):
 #: 0.5 eta* 18-22 -> 20-30, at 0.9 eta* 19-30 -> 15-17; SGD 21-24 -> 19-22 (eta*),
 #: 10-11 -> 9-11, 15-18 -> 15-18. n = 2000 unlearning (B = 10, without): eta*
 #: 56 -> 31, rho 16 -> 20 and 88 -> 59. m in [8, 128] gave 17-21 for eta* at
-#: n = 1000, m = 64 30 at n = 2000.
+#: n = 1000, m = 64 30 at n = 2000. Only for unlearning
+#: (:meth:`_SamplePreconditioner.pays`).
 _PRECOND_SAMPLES = 32
 
 
@@ -552,6 +553,15 @@ class _SamplePreconditioner:
     samples apart (they differ by a rank-one term, not in the diagonal), so it
     converges slowly on their tight cluster.
     """
+
+    @staticmethod
+    def pays(act):
+        """Used for rank-one families with an ascent part (unlearning), where
+        the single-sample cluster appears. Plain SGD needed only 1-2 fewer
+        products (n = 1000: 24 -> 22 for eta*), which do not pay for the
+        capacitance matrices (measured: 2.9 -> 4.2 s)."""
+        return bool(act._fast and _PRECOND_SAMPLES
+                    and np.any(act.prob.mean_coef < 0))
 
     def __init__(self, act, diag, coef=1.0, scale=None, m=None):
         m = _PRECOND_SAMPLES if m is None else m
@@ -607,13 +617,9 @@ class _SamplePreconditioner:
         U = act._upper_half(y)
         if self.scale is not None:
             U *= self.scale
-        r = U.shape[0]
-        with blas_threads(r):
-            GU = self.G @ U
-        c = 2.0 * self.sa * np.einsum("ij,ij->i", GU, self.G)
+        c = 2.0 * self.sa * np.einsum("ij,ij->i", self.G @ U, self.G)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        with blas_threads(r):
-            Z = (self.G.T * z) @ self.G
+        Z = (self.G.T * z) @ self.G
         if self.scale is not None:
             Z *= self.scale
         return y + act.pack(Z) / self.den
