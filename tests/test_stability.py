@@ -685,15 +685,14 @@ def test_blas_threads_policy_and_values(monkeypatch):
     npt.assert_allclose(values[0], values[1], rtol=1e-10)
 
 
-@pytest.mark.parametrize("operator", ["T", "geneig"])
 @pytest.mark.parametrize("m", [2, 100])
-def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
-    """_SamplePreconditioner(w, theta) equals the dense solve (theta I - P)^{-1} w
-    with P = diag(d - sum_I coef a_i s^2 g^2 g^2) + sum_I coef a_i q_i q_i^T
-    (packed coordinates), q_i = pack(s o H_i), I the m samples of largest
-    a_i |q_i|^2 computed here from the dense q_i (m = 100 > N: all samples).
-    Both are direct solves of a 28 x 28 system: rtol 1e-9 (the system is
-    kept well conditioned by theta above the top of P)."""
+def test_sample_preconditioner_is_the_dense_woodbury_solve(m):
+    """_SamplePreconditioner(w, theta) of the geneig operator S o D(S o .)
+    equals the dense solve (theta I - P)^{-1} w with P = diag(d - sum_I a_i
+    S^2 g^2 g^2) + sum_I a_i q_i q_i^T (packed coordinates), q_i = pack(S o H_i),
+    I the m samples of largest a_i |q_i|^2 computed here from the dense q_i
+    (m = 100 > N: all samples). Both are direct solves of a 28 x 28 system,
+    kept well conditioned by theta = 1.5 lambda_max(P): rtol 1e-9."""
     from simlab.stability.operator import OperatorAction
     from simlab.stability.radius import _SamplePreconditioner
 
@@ -702,15 +701,12 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     prob = build_problem(G, 3, scheme="without", forget=G[:2].copy(), alpha=0.1,
                          forget_batch=1)
     act = OperatorAction(prob)
+    assert _SamplePreconditioner.pays(act)
+    assert not _SamplePreconditioner.pays(OperatorAction(build_problem(G, 3)))
     lam = act.lam
-    eta = 0.02
-    if operator == "T":
-        diag, coef, scale = act.diagonal(eta), eta**2, None
-        sc = np.ones((lam.size, lam.size))
-    else:
-        sc = np.sqrt(2.0 / (lam[:, None] + lam[None, :]))
-        diag, coef, scale = sc * sc * act.quadratic_diagonal(), 1.0, sc
-    Gr, a = act.prob.hessians, act.prob.noise_coef * coef
+    sc = np.sqrt(2.0 / (lam[:, None] + lam[None, :]))
+    diag = sc * sc * act.quadratic_diagonal()
+    Gr, a = act.prob.hessians, act.prob.noise_coef
     q = np.array([act.pack(sc * np.outer(g, g)) for g in Gr])
     top = np.argsort(-(a * np.sum(q * q, axis=1)))[:m]
     d = act.entries(diag) - sum(a[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2))
@@ -718,6 +714,6 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     P = np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
     theta = 1.5 * np.linalg.eigvalsh(P)[-1]
     w = rng.standard_normal(d.size)
-    solve = _SamplePreconditioner(act, diag, coef=coef, scale=scale, m=m)
+    solve = _SamplePreconditioner(act, diag, sc, m=m)
     ref = np.linalg.solve(theta * np.eye(d.size) - P, w)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())

@@ -74,13 +74,10 @@ def _radius(prob, eta, method="auto"):
     if method in ("auto", "davidson"):
         diag = act.diagonal(eta)
         J, sub = _dense_block(act, diag)
-        block = _packed_block(act, J, operator_matrix(sub, eta))
-        solve = (_SamplePreconditioner(act, diag, coef=eta**2)
-                 if _SamplePreconditioner.pays(act) else None)
         eye = act.pack(np.eye(r))
-        starts = [eye] + [act.pack(X) for X in _sample_starts(act)]
         return _davidson_top(lambda v: act.operator_packed(eta, v), act.entries(diag),
-                             block, starts, solve=solve)
+                             _packed_block(act, J, operator_matrix(sub, eta)),
+                             [eye] + [act.pack(X) for X in _sample_starts(act)])
     if r * r <= 2:
         raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
     return _lanczos_top(lambda Y: act.operator(eta, Y), r)
@@ -511,7 +508,7 @@ def _critical_geneig(prob, act=None, lanczos=False):
             s = S[np.ix_(J, J)].ravel()
             A = s[:, None] * quadratic_matrix(sub) * s[None, :]
             block = _packed_block(act, J, A)
-            solve = (_SamplePreconditioner(act, diag, scale=S)
+            solve = (_SamplePreconditioner(act, diag, S)
                      if _SamplePreconditioner.pays(act) else None)
             Sp = act.entries(S)
             eye = act.pack(np.eye(r))
@@ -524,55 +521,55 @@ def _critical_geneig(prob, act=None, lanczos=False):
 
 
 #: Samples whose rank-one sampling terms :class:`_SamplePreconditioner` inverts
-#: exactly. Products of the operator per call on the families of
-#: ``benchmarks/bench_radius.py`` (p = 10^4, B in {1, 10, 100}, three schemes),
-#: without -> with it (m = 32): n = 1000 unlearning eta* 29-32 -> 19, rho at
-#: 0.5 eta* 18-22 -> 20-30, at 0.9 eta* 19-30 -> 15-17; SGD 21-24 -> 19-22 (eta*),
-#: 10-11 -> 9-11, 15-18 -> 15-18. n = 2000 unlearning (B = 10, without): eta*
-#: 56 -> 31, rho 16 -> 20 and 88 -> 59. m in [8, 128] gave 17-21 for eta* at
-#: n = 1000, m = 64 30 at n = 2000. Only for unlearning
-#: (:meth:`_SamplePreconditioner.pays`).
+#: exactly. Products of the operator and time per eta* call on the unlearning
+#: family of ``benchmarks/bench_radius.py`` (p = 10^4, without, B in {1, 10,
+#: 100}; 2 idle cores), without -> with it: n = 1000 29-32 -> 19 products,
+#: 4.4-5.1 s -> 3.2-3.4 s (m = 8 and 16: 17-24 products, 3.0-4.5 s); n = 2000
+#: (B = 10) 56 -> 31 products.
 _PRECOND_SAMPLES = 32
+#: Relative move of ``theta`` after which the capacitance matrix is rebuilt
+#: (1e-6 and 1e-2 gave the same products at n = 1000; 1e-2 rebuilds it 2-3
+#: times instead of about 11).
+_REFACTOR_RTOL = 1e-2
 
 
 class _SamplePreconditioner:
-    """Davidson correction ``t = (theta - P)^{-1} w`` (packed vectors) for an
-    operator whose sampling part is a sum of rank-one terms in matrix space.
+    """Davidson correction ``t = (theta - P)^{-1} w`` (packed vectors) for the
+    scaled operator ``A = S o D(S o .)`` of :func:`_critical_geneig`.
 
     For rank-one families ``H_i = g_i g_i^T`` the sampling part of ``D`` is
-    ``Y -> sum_i a_i <H_i, Y> H_i``; in the operators the eigensolvers see
-    (``T``: factor ``coef = eta^2``; the scaled ``S o D(S o .)`` of
-    :func:`_critical_geneig`: ``scale = S``) it is ``sum_i coef a_i q_i q_i^T``
-    with ``q_i = pack(scale o H_i)``. ``P`` keeps the exact terms of the ``m``
-    samples with the largest ``a_i ||q_i||^2`` (where the top eigenmatrix
-    concentrates when it is a single-sample mode: unlearning near ``kappa_+ =
-    0``, small batches) and the diagonal of the rest, and is inverted by the
-    Woodbury identity: an ``m x m`` capacitance matrix, ``O(m^2 r^2)`` flops
-    each time ``theta`` moves (relative ``1e-6``), ``O(m r^2)`` per call. The
-    diagonal correction alone cannot tell the single-sample modes of different
-    samples apart (they differ by a rank-one term, not in the diagonal), so it
-    converges slowly on their tight cluster.
+    ``Y -> sum_i a_i <H_i, Y> H_i``, so in ``A`` it is ``sum_i a_i q_i q_i^T``
+    with ``q_i = pack(S o H_i)``. ``P`` keeps the exact terms of the ``m``
+    samples with the largest ``a_i ||q_i||^2`` and the diagonal of the rest,
+    and is inverted by the Woodbury identity: an ``m x m`` capacitance matrix
+    (``O(m^2 r^2)`` flops each time ``theta`` moves by ``_REFACTOR_RTOL``),
+    ``O(m r^2)`` per call, no ``r^2``-long vector per sample.
+
+    Where ascent nearly cancels descent (unlearning near ``kappa_+ = 0``) the
+    top eigenmatrix is a single-sample mode, one of a tight cluster (relative
+    gaps 0.2-0.7 %); such modes differ by a rank-one term, not in the
+    diagonal, so the diagonal correction alone cannot tell them apart and
+    converges slowly.
     """
 
     @staticmethod
     def pays(act):
         """Used for rank-one families with an ascent part (unlearning), where
-        the single-sample cluster appears. Plain SGD needed only 1-2 fewer
-        products (n = 1000: 24 -> 22 for eta*), which do not pay for the
-        capacitance matrices (measured: 2.9 -> 4.2 s)."""
+        the cluster appears. For plain SGD it saved 1-2 of 24 products at
+        n = 1000 and cost more than them (2.9 -> 4.2 s); for ``rho(T)`` (the
+        same construction with ``q_i = pack(H_i)``) it cut the products at
+        0.9 eta* (n = 1000: 19-30 -> 15-17; n = 2000: 88 -> 59) but raised them
+        at 0.5 eta* (18-22 -> 20-30; slower overall), so ``rho(T)`` keeps the
+        diagonal-and-block correction."""
         return bool(act._fast and _PRECOND_SAMPLES
                     and np.any(act.prob.mean_coef < 0))
 
-    def __init__(self, act, diag, coef=1.0, scale=None, m=None):
+    def __init__(self, act, diag, scale, m=None):
         m = _PRECOND_SAMPLES if m is None else m
-        prob = act.prob
-        G, a = prob.hessians, prob.noise_coef * coef
-        sc2 = 1.0 if scale is None else scale * scale
+        G, a = act.prob.hessians, act.prob.noise_coef
+        sc2 = scale * scale
         G2 = G * G
-        if scale is None:                           # ||H_i||^2 = |g_i|^4
-            weight = a * G2.sum(axis=1) ** 2
-        else:
-            weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)
+        weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)      # a_i ||S o H_i||^2
         top = np.argsort(weight)[::-1][:m]
         top = top[a[top] > 0]
         self.act, self.scale = act, scale
@@ -592,9 +589,7 @@ class _SamplePreconditioner:
         if not self.sa.size:
             return
         act = self.act
-        W = 1.0 / act.unpack(den * _packing(act.prob.dim)[2])
-        if self.scale is not None:
-            W *= self.scale * self.scale
+        W = self.scale * self.scale / act.unpack(den * _packing(act.prob.dim)[2])
         iu, ju, P = self.pairs
         m = self.sa.size
         K = np.zeros((m, m))
@@ -606,7 +601,7 @@ class _SamplePreconditioner:
         self.lu = scipy.linalg.lu_factor(np.eye(m) - K, check_finite=False)
 
     def __call__(self, w, theta):
-        if self.theta is None or abs(theta - self.theta) > 1e-6 * abs(theta):
+        if self.theta is None or abs(theta - self.theta) > _REFACTOR_RTOL * abs(theta):
             self._factor(theta)
         act = self.act
         y = w / self.den
@@ -614,14 +609,10 @@ class _SamplePreconditioner:
             return y
         # g^T Y g = 2 g^T U g with Y = U + U^T (U: upper triangle, halved
         # diagonal): no full matrix
-        U = act._upper_half(y)
-        if self.scale is not None:
-            U *= self.scale
+        U = act._upper_half(y) * self.scale
         c = 2.0 * self.sa * np.einsum("ij,ij->i", self.G @ U, self.G)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        Z = (self.G.T * z) @ self.G
-        if self.scale is not None:
-            Z *= self.scale
+        Z = ((self.G.T * z) @ self.G) * self.scale
         return y + act.pack(Z) / self.den
 
 
