@@ -177,14 +177,18 @@ def test_chunk_inputs_equal_per_cell():
 
 
 def test_invalid_configuration_in_a_later_chunk_raises(monkeypatch):
-    """Configurations are validated chunk by chunk (overlapping the
-    simulation of the previous chunk): an invalid one in the last chunk
-    still raises its ValueError and nothing is returned."""
+    """Chunks are packed while the previous chunk simulates, but every
+    configuration is checked first: an invalid one in the last chunk raises
+    its ValueError before any chunk has run (no finished work is thrown away)."""
     monkeypatch.setattr(lin, "_CHUNK_PAIRS", 4)                 # two cells a chunk
+    launched = []
+    monkeypatch.setattr(lin, "_launch", lambda *a: launched.append(a))
     good = [dict(retain=coherence_dial(10, s), eta=0.5, batch=2) for s in (1, 2, 5)]
-    with pytest.raises(ValueError, match="eta"):
-        lin.linearized_grid([*good, dict(retain=coherence_dial(10, 2), eta=-1.0,
-                                         batch=2)], steps=20, trajectories=2)
-    with pytest.raises(ValueError, match="batch"):
-        lin.linearized_grid([*good, dict(retain=coherence_dial(10, 2), eta=0.5,
-                                         batch=11)], steps=20, trajectories=2)
+    bad = [dict(retain=coherence_dial(10, 2), eta=-1.0, batch=2),
+           dict(retain=coherence_dial(10, 2), eta=0.5, batch=11),
+           dict(retain=np.zeros((10, 3)), eta=0.5, batch=2)]
+    for cfg, match in zip(bad, ["eta", "batch", "all active Hessians are zero"],
+                          strict=True):
+        with pytest.raises(ValueError, match=match):
+            lin.linearized_grid([*good, cfg], steps=20, trajectories=2)
+    assert not launched

@@ -290,6 +290,10 @@ def _generator(seed, pcg, reuse):
     return reuse
 
 
+_EMPTY_U = ("retain/forget: all active Hessians are zero, so the invariant "
+            "subspace U is empty and nothing moves")
+
+
 def _subspace(active):
     """Orthonormal basis ``(p, r)`` of ``U = range(sum of active H_i)``, or ``None``.
 
@@ -300,8 +304,7 @@ def _subspace(active):
     basis = range_basis(active)
     r, p = basis.shape[1], active.shape[1]
     if r == 0:
-        raise ValueError("retain/forget: all active Hessians are zero, so the "
-                         "invariant subspace U is empty and nothing moves")
+        raise ValueError(_EMPTY_U)
     if r == p:
         return None
     return np.linalg.qr(basis)[0]
@@ -359,25 +362,55 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
     ``retain``/``forget`` objects: a heatmap over (batch, eta, alpha) of one
     family validates it, finds its invariant subspace and stores it once.
     """
+    return _pack_cell(_check_cell(retain, eta, batch, scheme, forget, forget_batch,
+                                  alpha, perturbation_samples, shared=shared))
+
+
+def _check_cell(retain, eta, batch, scheme="without", forget=None,
+                forget_batch=None, alpha=0.0, perturbation_samples=None, *,
+                shared=None):
+    """Every check of :func:`_prepare_cell`, without the packing: the
+    validated pieces as a dict for :func:`_pack_cell`. A grid runs it on every
+    configuration before anything is simulated (a bad configuration fails
+    fast), and packs its chunks while the previous chunk runs."""
     shared = {} if shared is None else shared
     key = (id(retain), id(forget))
     if key not in shared:
         # Keeps the inputs alive, so that their ids stay theirs for the call.
         shared[key] = (retain, forget, _validated_pair(retain, forget))
     entry = shared[key][2]
-    retain, forget, rank_one, curv = (entry["retain"], entry["forget"],
-                                      entry["rank_one"], entry["curv"])
+    retain, forget, curv = entry["retain"], entry["forget"], entry["curv"]
     batch, B_f, scheme, alpha = check_run_config(
         retain.shape[0], None if forget is None else forget.shape[0], batch, scheme,
         forget_batch, alpha)
     eta = check_eta(eta)
     check_step(eta, _step_curvature(retain, forget, curv, batch, B_f, scheme, alpha))
+    use_r = alpha < 1.0
+    use_f = forget is not None and alpha > 0.0
+    zero = entry.setdefault("zero", {})
+    if (use_r, use_f) not in zero:
+        zero[use_r, use_f] = not any(np.any(hs) for hs, use in
+                                     ((retain, use_r), (forget, use_f)) if use)
+    if zero[use_r, use_f]:
+        raise ValueError(_EMPTY_U)
+    _, start = check_perturbation_law(None, perturbation_samples, retain.shape[1])
+    return {"entry": entry, "eta": eta, "batch": batch, "B_f": B_f,
+            "scheme": scheme, "alpha": alpha, "use": (use_r, use_f),
+            "start": start}
+
+
+def _pack_cell(checked):
+    """The kernel's view of a configuration checked by :func:`_check_cell`
+    (the dict :func:`_prepare_cell` documents)."""
+    entry, eta, batch, B_f, scheme, alpha, start = (
+        checked[k] for k in ("entry", "eta", "batch", "B_f", "scheme", "alpha",
+                             "start"))
+    retain, forget, rank_one = entry["retain"], entry["forget"], entry["rank_one"]
     n_r = retain.shape[0]
     n_f = 0 if forget is None else forget.shape[0]
     if forget is None:
         B_f = 0
-    use_r = alpha < 1.0
-    use_f = forget is not None and alpha > 0.0
+    use_r, use_f = checked["use"]
     families = entry["families"]
     if (use_r, use_f) not in families:
         families[use_r, use_f] = _prepare_family(retain, forget, rank_one, use_r,
@@ -395,7 +428,6 @@ def _prepare_cell(retain, eta, batch, scheme="without", forget=None,
         "rank_one": bool(rank_one),
     }
     dim = retain.shape[1]
-    _, start = check_perturbation_law(None, perturbation_samples, dim)
     params["perturbation"] = ("isotropic in U" if start is None else
                               f"gaussian, second moment of {start.shape[0]} samples")
     return {"family": fam, "rank_one": rank_one, "dim": dim, "basis": fam["basis"],
@@ -696,11 +728,11 @@ def _run(cells, seeds, run, driver=None):
     """Run every (cell, trajectory) pair.
 
     ``cells`` holds prepared cells (:func:`_prepare_cell`) or callables that
-    prepare them (:func:`_grid`): a chunk's configurations are then validated
-    just before its work arrays are drawn, while the previous chunk runs, so
-    the set-up of a large grid overlaps the simulation (an invalid
-    configuration raises its ``ValueError`` once its chunk is reached, after
-    the chunks before it have run; nothing is returned).
+    pack checked ones (:func:`_grid`: every configuration is checked before
+    anything runs, :func:`_check_cell`): a chunk's cells are then packed
+    (invariant subspaces, kernel arrays) just before its work arrays are
+    drawn, while the previous chunk runs, so the set-up of a large grid
+    overlaps the simulation.
 
     ``driver`` has the signature of :func:`_simulate_many` and fills the
     output arrays in place; the CUDA backend passes its kernel launcher and
@@ -1096,8 +1128,10 @@ def _grid(configs, steps, trajectories, escape_factor, seed, record_every,
         if missing:
             raise ValueError(f"configs[{c}] misses {sorted(missing)}")
         kw = {k: v for k, v in cfg.items() if k != "seed"}
-        # Validated and packed when _run reaches its chunk.
-        cells.append(functools.partial(_prepare_cell, **kw, shared=shared))
+        # Checked now, so that a bad configuration fails before anything runs;
+        # packed when _run reaches its chunk.
+        cells.append(functools.partial(_pack_cell,
+                                       _check_cell(**kw, shared=shared)))
         seeds.append(check_seed(cfg["seed"], f"configs[{c}]['seed']")
                      if "seed" in cfg else int(auto[c]))
     return _run(cells, seeds, run, driver)
