@@ -685,10 +685,12 @@ def test_blas_threads_policy_and_values(monkeypatch):
     npt.assert_allclose(values[0], values[1], rtol=1e-10)
 
 
+@pytest.mark.parametrize("operator", ["T", "geneig"])
 @pytest.mark.parametrize("m", [2, 100])
-def test_sample_preconditioner_is_the_dense_woodbury_solve(m):
+def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     """_SamplePreconditioner(w, theta) of the geneig operator S o D(S o .)
-    equals the dense solve (theta I - P)^{-1} w with P = diag(d - sum_I a_i
+    (of T: S = 1, a_i scaled by eta^2) equals the dense solve
+    (theta I - P)^{-1} w with P = diag(d - sum_I a_i
     S^2 g^2 g^2) + sum_I a_i q_i q_i^T (packed coordinates), q_i = pack(S o H_i),
     I the m samples of largest a_i |q_i|^2 computed here from the dense q_i
     (m = 100 > N: all samples). Both are direct solves of a 28 x 28 system,
@@ -704,9 +706,15 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(m):
     assert _SamplePreconditioner.pays(act)
     assert not _SamplePreconditioner.pays(OperatorAction(build_problem(G, 3)))
     lam = act.lam
-    sc = np.sqrt(2.0 / (lam[:, None] + lam[None, :]))
-    diag = sc * sc * act.quadratic_diagonal()
-    Gr, a = act.prob.hessians, act.prob.noise_coef
+    if operator == "T":
+        eta = 0.02
+        sc, coef, diag = np.ones((lam.size, lam.size)), eta**2, act.diagonal(eta)
+        kw = dict(coef=coef)
+    else:
+        sc, coef = np.sqrt(2.0 / (lam[:, None] + lam[None, :])), 1.0
+        diag = sc * sc * act.quadratic_diagonal()
+        kw = dict(scale=sc)
+    Gr, a = act.prob.hessians, act.prob.noise_coef * coef
     q = np.array([act.pack(sc * np.outer(g, g)) for g in Gr])
     top = np.argsort(-(a * np.sum(q * q, axis=1)))[:m]
     d = act.entries(diag) - sum(a[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2))
@@ -714,6 +722,6 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(m):
     P = np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
     theta = 1.5 * np.linalg.eigvalsh(P)[-1]
     w = rng.standard_normal(d.size)
-    solve = _SamplePreconditioner(act, diag, sc, m=m)
+    solve = _SamplePreconditioner(act, diag, m=m, **kw)
     ref = np.linalg.solve(theta * np.eye(d.size) - P, w)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())

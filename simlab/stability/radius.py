@@ -75,9 +75,12 @@ def _radius(prob, eta, method="auto"):
         diag = act.diagonal(eta)
         J, sub = _dense_block(act, diag)
         eye = act.pack(np.eye(r))
+        solve = (_SamplePreconditioner(act, diag, coef=eta**2)
+                 if _T_SWITCH and _SamplePreconditioner.pays(act) else None)
         return _davidson_top(lambda v: act.operator_packed(eta, v), act.entries(diag),
                              _packed_block(act, J, operator_matrix(sub, eta)),
-                             [eye] + [act.pack(X) for X in _sample_starts(act)])
+                             [eye] + [act.pack(X) for X in _sample_starts(act)],
+                             solve=solve, solve_after=_T_SWITCH)
     if r * r <= 2:
         raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
     return _lanczos_top(lambda Y: act.operator(eta, Y), r)
@@ -111,7 +114,7 @@ _DAVIDSON_BLOCK = 24
 
 
 def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
-                  etol=None, maxiter=2000, solve=None):
+                  etol=None, maxiter=2000, solve=None, solve_after=0):
     """Largest eigenvalue of a symmetric operator on packed symmetric
     matrices (vectors of length ``r (r + 1) / 2``, see
     :meth:`OperatorAction.pack`) by Davidson's method, preconditioned by its
@@ -140,7 +143,8 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     value) is below ``etol |theta|`` (``_DAVIDSON_ETOL``).
 
     ``solve(w, theta)``, when given, replaces the diagonal and block
-    corrections (the block still gives the first start):
+    corrections once ``solve_after`` products have been taken (the block
+    still gives the first start):
     :class:`_SamplePreconditioner`, which also inverts the rank-one sampling
     terms of the samples that carry a single-sample mode.
     """
@@ -165,7 +169,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         den = theta - d
         tiny = 1e-8 * max(abs(theta), 1e-300)
         den[np.abs(den) < tiny] = tiny
-        if solve is not None:
+        if solve is not None and products >= solve_after:
             return solve(w, theta)
         out = w / den
         if block is not None:
@@ -175,6 +179,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         return out
 
     m = 0
+    products = 0
     theta = 0.0
     ritz_at = -1                                    # basis size of the last Ritz step
     small = np.zeros((m_max, m_max))                # V T V^T, kept up to date
@@ -201,6 +206,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         else:
             V[m] = v / nv
             TV[m] = matvec(V[m])
+            products += 1
             small[m, :m + 1] = V[:m + 1] @ TV[m]
             small[:m, m] = small[m, :m]
             m += 1
@@ -527,6 +533,15 @@ def _critical_geneig(prob, act=None, lanczos=False):
 #: 4.4-5.1 s -> 3.2-3.4 s (m = 8 and 16: 17-24 products, 3.0-4.5 s); n = 2000
 #: (B = 10) 56 -> 31 products.
 _PRECOND_SAMPLES = 32
+#: Products of ``T`` after which ``rho(T)`` of an unlearning family switches
+#: from the diagonal-and-block correction to :class:`_SamplePreconditioner`
+#: (``q_i = pack(H_i)``, factor ``eta^2``; 0: never). From the first product it
+#: cut the products at 0.9 eta* (n = 1000, B in {1, 10, 100}: 19-30 -> 15-17;
+#: n = 2000: 88 -> 59) but raised them at 0.5 eta* (18-22 -> 20-30), where the
+#: top eigenmatrix is no single-sample mode; switching after 20 products (most
+#: 0.5 eta* calls have converged by then): worst call at n = 1000 30 -> 26
+#: products (3.9 -> 3.5 s).
+_T_SWITCH = 20
 #: Relative move of ``theta`` after which the capacitance matrix is rebuilt
 #: (1e-6 and 1e-2 gave the same products at n = 1000; 1e-2 rebuilds it 2-3
 #: times instead of about 11).
@@ -535,13 +550,15 @@ _REFACTOR_RTOL = 1e-2
 
 class _SamplePreconditioner:
     """Davidson correction ``t = (theta - P)^{-1} w`` (packed vectors) for the
-    scaled operator ``A = S o D(S o .)`` of :func:`_critical_geneig`.
+    scaled operator ``A = S o D(S o .)`` of :func:`_critical_geneig`, or for
+    ``T`` (``scale=None``, ``coef = eta^2``).
 
     For rank-one families ``H_i = g_i g_i^T`` the sampling part of ``D`` is
     ``Y -> sum_i a_i <H_i, Y> H_i``, so in ``A`` it is ``sum_i a_i q_i q_i^T``
-    with ``q_i = pack(S o H_i)``. ``P`` keeps the exact terms of the ``m``
-    samples with the largest ``a_i ||q_i||^2`` and the diagonal of the rest,
-    and is inverted by the Woodbury identity: an ``m x m`` capacitance matrix
+    with ``q_i = pack(S o H_i)`` (in ``T``: ``coef a_i``, ``q_i = pack(H_i)``).
+    ``P`` keeps the exact terms of the ``m`` samples with the largest
+    ``a_i ||q_i||^2`` and the diagonal of the rest, and is inverted by the
+    Woodbury identity: an ``m x m`` capacitance matrix
     (``O(m^2 r^2)`` flops each time ``theta`` moves by ``_REFACTOR_RTOL``),
     ``O(m r^2)`` per call, no ``r^2``-long vector per sample.
 
@@ -555,18 +572,16 @@ class _SamplePreconditioner:
     @staticmethod
     def pays(act):
         """Used for rank-one families with an ascent part (unlearning), where
-        the cluster appears. For plain SGD it saved 1-2 of 24 products at
-        n = 1000 and cost more than them (2.9 -> 4.2 s); for ``rho(T)`` (the
-        same construction with ``q_i = pack(H_i)``) it cut the products at
-        0.9 eta* (n = 1000: 19-30 -> 15-17; n = 2000: 88 -> 59) but raised them
-        at 0.5 eta* (18-22 -> 20-30; slower overall), so ``rho(T)`` keeps the
-        diagonal-and-block correction."""
+        the cluster appears (for ``rho(T)`` only after ``_T_SWITCH``
+        products). For plain SGD it saved 1-2 of 24 products at n = 1000 and
+        cost more than them (2.9 -> 4.2 s)."""
         return bool(act._fast and _PRECOND_SAMPLES
                     and np.any(act.prob.mean_coef < 0))
 
-    def __init__(self, act, diag, scale, m=None):
+    def __init__(self, act, diag, scale=None, coef=1.0, m=None):
         m = _PRECOND_SAMPLES if m is None else m
-        G, a = act.prob.hessians, act.prob.noise_coef
+        G, a = act.prob.hessians, act.prob.noise_coef * coef
+        scale = np.ones((G.shape[1],) * 2) if scale is None else scale
         sc2 = scale * scale
         G2 = G * G
         weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)      # a_i ||S o H_i||^2
