@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.integrate
 import scipy.optimize
-import scipy.stats
 from scipy.special import erfc
 
 from .._validation import (
@@ -111,6 +110,8 @@ def expected_max_chi2(N, p):
 def _expected_max_chi2(N, p):
     if N == 1:
         return float(p)
+    import scipy.stats
+
     tail = lambda x: -np.expm1(N * scipy.stats.chi2.logcdf(x, p))  # noqa: E731
     hi = p + 60.0 * np.sqrt(2.0 * p) + 200.0
     val, _ = scipy.integrate.quad(tail, 0.0, hi, limit=400, points=[float(p)])
@@ -865,6 +866,8 @@ def _label_noise_v(n, d, snr):
 
 
 def _flip_fractions(n, p_flip):
+    import scipy.stats
+
     k = np.arange(n + 1)
     return k / n, scipy.stats.binom.pmf(k, n, p_flip)
 
