@@ -98,18 +98,18 @@ def test_matrix_free_radius_equals_closed_form_at_n100(s):
 @pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 0.5, 0.7])
 def test_vectorized_table_equals_scalar_forms(scheme, alpha):
-    """``_dial_table`` (the Hessian-test heatmap's closed forms over all
+    """``dial_table`` (the Hessian-test heatmap's closed forms over all
     batch sizes at once) equals the scalar functions bit for bit, n = 1
     (scalar coefficients) included."""
-    from simlab.theory.dial import _dial_table
+    from simlab.theory.dial import dial_table
 
     for n in (1, 7, 100):
         for s in sorted({1, max(1, n // 3), n}):
             batches = list(range(1, n + 1))
-            rho, eta_c = _dial_table(n, s, 0.5, batches, scheme=scheme, alpha=alpha)
+            rho, eta_c = dial_table(n, s, 0.5, batches, scheme=scheme, alpha=alpha)
             npt.assert_array_equal(rho, [dial_spectral_radius(
                 n, s, 0.5, B, scheme=scheme, alpha=alpha) for B in batches])
             npt.assert_array_equal(eta_c, [dial_critical_lr(
                 n, s, B, scheme=scheme, alpha=alpha) for B in batches])
     with pytest.raises(ValueError, match="batch"):
-        _dial_table(5, 2, 0.5, [1, 6])
+        dial_table(5, 2, 0.5, [1, 6])

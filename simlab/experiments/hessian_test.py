@@ -25,7 +25,7 @@ from .._provenance import provenance
 from ..curvature import coherence_dial
 from ..dynamics.backends import get_kernel
 from ..stability import spectral_radius
-from ..theory.dial import _dial_table
+from ..theory.dial import dial_table
 
 NAME = "hessian-test"
 CLAIM = "THEORY 9.3: the exact frontier of the Hessian-test family matches simulation"
@@ -107,7 +107,7 @@ def run(quick=False, seed=0, simulate=None, backend="cpu", **overrides):
     eta_c = np.empty(shape)
     for i, a in enumerate(modes.values()):
         for j, s in enumerate(s_vals):
-            rho[i, j], eta_c[i, j] = _dial_table(n, s, eta, b_vals, scheme=scheme,
+            rho[i, j], eta_c[i, j] = dial_table(n, s, eta, b_vals, scheme=scheme,
                                                  alpha=a)
     check = _operator_spot_check(n, eta, scheme, modes, s_vals, b_vals, rho, seed)
     coords = {"mode": list(modes), "s": s_vals, "batch": b_vals}

@@ -8,7 +8,7 @@ names in :mod:`simlab.stability` and :mod:`simlab.coherence`.
 """
 
 from . import rmt, rmt_cnn
-from .dial import dial_critical_lr, dial_spectral_radius
+from .dial import dial_critical_lr, dial_spectral_radius, dial_table
 from .rmt import (
     ascent_rate,
     ascent_rate_limit,
@@ -20,5 +20,5 @@ from .rmt_cnn import cnn_coherence, cnn_coherence_limits
 
 __all__ = ["cnn_coherence", "cnn_coherence_limits",
            "rmt_cnn", "ascent_rate", "ascent_rate_limit", "crossing_snr",
-           "crossing_snr2_limit", "dial_critical_lr", "dial_spectral_radius", "rmt",
-           "sharpness"]
+           "crossing_snr2_limit", "dial_critical_lr", "dial_spectral_radius",
+           "dial_table", "rmt", "sharpness"]

@@ -35,7 +35,7 @@ from .._validation import (
 )
 from ..stability.operator import scheme_coefficients
 
-__all__ = ["dial_critical_lr", "dial_spectral_radius"]
+__all__ = ["dial_critical_lr", "dial_spectral_radius", "dial_table"]
 
 
 def _coefficients(n, s, batch, scheme, alpha, forget_batch):
@@ -114,14 +114,33 @@ def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
     return float(min(etas))
 
 
-def _dial_table(n, s, eta, batches, *, scheme="without", alpha=0.0):
+def dial_table(n, s, eta, batches, *, scheme="without", alpha=0.0):
     """:func:`dial_spectral_radius` and :func:`dial_critical_lr` of one ``s``
-    over many batch sizes (forget batch = batch), as two float arrays.
+    over many batch sizes at once (forget batch = batch).
 
     The same expressions evaluated elementwise in float64 (the scalars in
     Python, the per-batch coefficients in NumPy), so every entry equals the
-    scalar function's value bit for bit (tested); used by the Hessian-test
-    heatmap, which needs the two numbers on thousands of cells.
+    scalar function's value bit for bit (tested); for heatmaps over the batch
+    size, such as the Hessian-test figure, which needs the two numbers on
+    thousands of cells.
+
+    Parameters
+    ----------
+    n, s, eta, scheme, alpha
+        As in :func:`dial_spectral_radius`.
+    batches : sequence of int
+        Batch sizes, each in ``[1, n]``.
+
+    Returns
+    -------
+    rho, critical_lr : ndarray, shape (len(batches),)
+        ``rho(T)`` at ``eta`` and the critical learning rate, per batch size.
+
+    Examples
+    --------
+    >>> rho, eta_c = dial_table(10, 3, 0.5, [1, 10])
+    >>> bool(eta_c[-1] == dial_critical_lr(10, 3, 10))
+    True
     """
     eta = check_eta(eta)
     n = check_int(n, "n", low=1)
