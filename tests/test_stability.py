@@ -725,3 +725,29 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     solve = _SamplePreconditioner(act, diag, m=m, **kw)
     ref = np.linalg.solve(theta * np.eye(d.size) - P, w)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
+def test_davidson_with_sample_preconditioner_from_the_start(monkeypatch, scheme):
+    """rho(T) of an unlearning family with the sample preconditioner from the
+    first product (``_T_SWITCH = 1``; by default it takes over after 20)
+    equals the dense eigenvalue: the preconditioner changes the path, never
+    the limit (rtol 1e-9, as above). r = 30 exceeds the exact 24-coordinate
+    block, so Davidson iterates and the preconditioner is used (counted)."""
+    from simlab.stability import radius
+
+    G = np.random.default_rng(11).standard_normal((36, 30))
+    kw = dict(forget=G[:4].copy(), alpha=0.05)
+    eta = critical_lr(G, 3, scheme=scheme, **kw)
+    dense = [spectral_radius(G, c * eta, 3, scheme=scheme, method="dense", **kw)
+             for c in (0.5, 0.9, 1.2)]
+    monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
+    monkeypatch.setattr(radius, "_T_SWITCH", 1)
+    calls = []
+    solve = radius._SamplePreconditioner.__call__
+    monkeypatch.setattr(radius._SamplePreconditioner, "__call__",
+                        lambda self, w, theta: calls.append(1) or solve(self, w, theta))
+    for c, rho in zip((0.5, 0.9, 1.2), dense, strict=True):
+        npt.assert_allclose(spectral_radius(G, c * eta, 3, scheme=scheme, **kw), rho,
+                            rtol=RTOL)
+    assert len(calls) >= 3
