@@ -86,10 +86,27 @@ def dial_spectral_radius(n, s, eta, batch, *, scheme="without", alpha=0.0,
     eta = check_eta(eta)
     n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
     check_step(eta, 2.0 * n / s)          # every sample's curvature is 2n/s
+    return float(_rho(n, s, m, a, b, eta))
+
+
+def _rho(n, s, m, a, b, eta):
+    """``rho(T)`` from the coefficients (elementwise in ``a``, ``b``)."""
     rho = (1 - 2 * m * eta) ** 2 + 4 * eta**2 * (a * n**2 / s - b)
     if s < n:
-        rho = max(rho, (1 - 2 * m * eta / s) ** 2 + 4 * eta**2 * (a * n**2 - b) / s**2)
-    return float(rho)
+        rho = np.maximum(rho, (1 - 2 * m * eta / s) ** 2
+                         + 4 * eta**2 * (a * n**2 - b) / s**2)
+    return rho
+
+
+def _critical(n, s, m, a, b):
+    """``min(eta_0, eta_1)`` from the coefficients (elementwise in ``a``, ``b``);
+    ``0.0`` when ``m <= 0``."""
+    if m <= 0:
+        return 0.0
+    eta_c = m / (m**2 + a * n**2 / s - b)
+    if s < n:
+        eta_c = np.minimum(eta_c, m * s / (m**2 + a * n**2 - b))
+    return eta_c
 
 
 def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
@@ -106,21 +123,16 @@ def dial_critical_lr(n, s, batch, *, scheme="without", alpha=0.0,
     0.25
     """
     n, s, m, a, b = _coefficients(n, s, batch, scheme, alpha, forget_batch)
-    if m <= 0:
-        return 0.0
-    etas = [m / (m**2 + a * n**2 / s - b)]
-    if s < n:
-        etas.append(m * s / (m**2 + a * n**2 - b))
-    return float(min(etas))
+    return float(_critical(n, s, m, a, b))
 
 
 def dial_table(n, s, eta, batches, *, scheme="without", alpha=0.0):
     """:func:`dial_spectral_radius` and :func:`dial_critical_lr` of one ``s``
     over many batch sizes at once (forget batch = batch).
 
-    The same expressions evaluated elementwise in float64 (the scalars in
-    Python, the per-batch coefficients in NumPy), so every entry equals the
-    scalar function's value bit for bit (tested); for heatmaps over the batch
+    The same expressions (one implementation) evaluated elementwise in
+    float64, so every entry equals the scalar function's value bit for bit
+    (tested); for heatmaps over the batch
     size, such as the Hessian-test figure, which needs the two numbers on
     thousands of cells.
 
@@ -153,16 +165,7 @@ def dial_table(n, s, eta, batches, *, scheme="without", alpha=0.0):
     b = (1 - alpha) ** 2 * b_r + alpha**2 * b_r
     m = 1.0 - 2.0 * alpha
     check_step(eta, 2.0 * n / s)
-    rho = (1 - 2 * m * eta) ** 2 + 4 * eta**2 * (a * n**2 / s - b)
-    if s < n:
-        rho = np.maximum(rho, (1 - 2 * m * eta / s) ** 2
-                         + 4 * eta**2 * (a * n**2 - b) / s**2)
-    if m <= 0:
-        eta_c = 0.0
-    else:
-        eta_c = m / (m**2 + a * n**2 / s - b)
-        if s < n:
-            eta_c = np.minimum(eta_c, m * s / (m**2 + a * n**2 - b))
+    rho, eta_c = _rho(n, s, m, a, b, eta), _critical(n, s, m, a, b)
     # n = 1 gives scalar coefficients: broadcast to one entry per batch.
     return (np.broadcast_to(rho, batch.shape).astype(float),
             np.broadcast_to(eta_c, batch.shape).astype(float))
