@@ -25,7 +25,7 @@ from .._provenance import provenance
 from ..curvature import coherence_dial
 from ..dynamics.backends import get_kernel
 from ..stability import spectral_radius
-from ..theory.dial import dial_table
+from ..theory import dial_table
 
 NAME = "hessian-test"
 CLAIM = "THEORY 9.3: the exact frontier of the Hessian-test family matches simulation"

@@ -166,11 +166,11 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         starts.insert(0, v0)
 
     def precondition(w, theta):
+        if solve is not None and products >= solve_after:
+            return solve(w, theta)
         den = theta - d
         tiny = 1e-8 * max(abs(theta), 1e-300)
         den[np.abs(den) < tiny] = tiny
-        if solve is not None and products >= solve_after:
-            return solve(w, theta)
         out = w / den
         if block is not None:
             den = theta - L
@@ -581,10 +581,13 @@ class _SamplePreconditioner:
     def __init__(self, act, diag, scale=None, coef=1.0, m=None):
         m = _PRECOND_SAMPLES if m is None else m
         G, a = act.prob.hessians, act.prob.noise_coef * coef
-        scale = np.ones((G.shape[1],) * 2) if scale is None else scale
-        sc2 = scale * scale
         G2 = G * G
-        weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)      # a_i ||S o H_i||^2
+        if scale is None:                           # ||H_i||^2 = |g_i|^4
+            sc2 = 1.0
+            weight = a * G2.sum(axis=1) ** 2
+        else:
+            sc2 = scale * scale
+            weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)  # a_i ||S o H_i||^2
         top = np.argsort(weight)[::-1][:m]
         top = top[a[top] > 0]
         self.act, self.scale = act, scale
@@ -604,7 +607,9 @@ class _SamplePreconditioner:
         if not self.sa.size:
             return
         act = self.act
-        W = self.scale * self.scale / act.unpack(den * _packing(act.prob.dim)[2])
+        W = 1.0 / act.unpack(den * _packing(act.prob.dim)[2])
+        if self.scale is not None:
+            W *= self.scale * self.scale
         iu, ju, P = self.pairs
         m = self.sa.size
         K = np.zeros((m, m))
@@ -624,10 +629,14 @@ class _SamplePreconditioner:
             return y
         # g^T Y g = 2 g^T U g with Y = U + U^T (U: upper triangle, halved
         # diagonal): no full matrix
-        U = act._upper_half(y) * self.scale
+        U = act._upper_half(y)
+        if self.scale is not None:
+            U = U * self.scale
         c = 2.0 * self.sa * np.einsum("ij,ij->i", self.G @ U, self.G)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        Z = ((self.G.T * z) @ self.G) * self.scale
+        Z = (self.G.T * z) @ self.G
+        if self.scale is not None:
+            Z *= self.scale
         return y + act.pack(Z) / self.den
 
 
