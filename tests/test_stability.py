@@ -640,6 +640,20 @@ def test_operator_action_group_forms(scheme, n_f, kinds):
     ref_t = (operator_matrix(act.prob, eta) @ Y.ravel()).reshape(Y.shape)
     npt.assert_allclose(act.unpack(act.operator_packed(eta, act.pack(Y))), ref_t,
                         **tol)
+    # a symmetric entrywise scale on both sides: S o R(S o Y)
+    S = _sym(rng, prob.dim)
+    Sp, v = act.entries(S), act.pack(Y)
+    npt.assert_allclose(act._rest_packed(v, scale=Sp),
+                        Sp * act._rest_packed(Sp * v), rtol=1e-12,
+                        atol=1e-12 * np.abs(Sp * act._rest_packed(Sp * v)).max())
+    # single precision: the BLAS-3 part rounded to float32 (epsilon 6e-8;
+    # sums of <= 24 terms of these sizes: 1e-5 of the largest entry leaves a
+    # margin of ~10 over the worst case)
+    for single_ref, got in (
+            (ref, act.quadratic_packed(v, single=True)),
+            (ref_t, act.operator_packed(eta, v, single=True))):
+        npt.assert_allclose(act.unpack(got), single_ref, rtol=0,
+                            atol=1e-5 * np.abs(single_ref).max())
 
 
 def test_simulate_accepts_factors_through_the_dense_form():
@@ -694,7 +708,10 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     S^2 g^2 g^2) + sum_I a_i q_i q_i^T (packed coordinates), q_i = pack(S o H_i),
     I the m samples of largest a_i |q_i|^2 computed here from the dense q_i
     (m = 100 > N: all samples). Both are direct solves of a 28 x 28 system,
-    kept well conditioned by theta = 1.5 lambda_max(P): rtol 1e-9."""
+    kept well conditioned by theta = 1.5 lambda_max(P): rtol 1e-9. The solver's
+    default runs the low-rank correction in single precision: within 1e-5 of
+    the largest entry (epsilon 6e-8 times sums of ~50 terms times the
+    condition number <= 3 of theta I - P, with a margin of 10)."""
     from simlab.stability.operator import OperatorAction
     from simlab.stability.radius import _SamplePreconditioner
 
@@ -722,9 +739,11 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     P = np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
     theta = 1.5 * np.linalg.eigvalsh(P)[-1]
     w = rng.standard_normal(d.size)
-    solve = _SamplePreconditioner(act, diag, m=m, **kw)
     ref = np.linalg.solve(theta * np.eye(d.size) - P, w)
+    solve = _SamplePreconditioner(act, diag, m=m, single=False, **kw)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
+    solve = _SamplePreconditioner(act, diag, m=m, **kw)
+    npt.assert_allclose(solve(w, theta), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
@@ -751,3 +770,72 @@ def test_davidson_with_sample_preconditioner_from_the_start(monkeypatch, scheme)
         npt.assert_allclose(spectral_radius(G, c * eta, 3, scheme=scheme, **kw), rho,
                             rtol=RTOL)
     assert len(calls) >= 3
+
+
+@pytest.mark.parametrize("scheme", ["bernoulli", "without"])
+def test_davidson_single_precision_phase_gives_the_dense_values(monkeypatch, scheme):
+    """With the single-precision first phase switched on for small r
+    (``_SINGLE_MIN_DIM = 2``; by default r >= 300), eta* and rho(T) of SGD and
+    unlearning families equal the dense values to rtol 1e-9: the first phase
+    runs on products rounded to float32 and the answer is accepted only on a
+    double-precision residual. Both kinds of product are counted, so the test
+    cannot pass with the phase skipped."""
+    from simlab.stability import radius
+    from simlab.stability.operator import OperatorAction
+
+    G = np.random.default_rng(12).standard_normal((36, 30))
+    cases = [dict(), dict(forget=G[:4].copy(), alpha=0.05)]
+    dense = []
+    for kw in cases:
+        eta = critical_lr(G, 3, scheme=scheme, **kw)
+        dense.append((eta, [spectral_radius(G, c * eta, 3, scheme=scheme,
+                                            method="dense", **kw)
+                            for c in (0.5, 0.9, 1.2)]))
+    monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
+    monkeypatch.setattr(radius, "_SINGLE_MIN_DIM", 2)
+    calls = {True: 0, False: 0}
+    rest = OperatorAction._rest_packed
+
+    def counted(self, v, single=False, scale=None):
+        calls[bool(single)] += 1
+        return rest(self, v, single, scale)
+
+    monkeypatch.setattr(OperatorAction, "_rest_packed", counted)
+    for kw, (eta, rhos) in zip(cases, dense, strict=True):
+        npt.assert_allclose(critical_lr(G, 3, scheme=scheme, **kw), eta, rtol=RTOL)
+        for c, rho in zip((0.5, 0.9, 1.2), rhos, strict=True):
+            npt.assert_allclose(spectral_radius(G, c * eta, 3, scheme=scheme, **kw),
+                                rho, rtol=RTOL)
+    assert calls[True] > 0 and calls[False] >= 8       # >= 1 per solve
+
+
+def test_davidson_single_precision_phase_cannot_spoil_the_answer():
+    """A first-phase product that is wrong by 1e-3 of the operator (far above
+    the float32 rounding it stands for) only costs products: the second
+    phase, on the exact product and its tolerances, still returns the top
+    eigenvalue of the exact operator to 1e-9. A generic symmetric matrix with
+    a gap of 5 % at the top; dense eigenvalue as the reference."""
+    from simlab.stability.radius import _davidson_top
+
+    rng = np.random.default_rng(5)
+    n = 400
+    Q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    lam = np.sort(rng.uniform(0.0, 1.0, n))
+    lam[-1] = 1.05
+    A = (Q * lam) @ Q.T
+    E = rng.standard_normal((n, n))
+    E = 1e-3 * (E + E.T) / np.linalg.norm(E + E.T, 2)
+    exact, wrong = [], []
+
+    def matvec(v):
+        exact.append(1)
+        return A @ v
+
+    def matvec_single(v):
+        wrong.append(1)
+        return (A + E) @ v, np.linalg.norm(A @ v)
+
+    top = _davidson_top(matvec, np.diag(A).copy(), starts=[rng.standard_normal(n)],
+                        matvec_single=matvec_single)
+    npt.assert_allclose(top, np.linalg.eigvalsh(A)[-1], rtol=1e-9)
+    assert wrong and len(exact) >= 2         # the exact phase did real work

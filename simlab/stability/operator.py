@@ -322,6 +322,8 @@ class OperatorAction:
                 self.lam, self.W = np.linalg.eigh(M)
                 self.prob = prob.rotated(self.W)
         self._qdiag = None
+        self._f32 = {}              # single-precision copies, by id of the array
+        self._buffers = {}          # see _upper_half
         self._groups = []
         self._lowrank = {}          # one factor form per set, shared by the groups
         c = prob.mean_coef
@@ -416,7 +418,8 @@ class OperatorAction:
                 dH = np.einsum("ikk->ik", H)
             lam = self.lam
             out = lam[:, None] * lam[None, :]
-            out += _weighted_gram(dH, self.prob.noise_coef)
+            with blas_threads(lam.size):
+                out += _weighted_gram(dH, self.prob.noise_coef)
             for b, kind, data in self._groups:
                 if kind == "diag":
                     hs = data
@@ -449,7 +452,7 @@ class OperatorAction:
 
     def pack(self, Y):
         """Packed form of a symmetric ``r x r`` matrix ``Y``."""
-        flat, _, wts, _ = _packing(self.prob.dim)
+        flat, wts, _ = _packing(self.prob.dim)
         return np.ascontiguousarray(Y).ravel()[flat] * wts
 
     def entries(self, Y):
@@ -462,13 +465,35 @@ class OperatorAction:
         U = self._upper_half(v)
         return U + U.T
 
-    def _upper_half(self, v):
-        """Upper triangle of the matrix of ``v`` with halved diagonal
-        (Fortran order, for ``trmm``): ``Y = U + U^T``."""
+    def _weights(self, scale):
+        """``(half, wts)`` of :func:`_packing` times the packed entries
+        ``scale`` (``None``: 1), cached for the last scale."""
+        _, wts, half = _packing(self.prob.dim)
+        if scale is None:
+            return half, wts
+        if getattr(self, "_scaled_for", None) is not scale:
+            self._scaled_weights = (half * scale, wts * scale)
+            self._scaled_for = scale
+        return self._scaled_weights
+
+    def _upper_half(self, v, dtype=np.float64, buffer=None, scale=None):
+        """Upper triangle of the matrix of ``v`` (times the packed entries
+        ``scale``, if given) with halved diagonal (Fortran order, for
+        ``trmm``, written column by column): ``Y = U + U^T``. With a
+        ``buffer`` name the result is written into an array kept for that
+        name (its lower triangle stays zero), valid until the next call with
+        the same name: no ``r x r`` allocation per product."""
         r = self.prob.dim
-        _, flat_f, _, half = _packing(r)
-        U = np.zeros(r * r)
-        U[flat_f] = v * half
+        flat = _packing(r)[0]
+        half = self._weights(scale)[0]
+        if buffer is None:
+            U = np.zeros(r * r, dtype=dtype)
+        else:
+            key = (buffer, np.dtype(dtype).char)
+            if key not in self._buffers:
+                self._buffers[key] = np.zeros(r * r, dtype=dtype)
+            U = self._buffers[key]
+        U[flat] = v * half
         return U.reshape(r, r).T
 
     @cached_property
@@ -490,31 +515,50 @@ class OperatorAction:
                     E = E - (b / data[0] ** 2) * (lam[:, None] * lam[None, :])
         return self.entries(E)
 
-    def _rest_packed(self, v):
-        """``R(Y) = D(Y) - E o Y`` (packed) for rank-one factors."""
+    def _single(self, X):
+        """``X`` in single precision, converted once per array."""
+        key = id(X)
+        if key not in self._f32:
+            self._f32[key] = (X, X.astype(np.float32))
+        return self._f32[key][1]
+
+    def _rest_packed(self, v, single=False, scale=None):
+        """``R(Y) = D(Y) - E o Y`` (packed) for rank-one factors; with
+        ``single`` the BLAS-3 products run in single precision (half the
+        time; relative error ~1e-7, for the first phase of the eigensolvers);
+        with ``scale`` (packed entries of a symmetric ``S``) ``S o R(S o Y)``."""
         prob = self.prob
-        G = prob.hessians
+        dtype = np.float32 if single else np.float64
+        cast = self._single if single else (lambda X: X)
+        G = cast(prob.hessians)
         r = prob.dim
-        blas = scipy.linalg.blas
-        U = self._upper_half(v)
+        trmm, syrk, syr2k = scipy.linalg.blas.get_blas_funcs(
+            ("trmm", "syrk", "syr2k"), dtype=dtype)
+        U = self._upper_half(v, dtype, buffer="rest", scale=scale)
         # G L with L = U^T: rows g_i^T L, from (U G^T) in place of a copy of G^T
         with blas_threads(r):
-            GL = blas.dtrmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
-        out = np.zeros((r, r), order="F")
+            GL = trmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
+        out = np.zeros((r, r), dtype=dtype, order="F")      # upper triangle
         a = prob.noise_coef
         if np.any(a):
             w = 2.0 * a * np.einsum("ij,ij->i", GL, G)            # a_i g_i^T Y g_i
             # rows with w > 0 first: one scaled copy, two syrk on its halves
-            order = np.argsort(w <= 0, kind="stable")
             n_pos = int(np.count_nonzero(w > 0))
-            A = G[order].T * np.sqrt(np.abs(w[order]))        # Fortran order
+            sw = np.sqrt(np.abs(w)).astype(dtype)[:, None]
+            if 0 < n_pos < w.size:
+                order = np.argsort(w <= 0, kind="stable")
+                A = np.take(G, order, axis=0)
+                A *= sw[order]
+            else:
+                A = G * sw
+            A = A.T                                             # Fortran order
             with blas_threads(r):
                 if n_pos:
-                    out = blas.dsyrk(1.0, A[:, :n_pos], beta=1.0, c=out,
-                                     overwrite_c=1)
+                    out = syrk(1.0, A[:, :n_pos], beta=1.0, c=out,
+                               overwrite_c=1)
                 if n_pos < A.shape[1]:
-                    out = blas.dsyrk(-1.0, A[:, n_pos:], beta=1.0, c=out,
-                                     overwrite_c=1)
+                    out = syrk(-1.0, A[:, n_pos:], beta=1.0, c=out,
+                               overwrite_c=1)
         # Every set-mean term of a low-rank form (F, w) is X F + F^T X^T for
         # some r x n_s matrix X: accumulate X per form, then one syr2k each.
         acc = {}
@@ -522,13 +566,17 @@ class OperatorAction:
         def add(form, X):
             acc[id(form)] = (form, acc[id(form)][1] + X if id(form) in acc else X)
 
+        sandwiches = {}
+
         def sandwich_x(form):
             """``X`` with ``X F + F^T X^T = 2 F^T C F``, ``C = diag(w) F Y F^T
-            diag(w)`` (the set mean's ``H_s Y H_s``)."""
-            F, wf, mask = form
-            FYF = GL[mask] @ F.T                     # F L F^T; F Y F^T = it + its T
-            C = (wf[:, None] * wf[None, :]) * (FYF + FYF.T)
-            return (C @ F).T
+            diag(w)`` (the set mean's ``H_s Y H_s``), once per form."""
+            if id(form) not in sandwiches:
+                F, wf, mask = form
+                FYF = GL[mask] @ cast(F).T             # F L F^T; F Y F^T = it + its T
+                C = ((wf[:, None] * wf[None, :]) * (FYF + FYF.T)).astype(dtype)
+                sandwiches[id(form)] = (C @ cast(F)).T
+            return sandwiches[id(form)]
 
         Y = None
         for b, kind, data in self._groups:
@@ -538,10 +586,10 @@ class OperatorAction:
                 # -(b / w_s^2)(- w_o (L Z + Z^T L) + w_o^2 H_o Y H_o); L Y L is in E
                 w_s, w_o, form = data
                 F, wf, mask = form
-                # F Y = F L + (U^T F^T)^T; L Z = P F with P = L (F Y)^T diag(w)
+                # F Y = F L + (U^T F^T)^T; Lam Z = P F, P = Lam (F Y)^T diag(w)
                 with blas_threads(r):
-                    FU = blas.dtrmm(1.0, U, np.array(F.T, order="F"), trans_a=1,
-                                    overwrite_b=1)
+                    FU = trmm(1.0, U, np.array(cast(F).T, order="F"), trans_a=1,
+                              overwrite_b=1)
                 FY = GL[mask] + FU.T
                 add(form, (b * w_o / w_s**2) * (self.lam[:, None] * FY.T * wf)
                     - (0.5 * b * w_o**2 / w_s**2) * sandwich_x(form))
@@ -551,44 +599,59 @@ class OperatorAction:
                 out -= b * (data @ Y @ data)
         for form, X in acc.values():
             with blas_threads(r):
-                out = blas.dsyr2k(1.0, np.asfortranarray(X), form[0].T, beta=1.0,
-                                  c=out, overwrite_c=1)
-        _, flat_f, wts, _ = _packing(r)
-        return out.T.ravel()[flat_f] * wts
+                out = syr2k(1.0, np.asfortranarray(X, dtype=dtype),
+                            cast(form[0]).T, beta=1.0, c=out, overwrite_c=1)
+        out = out.T.ravel()[_packing(r)[0]]
+        out *= self._weights(scale)[1]
+        return out
 
-    def quadratic_packed(self, v):
-        """``D(Y)`` on packed vectors (rotated basis)."""
+    def quadratic_packed(self, v, single=False):
+        """``D(Y)`` on packed vectors (rotated basis); ``single``: see
+        :meth:`_rest_packed` (ignored unless the factors are rank-one)."""
         if not self._fast:
             return self.pack(self.quadratic(self.unpack(v)))
-        return self._elementwise * v + self._rest_packed(v)
+        out = self._rest_packed(v, single)
+        out += self._elementwise * v
+        return out
 
-    def operator_packed(self, eta, v):
-        """``T(Y)`` on packed vectors (rotated basis)."""
+    def operator_packed(self, eta, v, single=False):
+        """``T(Y)`` on packed vectors (rotated basis); ``single`` as in
+        :meth:`quadratic_packed`."""
         if not self._fast:
             return self.pack(self.operator(eta, self.unpack(v)))
+        mean, out = self.operator_parts(eta, v, single)
+        out += mean
+        return out
+
+    def operator_parts(self, eta, v, single=False):
+        """``T(Y) = A + B`` on packed vectors (rank-one factors): ``(A, B)``
+        with ``A`` the entrywise part (in double precision) and ``B`` the
+        rest, whose rounding error bounds that of the whole with ``single``."""
         check_step(eta, self._curvature)
         if getattr(self, "_coef_eta", None) != eta:
             lam = self.entries(self.lam[:, None] + self.lam[None, :])
             self._coef = 1.0 - eta * lam + eta**2 * self._elementwise
             self._coef_eta = eta
-        out = self._rest_packed(v)
+        out = self._rest_packed(v, single)
         out *= eta**2
-        out += self._coef * v
-        return out
+        return self._coef * v, out
 
 
 @functools.lru_cache(maxsize=4)
 def _packing(r):
-    """Index maps of the packed upper triangle of ``r x r`` matrices:
-    ``(flat, flat_f, wts, half)``: flat indices of the entries ``(k, l)``,
-    ``k <= l``, row by row, in C order and in Fortran order; the weights
-    (1 on the diagonal, sqrt 2 off it) and the factors that map a packed
-    entry to the halved-diagonal triangle ``U`` with ``Y = U + U^T``."""
-    row, col = np.triu_indices(r)
+    """Index maps of the packed triangle of symmetric ``r x r`` matrices:
+    ``(flat, wts, half)``. The entries ``(k, l)``, ``k <= l``, are packed
+    column by column of the upper triangle (``l`` ascending, then ``k``), so
+    ``flat = l r + k`` is increasing and every column is one contiguous run
+    of a Fortran-order upper triangle (and of a C-order lower one): packing
+    and unpacking stream through memory. ``wts``: 1 on the diagonal, sqrt 2
+    off it; ``half``: the factors that map a packed entry to the
+    halved-diagonal upper triangle ``U`` with ``Y = U + U^T``."""
+    row, col = np.tril_indices(r)
     off = row != col
     wts = np.where(off, np.sqrt(2.0), 1.0)
     half = np.where(off, np.sqrt(0.5), 0.5)
-    return row * r + col, col * r + row, wts, half
+    return row * r + col, wts, half
 
 
 #: Off-diagonal size (relative to the diagonal) below which ``M`` counts as

@@ -80,7 +80,9 @@ def _radius(prob, eta, method="auto"):
         return _davidson_top(lambda v: act.operator_packed(eta, v), act.entries(diag),
                              _packed_block(act, J, operator_matrix(sub, eta)),
                              [eye] + [act.pack(X) for X in _sample_starts(act)],
-                             solve=solve, solve_after=_T_SWITCH)
+                             solve=solve, solve_after=_T_SWITCH,
+                             matvec_single=_single(
+                                 act, lambda v: act.operator_parts(eta, v, True)))
     if r * r <= 2:
         raise ValueError("method='lanczos' needs r >= 2; use 'dense'")
     return _lanczos_top(lambda Y: act.operator(eta, Y), r)
@@ -88,7 +90,7 @@ def _radius(prob, eta, method="auto"):
 
 #: Largest search space of :func:`_davidson_top` before a restart, and the
 #: Ritz vectors kept at a restart.
-_DAVIDSON_BASIS = 20
+_DAVIDSON_BASIS = 12
 _DAVIDSON_KEEP = 4
 #: Memory (bytes) for the Davidson basis and its image; caps the basis size
 #: for large ``r`` (``r = 2000``: 10 vectors, 640 MB).
@@ -108,13 +110,24 @@ _DAVIDSON_RTOL = 1e-10
 #: ``benchmarks/bench_radius.py --check`` hold it to against ARPACK Lanczos;
 #: measured there: at most 2e-11).
 _DAVIDSON_ETOL = 1e-10
+#: First phase of :func:`_davidson_top` with single-precision products: it
+#: ends at the tolerances of the second, at the rounding floor of its
+#: products (``_SINGLE_FLOOR`` single-precision epsilons times the size of
+#: their single-precision part; measured on the unlearning family of
+#: ``benchmarks/bench_radius.py``: 3.2-3.6), or when the residual has not
+#: reached a new low for ``_SINGLE_STALL_STEPS`` steps (four times as many
+#: while it is more than 100 times the floor: there a slow iteration is
+#: slow, not stuck, and the single-precision products are the cheaper way on).
+_SINGLE_FLOOR = 6.0
+_SINGLE_STALL_STEPS = 8
 #: Size ``k`` of the block of coordinates preconditioned exactly (a dense
 #: ``k^2 x k^2`` eigenproblem).
 _DAVIDSON_BLOCK = 24
 
 
 def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
-                  etol=None, maxiter=2000, solve=None, solve_after=0):
+                  etol=None, maxiter=2000, solve=None, solve_after=0,
+                  matvec_single=None):
     """Largest eigenvalue of a symmetric operator on packed symmetric
     matrices (vectors of length ``r (r + 1) / 2``, see
     :meth:`OperatorAction.pack`) by Davidson's method, preconditioned by its
@@ -147,6 +160,16 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     still gives the first start):
     :class:`_SamplePreconditioner`, which also inverts the rank-one sampling
     terms of the samples that carry a single-sample mode.
+
+    ``matvec_single``, when given, is the same product with its BLAS-3 part in
+    single precision (half the time, relative error ~1e-7): the iteration
+    runs on it until the residual reaches ``_SINGLE_RTOL`` (or the quadratic
+    bound ``_SINGLE_ETOL``, or it stagnates at the single-precision floor),
+    then restarts from its Ritz vector with ``matvec`` and the tolerances
+    above, so the result is exactly as accurate as with ``matvec`` alone
+    (the residual tested is the double-precision one; the gap estimate of
+    the quadratic bound is carried over from the first phase, whose larger
+    basis resolves it better).
     """
     rtol = _DAVIDSON_RTOL if rtol is None else rtol
     etol = _DAVIDSON_ETOL if etol is None else etol
@@ -183,20 +206,26 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     theta = 0.0
     ritz_at = -1                                    # basis size of the last Ritz step
     small = np.zeros((m_max, m_max))                # V T V^T, kept up to date
-    v = starts.pop(0)
+    single = matvec_single is not None
+    best, stalled = np.inf, 0                       # stagnation of the first phase
+    floor = 0.0                                     # its rounding floor
+    gap_carried = np.inf
+    # the passes over V and TV are memory-bound: vectors are updated in place,
+    # without temporaries (on one BLAS thread: switching the thread count
+    # between these and the products slowed the products by up to 2x)
+    v = np.array(starts.pop(0))
     for _ in range(maxiter):
-        # Gram-Schmidt, repeated only when it cancels most of v (the passes
-        # over V are memory-bound)
+        # Gram-Schmidt, repeated only when it cancels most of v
         nv0 = np.linalg.norm(v)
         for _ in range(2):
-            v = v - V[:m].T @ (V[:m] @ v)
+            v -= V[:m].T @ (V[:m] @ v)
             nv = np.linalg.norm(v)
             if nv > 0.5 * nv0:
                 break
             nv0 = nv
         if not nv > 1e-3 * np.finfo(float).eps ** 0.5 or m == full:
             if starts and m < m_max:
-                v = starts.pop(0)
+                v = np.array(starts.pop(0))
                 continue
             if m == 0:
                 return 0.0
@@ -204,31 +233,52 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
                 return theta                        # the space is exhausted
             # a dependent start vector was the last one: Ritz step on what we have
         else:
-            V[m] = v / nv
-            TV[m] = matvec(V[m])
+            np.divide(v, nv, out=V[m])
+            if single:
+                TV[m], size = matvec_single(V[m])
+                floor = max(floor, _SINGLE_FLOOR * np.finfo(np.float32).eps * size)
+            else:
+                TV[m] = matvec(V[m])
             products += 1
             small[m, :m + 1] = V[:m + 1] @ TV[m]
             small[:m, m] = small[m, :m]
             m += 1
             if starts and m < m_max:
-                v = starts.pop(0)
+                v = np.array(starts.pop(0))
                 continue
         ritz_at = m
         lam, S = np.linalg.eigh(small[:m, :m])
         theta, s = float(lam[-1]), S[:, -1]
-        x, Tx = s @ V[:m], s @ TV[:m]
-        res = Tx - theta * x
+        x, res = s @ V[:m], s @ TV[:m]
+        res -= theta * x
         nres = np.linalg.norm(res)
-        gap = theta - lam[-2] if m > 1 else 0.0
-        if (nres <= rtol * abs(theta) or theta == 0.0
-                or nres * nres <= etol * abs(theta) * gap):
+        gap = min(theta - lam[-2] if m > 1 else 0.0, gap_carried)
+        if single:
+            stalled = stalled + 1 if nres >= best else 0
+            best = min(best, nres)
+            if (nres <= max(rtol * abs(theta), floor) or theta == 0.0
+                    or nres * nres <= etol * abs(theta) * gap
+                    or stalled >= (_SINGLE_STALL_STEPS if best <= 100.0 * floor
+                                   else 4 * _SINGLE_STALL_STEPS)):
+                # second phase: restart from x with the exact product
+                single, gap_carried = False, gap
+                V[0] = x / np.linalg.norm(x)
+                TV[0] = matvec(V[0])
+                products += 1
+                m = ritz_at = 1
+                theta = small[0, 0] = float(V[0] @ TV[0])
+                lam, S = np.array([theta]), np.ones((1, 1))
+                x, res = V[0], TV[0] - theta * V[0]
+                nres, gap = np.linalg.norm(res), gap_carried
+        if not single and (nres <= rtol * abs(theta) or theta == 0.0
+                           or nres * nres <= etol * abs(theta) * gap):
             return theta
         v = precondition(res, theta)
         if block is not None or solve is not None:  # Olsen: orthogonal to x
             Px = precondition(x, theta)
             xPx = x @ Px
             if xPx != 0.0:
-                v = v - (x @ v) / xPx * Px
+                v -= ((x @ v) / xPx) * Px
         if m == m_max:                              # restart on the top Ritz vectors
             keep = S[:, -_DAVIDSON_KEEP:]
             V[:_DAVIDSON_KEEP] = keep.T @ V[:m]
@@ -246,7 +296,68 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
 _SAMPLE_STARTS = 1
 
 
-def _sample_starts(act, q=_SAMPLE_STARTS, scale=None):
+def _scaled_product(act, Sp, single=False):
+    """``v -> S o D(S o v)`` on packed vectors (``Sp``: the packed entries of
+    ``S``); with ``single`` its two parts (:func:`_single`), the entrywise
+    one in double precision."""
+    if not act._fast:
+        return lambda v: Sp * act.quadratic_packed(Sp * v)
+    ESS = Sp * Sp * act._elementwise
+
+    def parts(v):
+        return ESS * v, act._rest_packed(v, single, scale=Sp)
+
+    if single:
+        return parts
+
+    def product(v):
+        exact, rest = parts(v)
+        rest += exact
+        return rest
+
+    return product
+
+
+def _single(act, parts):
+    """The product for the first phase of :func:`_davidson_top` where
+    single-precision products pay (rank-one factors and ``r >=
+    _SINGLE_MIN_DIM``), else ``None``: ``v -> (A v, |B v|)`` from ``parts(v)
+    = (B v, C v)``, ``A = B + C`` with ``C`` the part computed in single
+    precision, whose size sets the rounding floor."""
+    if not (act._fast and act.prob.dim >= _SINGLE_MIN_DIM):
+        return None
+
+    def product(v):
+        exact, rounded = parts(v)
+        size = np.linalg.norm(rounded)
+        rounded += exact
+        return rounded, size
+
+    return product
+
+
+#: Smallest ``r`` for single-precision first phases.
+_SINGLE_MIN_DIM = 300
+
+
+def _sample_weights(act, scale=None):
+    """Sampling weight of every sample: ``a_i lambda_max(H_i)^2`` (``T``), or
+    ``a_i ||S o H_i||_F^2`` for the scaled operator (``scale = S``)."""
+    prob = act.prob
+    H, a = prob.hessians, prob.noise_coef
+    if scale is None:
+        return a * sample_curvature(H, prob.rank_one) ** 2
+    if prob.rank_one and H.ndim == 2:
+        # a ranking: single precision is plenty
+        H2 = (H * H).astype(np.float32)
+        with blas_threads(prob.dim):
+            HS = H2 @ (scale * scale).astype(np.float32)
+        return a * np.einsum("ij,ij->i", HS, H2, dtype=float)
+    return a * np.array([np.sum((scale * Hi) ** 2)
+                         for Hi in _sample_matrices(prob, range(H.shape[0]))])
+
+
+def _sample_starts(act, q=_SAMPLE_STARTS, scale=None, weight=None):
     """Single-sample start matrices (rotated coordinates) for the ``q``
     samples with the largest sampling weight: where the sampling noise
     dominates (small batches, ``eta`` far below ``2 / lambda_max(M)``) the
@@ -258,18 +369,11 @@ def _sample_starts(act, q=_SAMPLE_STARTS, scale=None):
     the directions of small curvature, where the top eigenmatrix lives when
     ascent nearly cancels descent)."""
     prob = act.prob
-    H = prob.hessians
     a = prob.noise_coef
     if not np.any(a > 0):
         return []
-    if scale is None:
-        weight = a * sample_curvature(H, prob.rank_one) ** 2
-    elif prob.rank_one and H.ndim == 2:
-        H2 = H * H
-        weight = a * np.einsum("ij,ij->i", H2 @ (scale * scale), H2)
-    else:
-        weight = a * np.array([np.sum((scale * Hi) ** 2)
-                               for Hi in _sample_matrices(prob, range(H.shape[0]))])
+    if weight is None:
+        weight = _sample_weights(act, scale)
     top = np.argsort(weight)[::-1]
     top = top[:q][a[top[:q]] > 0]
     starts = list(_sample_matrices(prob, top))
@@ -306,7 +410,6 @@ def _packed_block(act, J, A):
     matrices supported on ``J x J``, from its ``k^2 x k^2`` matrix ``A``
     (row-major ``k x k`` matrices): ``k (k + 1) / 2`` coordinates, not
     ``k^2``."""
-    r = act.prob.dim
     k = J.size
     a, b = np.triu_indices(k)
     P = np.zeros((a.size, k * k))                  # isometry: packed -> vec
@@ -316,7 +419,7 @@ def _packed_block(act, J, A):
     L, Q = np.linalg.eigh(P @ A @ P.T)
     Q[:, -1] *= np.sign(np.sum(Q[~off, -1]) or 1.0)   # Perron matrix: trace >= 0
     ja, jb = J[a], J[b]                            # J is sorted: ja <= jb
-    pos = ja * (2 * r - ja + 1) // 2 + (jb - ja)   # row ja of the upper triangle
+    pos = jb * (jb + 1) // 2 + ja                  # column jb of the upper triangle
     return pos, Q, L
 
 
@@ -514,13 +617,17 @@ def _critical_geneig(prob, act=None, lanczos=False):
             s = S[np.ix_(J, J)].ravel()
             A = s[:, None] * quadratic_matrix(sub) * s[None, :]
             block = _packed_block(act, J, A)
-            solve = (_SamplePreconditioner(act, diag, S)
+            weight = _sample_weights(act, S)
+            solve = (_SamplePreconditioner(act, diag, S, weight=weight)
                      if _SamplePreconditioner.pays(act) else None)
             Sp = act.entries(S)
             eye = act.pack(np.eye(r))
-            starts = [eye] + [act.pack(X) for X in _sample_starts(act, scale=S)]
-            mu = _davidson_top(lambda v: Sp * act.quadratic_packed(Sp * v),
-                               act.entries(diag), block, starts, solve=solve)
+            starts = [eye] + [act.pack(X) for X in
+                              _sample_starts(act, scale=S, weight=weight)]
+            mu = _davidson_top(_scaled_product(act, Sp), act.entries(diag), block,
+                               starts, solve=solve,
+                               matvec_single=_single(act, _scaled_product(
+                                   act, Sp, single=True)))
     # D contains a PSD sampling part and M (x) M scaled by (1 - b) >= 0, so
     # mu > 0 whenever M is positive definite.
     return 2.0 / mu if mu > 0 else np.inf
@@ -578,23 +685,24 @@ class _SamplePreconditioner:
         return bool(act._fast and _PRECOND_SAMPLES
                     and np.any(act.prob.mean_coef < 0))
 
-    def __init__(self, act, diag, scale=None, coef=1.0, m=None):
+    def __init__(self, act, diag, scale=None, coef=1.0, m=None, weight=None,
+                 single=True):
         m = _PRECOND_SAMPLES if m is None else m
         G, a = act.prob.hessians, act.prob.noise_coef * coef
-        G2 = G * G
-        if scale is None:                           # ||H_i||^2 = |g_i|^4
-            sc2 = 1.0
-            weight = a * G2.sum(axis=1) ** 2
-        else:
-            sc2 = scale * scale
-            weight = a * np.einsum("ij,ij->i", G2 @ sc2, G2)  # a_i ||S o H_i||^2
+        if weight is None:
+            weight = _sample_weights(act, scale)
         top = np.argsort(weight)[::-1][:m]
         top = top[a[top] > 0]
         self.act, self.scale = act, scale
         self.G = G[top]
+        self.dtype = np.float32 if single else np.float64
+        self.Gd = self.G.astype(self.dtype)
         self.sa = np.sqrt(a[top])
         G2 = self.G ** 2 * self.sa[:, None]
+        sc2 = 1.0 if scale is None else scale * scale
         self.d = act.entries(diag - sc2 * (G2.T @ G2))
+        # the scale and the packing weights, applied on packed vectors
+        self.sp = None if scale is None else act.entries(scale)
         iu, ju = np.triu_indices(top.size)
         self.pairs = (iu, ju, self.G[iu] * self.G[ju])      # g_i o g_j, i <= j
         self.theta = None
@@ -604,10 +712,12 @@ class _SamplePreconditioner:
         tiny = 1e-8 * max(abs(theta), 1e-300)
         den[np.abs(den) < tiny] = tiny
         self.den, self.theta = den, theta
+        self.inv = 1.0 / den
+        self.post = self.act._weights(self.sp)[1] * self.inv
         if not self.sa.size:
             return
         act = self.act
-        W = 1.0 / act.unpack(den * _packing(act.prob.dim)[2])
+        W = 1.0 / act.unpack(den * _packing(act.prob.dim)[1])
         if self.scale is not None:
             W *= self.scale * self.scale
         iu, ju, P = self.pairs
@@ -624,20 +734,21 @@ class _SamplePreconditioner:
         if self.theta is None or abs(theta - self.theta) > _REFACTOR_RTOL * abs(theta):
             self._factor(theta)
         act = self.act
-        y = w / self.den
+        y = w * self.inv
         if not self.sa.size:
             return y
         # g^T Y g = 2 g^T U g with Y = U + U^T (U: upper triangle, halved
-        # diagonal): no full matrix
-        U = act._upper_half(y)
-        if self.scale is not None:
-            U = U * self.scale
-        c = 2.0 * self.sa * np.einsum("ij,ij->i", self.G @ U, self.G)
+        # diagonal): no full matrix. With ``single`` the low-rank correction
+        # runs in single precision (it only shapes the search direction).
+        U = act._upper_half(y, self.dtype, buffer="precondition", scale=self.sp)
+        G = self.Gd
+        c = 2.0 * self.sa * np.einsum("ij,ij->i", G @ U, G, dtype=float)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        Z = (self.G.T * z) @ self.G
-        if self.scale is not None:
-            Z *= self.scale
-        return y + act.pack(Z) / self.den
+        Z = (G.T * z.astype(self.dtype)) @ G
+        Z = act.entries(Z)
+        Z *= self.post
+        y += Z
+        return y
 
 
 def _critical_bisect(prob, lam_max):
