@@ -36,6 +36,7 @@ import numpy as np
 import scipy.linalg.blas
 
 from .._blas import blas_threads
+from .._jit import jit
 from .._validation import (
     as_float_array,
     check_eta,
@@ -484,8 +485,6 @@ class OperatorAction:
         name (its lower triangle stays zero), valid until the next call with
         the same name: no ``r x r`` allocation per product."""
         r = self.prob.dim
-        flat = _packing(r)[0]
-        half = self._weights(scale)[0]
         if buffer is None:
             U = np.zeros(r * r, dtype=dtype)
         else:
@@ -493,8 +492,15 @@ class OperatorAction:
             if key not in self._buffers:
                 self._buffers[key] = np.zeros(r * r, dtype=dtype)
             U = self._buffers[key]
-        U[flat] = v * half
+        _scatter_triangle(v, self._weights(scale)[0], U, r)
         return U.reshape(r, r).T
+
+    def _gather(self, A, weights):
+        """The packed entries of the symmetric ``r x r`` array ``A`` (C order,
+        or Fortran order holding its upper triangle) times ``weights``."""
+        out = np.empty(weights.size)
+        _gather_triangle(A.ravel(order="K"), weights, out, self.prob.dim)
+        return out
 
     @cached_property
     def _fast(self):
@@ -601,9 +607,7 @@ class OperatorAction:
             with blas_threads(r):
                 out = syr2k(1.0, np.asfortranarray(X, dtype=dtype),
                             cast(form[0]).T, beta=1.0, c=out, overwrite_c=1)
-        out = out.T.ravel()[_packing(r)[0]]
-        out *= self._weights(scale)[1]
-        return out
+        return self._gather(out, self._weights(scale)[1])
 
     def quadratic_packed(self, v, single=False):
         """``D(Y)`` on packed vectors (rotated basis); ``single``: see
@@ -635,6 +639,31 @@ class OperatorAction:
         out = self._rest_packed(v, single)
         out *= eta**2
         return self._coef * v, out
+
+
+@jit
+def _scatter_triangle(v, weights, out, r):
+    """``out[l r + k] = v[p] weights[p]`` for the packed entries ``p`` of
+    ``(k, l)``, ``k <= l`` (:func:`_packing`'s order): one contiguous run per
+    column of a Fortran-order upper triangle."""
+    p = 0
+    for j in range(r):
+        base = j * r
+        for i in range(j + 1):
+            out[base + i] = v[p] * weights[p]
+            p += 1
+
+
+@jit
+def _gather_triangle(a, weights, out, r):
+    """The inverse of :func:`_scatter_triangle`: ``out[p] = a[l r + k]
+    weights[p]``."""
+    p = 0
+    for j in range(r):
+        base = j * r
+        for i in range(j + 1):
+            out[p] = a[base + i] * weights[p]
+            p += 1
 
 
 @functools.lru_cache(maxsize=4)

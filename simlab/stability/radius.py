@@ -745,9 +745,7 @@ class _SamplePreconditioner:
         c = 2.0 * self.sa * np.einsum("ij,ij->i", G @ U, G, dtype=float)
         z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
         Z = (G.T * z.astype(self.dtype)) @ G
-        Z = act.entries(Z)
-        Z *= self.post
-        y += Z
+        y += act._gather(Z, self.post)
         return y
 
 
