@@ -839,3 +839,41 @@ def test_davidson_single_precision_phase_cannot_spoil_the_answer():
                         matvec_single=matvec_single)
     npt.assert_allclose(top, np.linalg.eigvalsh(A)[-1], rtol=1e-9)
     assert wrong and len(exact) >= 2         # the exact phase did real work
+
+
+def test_cholesky_coordinates_are_an_orthonormal_basis_and_change_nothing(monkeypatch):
+    """Unlearning families whose distinct factor rows are well conditioned
+    (here 40 Gaussian rows in R^200, the forget set duplicating 4 of them) are
+    put in Cholesky coordinates instead of the Gram eigenbasis: X X^T equals
+    the Gram matrix of all rows (duplicates included), the basis is
+    orthonormal and reproduces X, and eta* and rho(T) equal the values of the
+    eigenbasis route (forced by an unreachable condition threshold) to 1e-10
+    (both are exact; they differ by rounding)."""
+    from simlab.stability import operator
+
+    G = random_rank_one(40, 200, seed=4) / np.sqrt(200)
+    kw = dict(forget=G[:4].copy(), alpha=0.05)
+    F = np.concatenate([G, kw["forget"]])
+    X, basis = operator._cholesky_coordinates(F)
+    B = basis()
+    npt.assert_allclose(X @ X.T, F @ F.T, atol=1e-12)
+    npt.assert_allclose(B.T @ B, np.eye(40), atol=1e-12)
+    npt.assert_allclose(F @ B, X, atol=1e-12)
+    prob = build_problem(G, 5, **kw)
+    npt.assert_allclose(prob.hessians, X, atol=0)            # the route taken
+    values = [critical_lr(G, 5, **kw)]
+    values += [spectral_radius(G, c * values[0], 5, **kw) for c in (0.5, 0.9)]
+    monkeypatch.setattr(operator, "_CHOLESKY_RCOND", np.inf)
+    assert not np.allclose(build_problem(G, 5, **kw).hessians, X)
+    ref = [critical_lr(G, 5, **kw)]
+    ref += [spectral_radius(G, c * ref[0], 5, **kw) for c in (0.5, 0.9)]
+    npt.assert_allclose(values, ref, rtol=1e-10)
+    # dependent rows (more rows than dimensions), and nearly dependent ones
+    # (lambda_min / lambda_max ~ 1e-14 here), take the eigenbasis route
+    assert operator._cholesky_coordinates(random_rank_one(30, 20, seed=1)) is None
+    near = np.concatenate([G, G[:1] + 1e-7 * G[1:2]])
+    assert operator._cholesky_coordinates(near) is None
+    # the condition estimate is within the spectrum's neighbours (20 steps)
+    L = np.linalg.cholesky(F[:40] @ F[:40].T)
+    ev = np.linalg.eigvalsh(L @ L.T)
+    npt.assert_allclose(operator._gram_rcond(L), ev[0] / ev[-1], rtol=0.5)

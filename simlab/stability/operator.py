@@ -33,7 +33,9 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
+import scipy.linalg
 import scipy.linalg.blas
+import scipy.linalg.lapack
 
 from .._blas import blas_threads
 from .._jit import jit
@@ -224,6 +226,15 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
 def _restrict(prob):
     """Express ``prob`` in an orthonormal basis of ``U`` (THEORY sections 4, 6)."""
     H = prob.hessians
+    if prob.rank_one and np.ptp(prob.mean_coef) > 0:
+        # M is no multiple of the Gram form, so its eigenbasis costs an r x r
+        # eigendecomposition whatever the coordinates: a Cholesky basis saves
+        # the one of the Gram matrix where it is well conditioned
+        coords = _cholesky_coordinates(factor_rows(H))
+        if coords is not None:
+            X, basis = coords
+            return replace(prob, hessians=np.ascontiguousarray(
+                X.reshape(H.shape[:-1] + (X.shape[1],))), basis_fn=basis)
     lam, V = range_eig(H, rank_one=prob.rank_one)
     if lam.size == 0 or lam[-1] <= 0:
         raise ValueError("all active Hessians are zero: the invariant subspace "
@@ -242,6 +253,71 @@ def _restrict(prob):
         def basis():
             return V
     return replace(prob, hessians=np.ascontiguousarray(coords), basis_fn=basis)
+
+
+#: Smallest ratio ``lambda_min / lambda_max`` of the Gram matrix of the
+#: distinct rows (estimated by 20 steps of power and inverse iteration) for
+#: which :func:`_restrict` uses Cholesky coordinates: four orders of
+#: magnitude from the ``config.RANGE_RTOL`` = 1e-10 cut of
+#: :func:`simlab.curvature.range_eig`, which decides every closer case.
+_CHOLESKY_RCOND = 1e-6
+
+
+def _distinct_rows(F):
+    """``(first, inv)``: indices of the distinct rows of ``F`` and, for every
+    row, its position among them (``F == F[first][inv]``). Rows are grouped by
+    a random projection and a group is merged only if its rows are equal."""
+    h = F @ np.random.default_rng(0).standard_normal(F.shape[1])
+    order = np.argsort(h, kind="stable")
+    start = np.flatnonzero(np.r_[True, h[order][1:] != h[order][:-1]])
+    first = order[start]
+    inv = np.empty(F.shape[0], dtype=np.intp)
+    inv[order] = np.repeat(np.arange(start.size), np.diff(np.r_[start, h.size]))
+    dup = np.setdiff1d(np.arange(h.size), first)
+    if dup.size and not np.array_equal(F[first[inv[dup]]], F[dup]):
+        return np.arange(h.size), np.arange(h.size)           # a hash collision
+    return first, inv
+
+
+def _gram_rcond(L, steps=20):
+    """Estimate of ``lambda_min / lambda_max`` of ``K = L L^T`` (``L`` lower
+    triangular): power iteration on ``K`` and inverse iteration through ``L``
+    (triangular solves), ``O(n^2)`` per step. Each Rayleigh quotient is within
+    the spectrum, so the estimate errs only where the extreme eigenvalues are
+    not yet resolved, by the ratio to their neighbours."""
+    x = y = np.random.default_rng(0).standard_normal(L.shape[0])
+    solve = scipy.linalg.blas.dtrsv
+    for _ in range(steps):
+        x = L @ (L.T @ x)
+        x /= np.linalg.norm(x)
+        y = solve(L, solve(L, y, lower=1), lower=1, trans=1)
+        y /= np.linalg.norm(y)
+    lam_max = np.linalg.norm(L.T @ x) ** 2
+    lam_min = 1.0 / np.linalg.norm(solve(L, y, lower=1)) ** 2
+    return lam_min / lam_max
+
+
+def _cholesky_coordinates(F):
+    """``(X, basis)``: coordinates ``X`` (one row per factor row of ``F``)
+    in an orthonormal basis of the row space, ``X X^T = F F^T``, from the
+    Cholesky factor of the Gram matrix of the distinct rows (exact duplicates,
+    e.g. forget samples that are also retain samples, share their
+    coordinates); ``basis()`` gives that basis ``(p, r)``. ``None`` when the
+    distinct rows are not far from dependent (then the eigenvalue route
+    decides the rank)."""
+    first, inv = _distinct_rows(F)
+    Fu = F[first]
+    with blas_threads(min(Fu.shape)):
+        K = scipy.linalg.blas.dsyrk(1.0, np.asfortranarray(Fu.T), trans=1, lower=1)
+        L, info = scipy.linalg.lapack.dpotrf(K, lower=1, clean=1, overwrite_a=1)
+    if info != 0 or not _gram_rcond(L) >= _CHOLESKY_RCOND:
+        return None
+
+    def basis():
+        # B = Fu^T L^{-T}: Fu B = L (the coordinates), B^T B = I
+        return scipy.linalg.solve_triangular(L, Fu, lower=True).T
+
+    return L[inv], basis
 
 
 def _weighted_gram(H, w):

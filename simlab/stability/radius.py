@@ -527,7 +527,7 @@ def _parts_scale(prob, lam=None):
         w = np.repeat(c, prob.rank)
         op = spla.LinearOperator((r, r), dtype=float,
                                  matvec=lambda x: F.T @ (w * (F @ x)))
-        return float(spla.eigsh(op, k=1, which="LA", v0=np.ones(r), tol=1e-8,
+        return float(spla.eigsh(op, k=1, which="LA", v0=np.ones(r), tol=1e-4,
                                 return_eigenvectors=False)[0])
     return float(np.linalg.eigvalsh(prob.weighted_sum(c))[-1])
 
