@@ -877,3 +877,23 @@ def test_cholesky_coordinates_are_an_orthonormal_basis_and_change_nothing(monkey
     L = np.linalg.cholesky(F[:40] @ F[:40].T)
     ev = np.linalg.eigvalsh(L @ L.T)
     npt.assert_allclose(operator._gram_rcond(L), ev[0] / ev[-1], rtol=0.5)
+
+
+def test_davidson_single_precision_phase_out_of_range(monkeypatch):
+    """Factors of size 1e12 overflow the single-precision products (the
+    sampling term is ~|g|^8 ~ 1e96 > 3e38): the solver notices the non-finite
+    product and starts over in double precision, so eta* scales exactly as
+    |g|^-2 and rho(T) at the scaled learning rate is unchanged (rtol 1e-9)."""
+    from simlab.stability import radius
+
+    monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
+    monkeypatch.setattr(radius, "_SINGLE_MIN_DIM", 2)
+    G = np.random.default_rng(13).standard_normal((36, 30))
+    kw = dict(forget=G[:4].copy(), alpha=0.05)
+    eta = critical_lr(G, 3, **kw)
+    rho = spectral_radius(G, 0.9 * eta, 3, **kw)
+    big = 1e12 * G
+    kw_big = dict(forget=big[:4].copy(), alpha=0.05)
+    npt.assert_allclose(critical_lr(big, 3, **kw_big), 1e-24 * eta, rtol=RTOL)
+    npt.assert_allclose(spectral_radius(big, 0.9e-24 * eta, 3, **kw_big), rho,
+                        rtol=RTOL)

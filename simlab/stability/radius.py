@@ -182,6 +182,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     TV = np.empty((m_max, full))
     d = diag
     starts = [np.asarray(x, dtype=float) for x in starts]
+    given = list(starts)
     if block is not None:
         pos, Q, L = block
         v0 = np.zeros(full)
@@ -236,6 +237,11 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
             np.divide(v, nv, out=V[m])
             if single:
                 TV[m], size = matvec_single(V[m])
+                if not (np.isfinite(size) and np.all(np.isfinite(TV[m]))):
+                    # outside the range of single precision: start over without
+                    return _davidson_top(matvec, diag, block, given, rtol=rtol,
+                                         etol=etol, maxiter=maxiter, solve=solve,
+                                         solve_after=solve_after)
                 floor = max(floor, _SINGLE_FLOOR * np.finfo(np.float32).eps * size)
             else:
                 TV[m] = matvec(V[m])
