@@ -89,11 +89,16 @@ def _radius(prob, eta, method="auto"):
 
 
 #: Largest search space of :func:`_davidson_top` before a restart, and the
-#: Ritz vectors kept at a restart.
-_DAVIDSON_BASIS = 12
+#: Ritz vectors kept at a restart. Mostly the products per solve hardly depend
+#: on the basis (unlearning family of ``benchmarks/bench_radius.py``, n =
+#: 1000, B = 10, products for eta* / rho at 0.5 / 0.9 eta*: basis 8: 20/26/24,
+#: 12: 20/20/24, 20: 20/22/24, 30: 20/22/25), while every pass over the basis
+#: reads it all; but some solves need it (n = 200, B = 1, rho at 0.5 eta*: 37
+#: products with 20, 206 with 12).
+_DAVIDSON_BASIS = 20
 _DAVIDSON_KEEP = 4
 #: Memory (bytes) for the Davidson basis and its image; caps the basis size
-#: for large ``r`` (``r = 2000``: 10 vectors, 640 MB).
+#: for large ``r``.
 _DAVIDSON_MEMORY = 640e6
 #: Residual tolerance of :func:`_davidson_top`, relative to the eigenvalue:
 #: a rigorous bound on its error (Weinstein), so 1e-10 keeps every result
@@ -161,15 +166,22 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     :class:`_SamplePreconditioner`, which also inverts the rank-one sampling
     terms of the samples that carry a single-sample mode.
 
-    ``matvec_single``, when given, is the same product with its BLAS-3 part in
-    single precision (half the time, relative error ~1e-7): the iteration
-    runs on it until the residual reaches ``_SINGLE_RTOL`` (or the quadratic
-    bound ``_SINGLE_ETOL``, or it stagnates at the single-precision floor),
-    then restarts from its Ritz vector with ``matvec`` and the tolerances
-    above, so the result is exactly as accurate as with ``matvec`` alone
-    (the residual tested is the double-precision one; the gap estimate of
-    the quadratic bound is carried over from the first phase, whose larger
-    basis resolves it better).
+    ``matvec_single``, when given, returns ``(A v, size)``: the same product
+    with its BLAS-3 part in single precision (about half the time) and the
+    norm of that part, whose float32 rounding (~3.5 epsilon times ``size``,
+    measured) is the floor of the residuals it can reach. The iteration runs
+    on it until the tolerances above are met, the residual reaches
+    ``_SINGLE_FLOOR`` epsilons times ``size``, or it stops improving
+    (``_SINGLE_STALL_STEPS``); then it restarts from its Ritz vector with
+    ``matvec`` and stops only on the double-precision residual, so the result
+    is as accurate as with ``matvec`` alone (the gap estimate of the
+    quadratic bound is carried over from the first phase, whose larger basis
+    resolves it better). For ``T`` the floor is ~1e-9 relative (only the
+    ``eta^2`` part is rounded), below what the tolerances need, so the first
+    phase usually does all the work and one double-precision product checks
+    it; for ``eta*`` (~3e-7) it ends near the tolerance. A product that
+    leaves float32's range (non-finite) restarts the solve in double
+    precision.
     """
     rtol = _DAVIDSON_RTOL if rtol is None else rtol
     etol = _DAVIDSON_ETOL if etol is None else etol
