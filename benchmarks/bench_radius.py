@@ -10,10 +10,12 @@ r <= n coordinates and the Davidson eigensolver is matrix-free.
 
 For each n it prints the time of every call (critical_lr, then spectral_radius
 at 0.5 and 0.9 eta*), the worst call, and at the end the fitted exponent of
-the worst time in n (log-log least squares). ``--check`` also computes every
-value with the previous solver (ARPACK Lanczos: ``method="lanczos"`` /
-``"geneig-lanczos"``) and prints the largest relative difference (target
-1e-9). Timings depend on the load of the machine: say so when quoting them.
+the worst time in n (log-log least squares). A warm-up call first compiles
+(or loads) the Numba kernels; its time is printed separately. ``--check``
+also computes every value with the previous solver (ARPACK Lanczos:
+``method="lanczos"`` / ``"geneig-lanczos"``) and prints the largest relative
+difference (target 1e-9). Timings depend on the load of the machine: say so
+when quoting them.
 
     python benchmarks/bench_radius.py                     # n = 200 and 1000
     python benchmarks/bench_radius.py --n 200 1000 2000 --check
@@ -109,6 +111,12 @@ def main(argv=None):
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; p={args.p}; "
           f"BLAS threads for r >= {config.BLAS_THREADS_MIN_DIM}: "
           f"{config.BLAS_THREADS or os.cpu_count()}")
+    # Numba kernels of the packed products (double and single precision):
+    # compiled, or loaded from the on-disk cache, outside the timings
+    G, F = family(320, 3200)
+    t, _ = timed(critical_lr, G, 10, forget=F, alpha=0.05)
+    print(f"warm-up (Numba kernels, compile or cache load, on n = 320): "
+          f"wall {t[0]:.3f} s", flush=True)
     worst = []
     for n in args.n:
         print(f"n={n}", flush=True)
