@@ -517,10 +517,12 @@ class OperatorAction:
                 + eta**2 * self.quadratic_diagonal())
 
     # ---------------------------------------------------------------- packed
-    # Symmetric r x r matrices as packed upper triangles (length r (r + 1) / 2,
-    # off-diagonal entries times sqrt 2, so the Euclidean inner product of two
-    # packed vectors is the Frobenius one of the matrices): half the memory
-    # traffic of the eigensolver's basis. For rank-one factors the sampling
+    # Symmetric r x r matrices as packed upper triangles, column by column
+    # (length r (r + 1) / 2, off-diagonal entries times sqrt 2, so the
+    # Euclidean inner product of two packed vectors is the Frobenius one of
+    # the matrices): half the memory traffic of the eigensolver's basis, and
+    # one contiguous run per column of the Fortran-order triangles the BLAS
+    # kernels read and write. For rank-one factors the sampling
     # and set-mean terms are applied on triangles with BLAS-3 (``trmm``,
     # ``syrk``, ``syr2k``): ``g^T Y g = 2 g^T L g`` with ``L`` the lower
     # triangle of ``Y`` (halved diagonal), so ``N r^2`` flops per product
