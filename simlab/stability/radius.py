@@ -729,7 +729,7 @@ class _SamplePreconditioner:
         den = theta - self.d
         tiny = 1e-8 * max(abs(theta), 1e-300)
         den[np.abs(den) < tiny] = tiny
-        self.den, self.theta = den, theta
+        self.theta = theta
         self.inv = 1.0 / den
         self.post = self.act._weights(self.sp)[1] * self.inv
         if not self.sa.size:
