@@ -873,10 +873,13 @@ def test_cholesky_coordinates_are_an_orthonormal_basis_and_change_nothing(monkey
     assert operator._cholesky_coordinates(random_rank_one(30, 20, seed=1)) is None
     near = np.concatenate([G, G[:1] + 1e-7 * G[1:2]])
     assert operator._cholesky_coordinates(near) is None
-    # the condition estimate is within the spectrum's neighbours (20 steps)
+    # the condition estimate (20 power / inverse iteration steps) only has to
+    # place lambda_min / lambda_max against a threshold four orders of
+    # magnitude from the cut; here it is within 2 % (7-9 % on the benchmark
+    # families, n = 200-2000): rtol 0.1
     L = np.linalg.cholesky(F[:40] @ F[:40].T)
     ev = np.linalg.eigvalsh(L @ L.T)
-    npt.assert_allclose(operator._gram_rcond(L), ev[0] / ev[-1], rtol=0.5)
+    npt.assert_allclose(operator._gram_rcond(L), ev[0] / ev[-1], rtol=0.1)
 
 
 def test_davidson_single_precision_phase_out_of_range(monkeypatch):
