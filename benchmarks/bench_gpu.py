@@ -81,16 +81,38 @@ BLAS is pinned to one thread (unless ``OPENBLAS_NUM_THREADS`` is set): the host
 side works on many tiny matrices, and on a 2-core machine threaded OpenBLAS
 beside Numba's threads made the cpu slices 4-7x slower (measured: Hessian-test
 slice 3.1 vs 20.8 cells/s), so pinning gives the faster, conservative baseline.
-Measured on the 2-core development machine (shared, no GPU): cpu slice 20.8
-cells/s (Hessian test) and 21.2 runs/s (benign overfitting); the Hessian-test
-driver spends ~7 ms per cell on host preparation (``range_basis``
-eigendecompositions, validation), 67 s for the paper grid at ``steps=1``, which
-caps the cuda end-to-end rate there near 150 cells/s (``--overhead`` measures
-this share on the GPU machine). Cold JIT compilation took 40 s (Hessian test)
-and 100 s (benign overfitting) for the cpu backend there. Benign overfitting
-calls ``train_many`` once per ``(d, seed)`` with its 22 ``||mu||`` values, and
-the cuda backend runs one thread per configuration: the measurement shows what
-the experiment as written gets from the device, not the device's limit.
+Measured on an NVIDIA H200 (16-core host, cpu backend on 2 Numba threads of
+it; paper size, 2026-11-27; numba 0.68.0, numba-cuda 0.30.4, numpy 2.4.6):
+
+* Hessian test: cpu slice 709 cells/s, cuda slice 971 cells/s, cuda grid 9800
+  cells in 1.47 s = 6655 cells/s: **9.4x**, below the 20x target. The grid at
+  ``steps=1`` took 1.24 s (84 %): the cuda run is bound by host preparation
+  (``range_basis`` eigendecompositions, validation, ~0.13 ms per cell), not
+  by the kernel (~0.24 s for the whole grid).
+* Benign overfitting: cpu slice 94 runs/s, cuda slice 5.0 runs/s, cuda grid
+  990 runs in 108.6 s = 9.1 runs/s: **0.1x**, the device is 10x *slower*
+  than two CPU threads. Host share 8 % (8.75 s at ``steps=1``): the kernel is
+  the bottleneck. One thread per configuration runs 500 steps of one
+  configuration in 0.42 s (0.8 ms per step of ~40 000 multiply-adds on
+  per-thread scratch in global memory: latency-bound), and 990
+  configurations in one launch take 4.8 s (208 runs/s against 271 runs/s for
+  two CPU threads). The experiment launches 22 configurations per call. A
+  kernel worth its device needs a block per configuration (threads over the
+  2n Gram columns, ``G`` in shared memory) and one launch per grid.
+* Agreement on the slices: Lyapunov exponents 4e-16, ``log |delta|^2``
+  8.6e-14, directions 8.8e-14 relative, escape steps and verdicts identical;
+  training weights 1.7e-10 relative, every metric <= 6.5e-16. FMA contraction
+  stays far inside the 1e-9 tolerance.
+* JIT warm-up (excluded from the rates): cpu 28.5 s (Hessian test) and 64.7 s
+  (benign overfitting); cuda 6.7 s and 3.8 s.
+* numba-cuda 0.30.4 does not import under numpy 2.5 (``np.row_stack`` is
+  gone); the ``cuda`` extra pins ``numpy<2.5``.
+
+On the 2-core development machine (no GPU) the Hessian-test driver spends
+~7 ms per cell on host preparation. Benign overfitting calls ``train_many``
+once per ``(d, seed)`` with its 22 ``||mu||`` values, and the cuda backend runs
+one thread per configuration: the measurement shows what the experiment as
+written gets from the device, not the device's limit.
 """
 
 import argparse
@@ -133,18 +155,21 @@ def sizes(size):
                                        grid=dict(toy_b, mu=[0.5, 2.0, 4.0], seeds=2),
                                        slice=dict(toy_b, mu=[0.5, 4.0], seeds=1)),
         }
+    # The Hessian-test warm-up is the slice itself: a tiny grid runs on the
+    # calling thread (``simulate_serial``) and leaves the threaded driver
+    # (``simulate_many``) to be compiled inside the timed cpu slice (seen on
+    # the first GPU run: 16 compilations, 28.5 s instead of ~4 s).
     if size == "quick":
+        h_slice = dict(s=[4, 8, 17], batch=[1, 3, 8, 17, 33, 49])
         return {
-            "hessian-test": dict(quick=True, warm=warm_h, grid={},
-                                 slice=dict(s=[4, 8, 17],
-                                            batch=[1, 3, 8, 17, 33, 49])),
+            "hessian-test": dict(quick=True, warm=h_slice, grid={}, slice=h_slice),
             "benign-overfitting": dict(quick=True, warm=warm_b, grid={},
                                        slice=dict(mu=bo.QUICK["mu"][::4], seeds=1,
                                                   bootstrap=0)),
         }
+    h_slice = dict(s=[11, 51, 91], batch=list(range(1, 50, 4)))
     return {
-        "hessian-test": dict(quick=False, warm=warm_h, grid={},
-                             slice=dict(s=[11, 51, 91], batch=list(range(1, 50, 4)))),
+        "hessian-test": dict(quick=False, warm=h_slice, grid={}, slice=h_slice),
         "benign-overfitting": dict(quick=False, warm=warm_b, grid={},
                                    slice=dict(mu=bo.FULL["mu"][::5], seeds=1,
                                               bootstrap=0)),
