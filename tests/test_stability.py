@@ -706,9 +706,12 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
     (of T: S = 1, a_i scaled by eta^2) equals the dense solve
     (theta I - P)^{-1} w with P = diag(d - sum_I a_i
     S^2 g^2 g^2) + sum_I a_i q_i q_i^T (packed coordinates), q_i = pack(S o H_i),
-    I the m samples of largest a_i |q_i|^2 computed here from the dense q_i
-    (m = 100 > N: all samples). Both are direct solves of a 28 x 28 system,
-    kept well conditioned by theta = 1.5 lambda_max(P): rtol 1e-9. The solver's
+    I the m samples (m = 100 > N: all samples) of largest weight computed here
+    from the dense q_i: a_i |q_i|^2 for geneig (passed, as critical_lr does),
+    the secular weight a_i q_i^T (theta - d)^{-1} q_i for T (the default). Both
+    are direct solves of a 28 x 28 system, kept well conditioned by theta =
+    1.5 lambda_max(P_all) (all samples exact; checked >= 1.2 lambda_max(P)):
+    rtol 1e-9. The solver's
     default runs the low-rank correction in single precision: within 1e-5 of
     the largest entry (epsilon 6e-8 times sums of ~50 terms times the
     condition number <= 3 of theta I - P, with a margin of 10)."""
@@ -733,13 +736,22 @@ def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
         kw = dict(scale=sc)
     Gr, a = act.prob.hessians, act.prob.noise_coef * coef
     q = np.array([act.pack(sc * np.outer(g, g)) for g in Gr])
-    top = np.argsort(-(a * np.sum(q * q, axis=1)))[:m]
-    d = act.entries(diag) - sum(a[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2))
-                                for i in top)
-    P = np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
-    theta = 1.5 * np.linalg.eigvalsh(P)[-1]
-    w = rng.standard_normal(d.size)
-    ref = np.linalg.solve(theta * np.eye(d.size) - P, w)
+
+    def dense(top):
+        d = act.entries(diag) - sum(
+            a[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2)) for i in top)
+        return np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
+
+    theta = 1.5 * np.linalg.eigvalsh(dense(range(a.size)))[-1]
+    if operator == "T":
+        weight = a * np.sum(q * q / (theta - act.entries(diag)), axis=1)
+    else:
+        weight = kw["weight"] = a * np.sum(q * q, axis=1)
+    top = np.argsort(-weight)[:m]
+    P = dense(top)
+    assert theta >= 1.2 * np.linalg.eigvalsh(P)[-1]
+    w = rng.standard_normal(P.shape[0])
+    ref = np.linalg.solve(theta * np.eye(P.shape[0]) - P, w)
     solve = _SamplePreconditioner(act, diag, m=m, single=False, **kw)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
     solve = _SamplePreconditioner(act, diag, m=m, **kw)
