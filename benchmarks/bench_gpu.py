@@ -106,7 +106,7 @@ it; paper size, 2026-11-27; numba 0.68.0, numba-cuda 0.30.4, numpy 2.4.6):
 * JIT warm-up (excluded from the rates): cpu 28.5 s (Hessian test) and 64.7 s
   (benign overfitting); cuda 6.7 s and 3.8 s.
 * numba-cuda 0.30.4 does not import under numpy 2.5 (``np.row_stack`` is
-  gone); the ``cuda`` extra pins ``numpy<2.5``.
+  gone); the ``cuda`` and ``test`` extras pin ``numpy<2.5``.
 
 On the 2-core development machine (no GPU) the Hessian-test driver spends
 ~7 ms per cell on host preparation. Benign overfitting calls ``train_many``
