@@ -87,8 +87,8 @@ it; paper size, 2026-11-27; numba 0.68.0, numba-cuda 0.30.4, numpy 2.4.6):
 * Hessian test: cpu slice 709 cells/s, cuda slice 971 cells/s, cuda grid 9800
   cells in 1.47 s = 6655 cells/s: **9.4x**, below the 20x target. The grid at
   ``steps=1`` took 1.24 s (84 %): the cuda run is bound by host preparation
-  (``range_basis`` eigendecompositions, validation, ~0.13 ms per cell), not
-  by the kernel (~0.24 s for the whole grid).
+  (~0.13 ms per cell: cell set-up and validation in Python; the bases are
+  cached per family), not by the kernel (~0.24 s for the whole grid).
 * Benign overfitting: cpu slice 94 runs/s, cuda slice 5.0 runs/s, cuda grid
   990 runs in 108.6 s = 9.1 runs/s: **0.1x**, the device is 10x *slower*
   than two CPU threads. Host share 8 % (8.75 s at ``steps=1``): the kernel is
@@ -108,8 +108,7 @@ it; paper size, 2026-11-27; numba 0.68.0, numba-cuda 0.30.4, numpy 2.4.6):
 * numba-cuda 0.30.4 does not import under numpy 2.5 (``np.row_stack`` is
   gone); the ``cuda`` and ``test`` extras pin ``numpy<2.5``.
 
-On the 2-core development machine (no GPU) the Hessian-test driver spends
-~7 ms per cell on host preparation. Benign overfitting calls ``train_many``
+Benign overfitting calls ``train_many``
 once per ``(d, seed)`` with its 22 ``||mu||`` values, and the cuda backend runs
 one thread per configuration: the measurement shows what the experiment as
 written gets from the device, not the device's limit.
