@@ -696,7 +696,7 @@ class _SamplePreconditioner:
     converges slowly. Which samples form that cluster depends on where their
     curvature lies, not only on its size: at n = 2000 (unlearning family of
     ``benchmarks/bench_radius.py``, rho at 0.9 eta*) the top eigenmatrix
-    mixes samples ranked 4, 22, 35, 49 and 311 by ``a_i lambda_max(H_i)^2``;
+    mixes samples ranked 4, 16, 22, 35, 49 and 311 by ``a_i lambda_max(H_i)^2``;
     ranking by the secular weight cut the products from 69 / 72 / 64 to 52 /
     55 / 41 (B = 10 / 100 / 1, without). For ``eta*`` (given weights) the
     secular ranking changed nothing (28 + 4 products), so it is not used there.
