@@ -130,6 +130,15 @@ _SINGLE_STALL_STEPS = 8
 _DAVIDSON_BLOCK = 24
 
 
+def _shifted(theta, d):
+    """``theta - d``, entries within ``1e-8 |theta|`` of zero raised to that
+    size: the denominator of a diagonal correction, kept invertible."""
+    den = theta - d
+    tiny = 1e-8 * max(abs(theta), 1e-300)
+    den[np.abs(den) < tiny] = tiny
+    return den
+
+
 def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
                   etol=None, maxiter=2000, solve=None, solve_after=0,
                   matvec_single=None):
@@ -204,14 +213,9 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     def precondition(w, theta):
         if solve is not None and products >= solve_after:
             return solve(w, theta)
-        den = theta - d
-        tiny = 1e-8 * max(abs(theta), 1e-300)
-        den[np.abs(den) < tiny] = tiny
-        out = w / den
+        out = w / _shifted(theta, d)
         if block is not None:
-            den = theta - L
-            den[np.abs(den) < tiny] = tiny
-            out[pos] = Q @ ((Q.T @ w[pos]) / den)
+            out[pos] = Q @ ((Q.T @ w[pos]) / _shifted(theta, L))
         return out
 
     m = 0
@@ -732,10 +736,7 @@ class _SamplePreconditioner:
         modes by where their curvature lies (near-cancelling directions), which
         ``a_i lambda_max(H_i)^2`` ignores. One ``N x r x r`` product in single
         precision (a ranking)."""
-        den = theta - self.diag
-        tiny = 1e-8 * max(abs(theta), 1e-300)
-        den[np.abs(den) < tiny] = tiny
-        W = 1.0 / den
+        W = 1.0 / _shifted(theta, self.diag)
         if self.scale is not None:
             W *= self.scale * self.scale
         G2 = np.square(self.act.prob.hessians, dtype=np.float32)
@@ -760,9 +761,7 @@ class _SamplePreconditioner:
     def _factor(self, theta):
         if self.G is None:
             self._select(self._secular_weights(theta))
-        den = theta - self.d
-        tiny = 1e-8 * max(abs(theta), 1e-300)
-        den[np.abs(den) < tiny] = tiny
+        den = _shifted(theta, self.d)
         self.theta = theta
         self.inv = 1.0 / den
         self.post = self.act._weights(self.sp)[1] * self.inv
