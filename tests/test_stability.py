@@ -699,72 +699,106 @@ def test_blas_threads_policy_and_values(monkeypatch):
     npt.assert_allclose(values[0], values[1], rtol=1e-10)
 
 
-@pytest.mark.parametrize("operator", ["T", "geneig"])
-@pytest.mark.parametrize("m", [2, 100])
-def test_sample_preconditioner_is_the_dense_woodbury_solve(operator, m):
-    """_SamplePreconditioner(w, theta) of the geneig operator S o D(S o .)
-    (of T: S = 1, a_i scaled by eta^2) equals the dense solve
-    (theta I - P)^{-1} w with P = diag(d - sum_I a_i
-    S^2 g^2 g^2) + sum_I a_i q_i q_i^T (packed coordinates), q_i = pack(S o H_i),
-    I the m samples (m = 100 > N: all samples) of largest weight computed here
-    from the dense q_i: a_i |q_i|^2 for geneig (passed, as critical_lr does),
-    the secular weight a_i q_i^T (theta - d)^{-1} q_i for T (the default). Both
-    are direct solves of a 28 x 28 system, kept well conditioned by theta =
-    1.5 lambda_max(P_all) (all samples exact; checked >= 1.2 lambda_max(P)):
-    rtol 1e-9. The solver's
-    default runs the low-rank correction in single precision: within 1e-5 of
-    the largest entry (epsilon 6e-8 times sums of ~50 terms times the
-    condition number <= 3 of theta I - P, with a margin of 10)."""
+def _secular_case(n, r, operator, seed):
+    """An unlearning problem (rank-one, ``without``, forget = the first two
+    retain samples), its action, and for ``operator`` ("T": ``eta`` = 0.02;
+    "geneig": the scaled operator of ``critical_lr``) the scale ``S``, the
+    diagonal of the operator and the keywords of the preconditioner."""
     from simlab.stability.operator import OperatorAction
-    from simlab.stability.radius import _SamplePreconditioner
 
-    rng = np.random.default_rng(21)
-    G = rng.standard_normal((10, 7))
-    prob = build_problem(G, 3, scheme="without", forget=G[:2].copy(), alpha=0.1,
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal((n, r))
+    # alpha < n_f / (n + n_f): kappa_+ < 0 (M positive definite)
+    prob = build_problem(G, 3, scheme="without", forget=G[:2].copy(), alpha=0.02,
                          forget_batch=1)
     act = OperatorAction(prob)
-    assert _SamplePreconditioner.pays(act)
-    assert not _SamplePreconditioner.pays(OperatorAction(build_problem(G, 3)))
     lam = act.lam
+    assert lam[0] > 0
     if operator == "T":
         eta = 0.02
-        sc, coef, diag = np.ones((lam.size, lam.size)), eta**2, act.diagonal(eta)
-        kw = dict(coef=coef)
+        sc, diag = np.ones((lam.size, lam.size)), act.diagonal(eta)
+        kw = dict(coef=eta**2)
     else:
-        sc, coef = np.sqrt(2.0 / (lam[:, None] + lam[None, :])), 1.0
-        diag = sc * sc * act.quadratic_diagonal()
-        kw = dict(scale=sc)
-    Gr, a = act.prob.hessians, act.prob.noise_coef * coef
+        sc = np.sqrt(2.0 / (lam[:, None] + lam[None, :]))
+        diag, kw = sc * sc * act.quadratic_diagonal(), dict(scale=sc)
+    return act, sc, diag, kw, rng
+
+
+def _dense_sampling_terms(act, sc, kw):
+    """The packed ``q_i = pack(S o H_i)`` and ``c_i`` (``eta^2 a_i`` for T)."""
+    Gr = act.prob.hessians
+    c = act.prob.noise_coef * kw.get("coef", 1.0)
     q = np.array([act.pack(sc * np.outer(g, g)) for g in Gr])
+    return q, c
 
-    def dense(top):
-        d = act.entries(diag) - sum(
-            a[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2)) for i in top)
-        return np.diag(d) + sum(a[i] * np.outer(q[i], q[i]) for i in top)
 
-    theta = 1.5 * np.linalg.eigvalsh(dense(range(a.size)))[-1]
-    if operator == "T":
-        weight = a * np.sum(q * q / (theta - act.entries(diag)), axis=1)
-    else:
-        weight = kw["weight"] = a * np.sum(q * q, axis=1)
-    top = np.argsort(-weight)[:m]
-    P = dense(top)
-    assert theta >= 1.2 * np.linalg.eigvalsh(P)[-1]
+@pytest.mark.parametrize("operator", ["T", "geneig"])
+@pytest.mark.parametrize("shape", [(10, 7), (50, 40)])
+def test_secular_preconditioner_is_the_dense_woodbury_solve(operator, shape):
+    """_SecularPreconditioner(w, theta) equals the dense solve (theta I -
+    P)^{-1} w with P = diag(d - sum_i c_i S^2 g_i^2 g_i^2) + sum_i c_i q_i q_i^T
+    over every sample (packed coordinates; d the operator's diagonal, q_i =
+    pack(S o H_i); duplicate rows, here the forget samples, merged by the
+    solver and not here). At r = 40 the basis of S^2 / (theta - d) has rank
+    below r, so the low-rank capacitance matrix is what is tested there.
+    theta = 1.5 lambda_max(P) keeps the 28- and 820-dimensional systems
+    well conditioned (condition number of theta I - P <= 3). Double
+    precision (basis tolerance 1e-12): rtol 1e-9. Single precision (the
+    default; basis tolerance 1e-5, Frobenius, and float32 BLAS): within 1e-4
+    of the largest entry (1e-5 times the condition number 3, with a margin)."""
+    from simlab.stability.radius import _SecularPreconditioner
+
+    act, sc, diag, kw, rng = _secular_case(*shape, operator, seed=21)
+    assert _SecularPreconditioner.pays(act)
+    q, c = _dense_sampling_terms(act, sc, kw)
+    Gr = act.prob.hessians
+    d = act.entries(diag) - sum(
+        c[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2)) for i in range(c.size))
+    P = np.diag(d) + (q.T * c) @ q
+    theta = 1.5 * np.linalg.eigvalsh(P)[-1]
+    A = theta * np.eye(P.shape[0]) - P
+    assert np.linalg.cond(A) <= 3.0
     w = rng.standard_normal(P.shape[0])
-    ref = np.linalg.solve(theta * np.eye(P.shape[0]) - P, w)
-    solve = _SamplePreconditioner(act, diag, m=m, single=False, **kw)
+    ref = np.linalg.solve(A, w)
+    solve = _SecularPreconditioner(act, diag, single=False, **kw)
     npt.assert_allclose(solve(w, theta), ref, rtol=1e-9, atol=1e-12 * np.abs(ref).max())
-    solve = _SamplePreconditioner(act, diag, m=m, **kw)
-    npt.assert_allclose(solve(w, theta), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    if shape[1] == 40:
+        assert solve.U.shape[1] < shape[1]          # a low-rank basis was used
+    solve = _SecularPreconditioner(act, diag, **kw)
+    npt.assert_allclose(solve(w, theta), ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("operator", ["T", "geneig"])
+def test_secular_start_is_the_top_single_sample_mode(operator):
+    """_SecularPreconditioner.start gives the top eigenvector of diag(d_A) +
+    c_i q_i q_i^T (d_A the operator's whole diagonal) for the sample i whose
+    top eigenvalue (its secular root) is the largest, computed here densely
+    for every sample (all are candidates: N = 50 < 64). The root is found to
+    1e-10 relative, so the vector agrees to 1e-6 (the root's error over the
+    gap to the next eigenvalue, ~1e-3 here, with a margin)."""
+    from simlab.stability.radius import _SecularPreconditioner
+
+    act, sc, diag, kw, _ = _secular_case(50, 40, operator, seed=5)
+    q, c = _dense_sampling_terms(act, sc, kw)
+    dA = act.entries(diag)
+    tops = []
+    for i in range(c.size):
+        lam, V = np.linalg.eigh(np.diag(dA) + c[i] * np.outer(q[i], q[i]))
+        tops.append((lam[-1], V[:, -1]))
+    best = max(range(c.size), key=lambda i: tops[i][0])
+    assert tops[best][0] > dA.max()
+    v = _SecularPreconditioner(act, diag, **kw).start(-np.inf)
+    ref = tops[best][1] * np.sign(tops[best][1] @ v)
+    npt.assert_allclose(v, ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
-def test_davidson_with_sample_preconditioner_from_the_start(monkeypatch, scheme):
-    """rho(T) of an unlearning family with the sample preconditioner from the
-    first product (``_T_SWITCH = 1``; by default it takes over after 20)
-    equals the dense eigenvalue: the preconditioner changes the path, never
-    the limit (rtol 1e-9, as above). r = 30 exceeds the exact 24-coordinate
-    block, so Davidson iterates and the preconditioner is used (counted)."""
+def test_davidson_with_secular_preconditioner(monkeypatch, scheme):
+    """rho(T) of an unlearning family, where the secular preconditioner and
+    its start vector are used from the first product, equals the dense
+    eigenvalue: they change the path, never the limit (rtol 1e-9, as above).
+    r = 30 makes the solver iterate (DENSE_MAX_DIM = 2) and the
+    preconditioner's calls are counted."""
     from simlab.stability import radius
 
     G = np.random.default_rng(11).standard_normal((36, 30))
@@ -773,11 +807,11 @@ def test_davidson_with_sample_preconditioner_from_the_start(monkeypatch, scheme)
     dense = [spectral_radius(G, c * eta, 3, scheme=scheme, method="dense", **kw)
              for c in (0.5, 0.9, 1.2)]
     monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
-    monkeypatch.setattr(radius, "_T_SWITCH", 1)
     calls = []
-    solve = radius._SamplePreconditioner.__call__
-    monkeypatch.setattr(radius._SamplePreconditioner, "__call__",
+    solve = radius._SecularPreconditioner.__call__
+    monkeypatch.setattr(radius._SecularPreconditioner, "__call__",
                         lambda self, w, theta: calls.append(1) or solve(self, w, theta))
+    npt.assert_allclose(critical_lr(G, 3, scheme=scheme, **kw), eta, rtol=RTOL)
     for c, rho in zip((0.5, 0.9, 1.2), dense, strict=True):
         npt.assert_allclose(spectral_radius(G, c * eta, 3, scheme=scheme, **kw), rho,
                             rtol=RTOL)

@@ -496,7 +496,8 @@ class OperatorAction:
             lam = self.lam
             out = lam[:, None] * lam[None, :]
             with blas_threads(lam.size):
-                out += _weighted_gram(dH, self.prob.noise_coef)
+                self._sampling = _weighted_gram(dH, self.prob.noise_coef)
+            out += self._sampling
             for b, kind, data in self._groups:
                 if kind == "diag":
                     hs = data
@@ -510,6 +511,14 @@ class OperatorAction:
                 out -= b * (hs[:, None] * hs[None, :])
             self._qdiag = out
         return self._qdiag
+
+    @property
+    def sampling_diagonal(self):
+        """``sum_i a_i (H_i)_kk (H_i)_ll`` (rotated basis, ``r x r``): the
+        diagonal of the sampling part ``sum_i a_i H_i Y H_i`` of ``D``
+        (``a`` = ``prob.noise_coef``), a term of :meth:`quadratic_diagonal`."""
+        self.quadratic_diagonal()
+        return self._sampling
 
     def diagonal(self, eta):
         """``<E_kl, T(E_kl)>`` for every ``(k, l)`` (rotated basis), ``r x r``."""
@@ -616,33 +625,14 @@ class OperatorAction:
         cast = self._single if single else (lambda X: X)
         G = cast(prob.hessians)
         r = prob.dim
-        trmm, syrk, syr2k = scipy.linalg.blas.get_blas_funcs(
-            ("trmm", "syrk", "syr2k"), dtype=dtype)
+        trmm, syr2k = scipy.linalg.blas.get_blas_funcs(("trmm", "syr2k"),
+                                                       dtype=dtype)
         U = self._upper_half(v, dtype, buffer="rest", scale=scale)
-        # G L with L = U^T: rows g_i^T L, from (U G^T) in place of a copy of G^T
-        with blas_threads(r):
-            GL = trmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
+        GL, forms = _triangle_forms(G, U)
         out = np.zeros((r, r), dtype=dtype, order="F")      # upper triangle
         a = prob.noise_coef
         if np.any(a):
-            w = 2.0 * a * np.einsum("ij,ij->i", GL, G)            # a_i g_i^T Y g_i
-            # rows with w > 0 first: one scaled copy, two syrk on its halves
-            n_pos = int(np.count_nonzero(w > 0))
-            sw = np.sqrt(np.abs(w)).astype(dtype)[:, None]
-            if 0 < n_pos < w.size:
-                order = np.argsort(w <= 0, kind="stable")
-                A = np.take(G, order, axis=0)
-                A *= sw[order]
-            else:
-                A = G * sw
-            A = A.T                                             # Fortran order
-            with blas_threads(r):
-                if n_pos:
-                    out = syrk(1.0, A[:, :n_pos], beta=1.0, c=out,
-                               overwrite_c=1)
-                if n_pos < A.shape[1]:
-                    out = syrk(-1.0, A[:, n_pos:], beta=1.0, c=out,
-                               overwrite_c=1)
+            out = _rank_one_sum(G, a * forms, out)         # sum a_i g_i^T Y g_i H_i
         # Every set-mean term of a low-rank form (F, w) is X F + F^T X^T for
         # some r x n_s matrix X: accumulate X per form, then one syr2k each.
         acc = {}
@@ -717,6 +707,42 @@ class OperatorAction:
         out = self._rest_packed(v, single)
         out *= eta**2
         return self._coef * v, out
+
+
+def _triangle_forms(G, U):
+    """``(G L, f)`` for rank-one rows ``g_i`` (``G``, ``N x r``) and the
+    halved-diagonal upper triangle ``U`` of ``Y = U + U^T``
+    (:meth:`OperatorAction._upper_half`): the rows ``g_i^T L`` (``L = U^T``)
+    and the forms ``f_i = g_i^T Y g_i = 2 g_i^T L g_i``, by one ``trmm``
+    (``N r^2`` flops, half of ``G Y``), in the precision of ``G``."""
+    trmm = scipy.linalg.blas.get_blas_funcs("trmm", dtype=G.dtype)
+    # rows g_i^T L from (U G^T), in place of a copy of G^T
+    with blas_threads(U.shape[0]):
+        GL = trmm(1.0, U, np.array(G.T, order="F"), overwrite_b=1).T
+    return GL, 2.0 * np.einsum("ij,ij->i", GL, G)
+
+
+def _rank_one_sum(G, w, out):
+    """``out + sum_i w_i g_i g_i^T`` (upper triangle of the Fortran-order
+    ``out``, updated in place and returned) by ``syrk`` on the rows with
+    ``w > 0`` and on the rest: ``N r^2`` flops, in the precision of ``G``."""
+    syrk = scipy.linalg.blas.get_blas_funcs("syrk", dtype=G.dtype)
+    # rows with w > 0 first: one scaled copy, two syrk on its halves
+    n_pos = int(np.count_nonzero(w > 0))
+    sw = np.sqrt(np.abs(w)).astype(G.dtype)[:, None]
+    if 0 < n_pos < w.size:
+        order = np.argsort(w <= 0, kind="stable")
+        A = np.take(G, order, axis=0)
+        A *= sw[order]
+    else:
+        A = G * sw
+    A = A.T                                             # Fortran order
+    with blas_threads(G.shape[1]):
+        if n_pos:
+            out = syrk(1.0, A[:, :n_pos], beta=1.0, c=out, overwrite_c=1)
+        if n_pos < A.shape[1]:
+            out = syrk(-1.0, A[:, n_pos:], beta=1.0, c=out, overwrite_c=1)
+    return out
 
 
 @jit

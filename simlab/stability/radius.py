@@ -37,7 +37,9 @@ from .._validation import (
 from ..curvature import factor_rows, range_eig
 from .operator import (
     OperatorAction,
-    _packing,
+    _distinct_rows,
+    _rank_one_sum,
+    _triangle_forms,
     build_problem,
     operator_matrix,
     quadratic_matrix,
@@ -73,14 +75,16 @@ def _radius(prob, eta, method="auto"):
         return _power_radius(act, eta)
     if method in ("auto", "davidson"):
         diag = act.diagonal(eta)
-        J, sub = _dense_block(act, diag)
         eye = act.pack(np.eye(r))
-        solve = (_SamplePreconditioner(act, diag, coef=eta**2)
-                 if _T_SWITCH and _SamplePreconditioner.pays(act) else None)
+        if _SecularPreconditioner.pays(act):
+            solve = _SecularPreconditioner(act, diag, coef=eta**2)
+            block, starts = None, [solve.start(-np.inf), eye]
+        else:
+            J, sub = _dense_block(act, diag)
+            solve, block = None, _packed_block(act, J, operator_matrix(sub, eta))
+            starts = [eye] + [act.pack(X) for X in _sample_starts(act)]
         return _davidson_top(lambda v: act.operator_packed(eta, v), act.entries(diag),
-                             _packed_block(act, J, operator_matrix(sub, eta)),
-                             [eye] + [act.pack(X) for X in _sample_starts(act)],
-                             solve=solve, solve_after=_T_SWITCH,
+                             block, starts, solve=solve,
                              matvec_single=_single(
                                  act, lambda v: act.operator_parts(eta, v, True)))
     if r * r <= 2:
@@ -140,8 +144,7 @@ def _shifted(theta, d):
 
 
 def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
-                  etol=None, maxiter=2000, solve=None, solve_after=0,
-                  matvec_single=None):
+                  etol=None, maxiter=2000, solve=None, matvec_single=None):
     """Largest eigenvalue of a symmetric operator on packed symmetric
     matrices (vectors of length ``r (r + 1) / 2``, see
     :meth:`OperatorAction.pack`) by Davidson's method, preconditioned by its
@@ -170,10 +173,11 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     value) is below ``etol |theta|`` (``_DAVIDSON_ETOL``).
 
     ``solve(w, theta)``, when given, replaces the diagonal and block
-    corrections once ``solve_after`` products have been taken (the block
-    still gives the first start):
-    :class:`_SamplePreconditioner`, which also inverts the rank-one sampling
-    terms of the samples that carry a single-sample mode.
+    corrections: :class:`_SecularPreconditioner`, ``(theta - P)^{-1} w`` for
+    an approximation ``P`` of the operator that keeps the rank-one sampling
+    terms of every sample (the single-sample modes) exactly. (The inverse
+    iteration step ``(theta - P)^{-1} x`` alone, one solve instead of
+    Olsen's two, stagnated: it converges to the eigenvector of ``P``.)
 
     ``matvec_single``, when given, returns ``(A v, size)``: the same product
     with its BLAS-3 part in single precision (about half the time) and the
@@ -211,7 +215,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         starts.insert(0, v0)
 
     def precondition(w, theta):
-        if solve is not None and products >= solve_after:
+        if solve is not None:
             return solve(w, theta)
         out = w / _shifted(theta, d)
         if block is not None:
@@ -256,8 +260,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
                 if not (np.isfinite(size) and np.all(np.isfinite(TV[m]))):
                     # outside the range of single precision: start over without
                     return _davidson_top(matvec, diag, block, given, rtol=rtol,
-                                         etol=etol, maxiter=maxiter, solve=solve,
-                                         solve_after=solve_after)
+                                         etol=etol, maxiter=maxiter, solve=solve)
                 floor = max(floor, _SINGLE_FLOOR * np.finfo(np.float32).eps * size)
             else:
                 TV[m] = matvec(V[m])
@@ -379,7 +382,7 @@ def _sample_weights(act, scale=None):
                          for Hi in _sample_matrices(prob, range(H.shape[0]))])
 
 
-def _sample_starts(act, q=_SAMPLE_STARTS, scale=None, weight=None):
+def _sample_starts(act, q=_SAMPLE_STARTS, scale=None):
     """Single-sample start matrices (rotated coordinates) for the ``q``
     samples with the largest sampling weight: where the sampling noise
     dominates (small batches, ``eta`` far below ``2 / lambda_max(M)``) the
@@ -394,8 +397,7 @@ def _sample_starts(act, q=_SAMPLE_STARTS, scale=None, weight=None):
     a = prob.noise_coef
     if not np.any(a > 0):
         return []
-    if weight is None:
-        weight = _sample_weights(act, scale)
+    weight = _sample_weights(act, scale)
     top = np.argsort(weight)[::-1]
     top = top[:q][a[top[:q]] > 0]
     starts = list(_sample_matrices(prob, top))
@@ -635,17 +637,17 @@ def _critical_geneig(prob, act=None, lanczos=False):
             mu = _lanczos_top(lambda Y: S * act.quadratic(S * Y), r)
         else:
             diag = S * S * act.quadratic_diagonal()
-            J, sub = _dense_block(act, diag)
-            s = S[np.ix_(J, J)].ravel()
-            A = s[:, None] * quadratic_matrix(sub) * s[None, :]
-            block = _packed_block(act, J, A)
-            weight = _sample_weights(act, S)
-            solve = (_SamplePreconditioner(act, diag, S, weight=weight)
-                     if _SamplePreconditioner.pays(act) else None)
             Sp = act.entries(S)
             eye = act.pack(np.eye(r))
-            starts = [eye] + [act.pack(X) for X in
-                              _sample_starts(act, scale=S, weight=weight)]
+            if _SecularPreconditioner.pays(act):
+                solve = _SecularPreconditioner(act, diag, S)
+                block, starts = None, [solve.start(-np.inf), eye]
+            else:
+                J, sub = _dense_block(act, diag)
+                s = S[np.ix_(J, J)].ravel()
+                A = s[:, None] * quadratic_matrix(sub) * s[None, :]
+                solve, block = None, _packed_block(act, J, A)
+                starts = [eye] + [act.pack(X) for X in _sample_starts(act, scale=S)]
             mu = _davidson_top(_scaled_product(act, Sp), act.entries(diag), block,
                                starts, solve=solve,
                                matvec_single=_single(act, _scaled_product(
@@ -655,148 +657,252 @@ def _critical_geneig(prob, act=None, lanczos=False):
     return 2.0 / mu if mu > 0 else np.inf
 
 
-#: Samples whose rank-one sampling terms :class:`_SamplePreconditioner` inverts
-#: exactly. Products of the operator and time per eta* call on the unlearning
-#: family of ``benchmarks/bench_radius.py`` (p = 10^4, without, B in {1, 10,
-#: 100}; 2 idle cores), without -> with it: n = 1000 29-32 -> 19 products,
-#: 4.4-5.1 s -> 3.2-3.4 s (m = 8 and 16: 17-24 products, 3.0-4.5 s); n = 2000
-#: (B = 10) 56 -> 31 products.
-_PRECOND_SAMPLES = 32
-#: Products of ``T`` after which ``rho(T)`` of an unlearning family switches
-#: from the diagonal-and-block correction to :class:`_SamplePreconditioner`
-#: (``q_i = pack(H_i)``, factor ``eta^2``; 0: never). From the first product it
-#: cut the products at 0.9 eta* (n = 1000, B in {1, 10, 100}: 19-30 -> 15-17;
-#: n = 2000: 88 -> 59) but raised them at 0.5 eta* (18-22 -> 20-30), where the
-#: top eigenmatrix is no single-sample mode; switching after 20 products (most
-#: 0.5 eta* calls have converged by then): worst call at n = 1000 30 -> 26
-#: products (3.9 -> 3.5 s).
-_T_SWITCH = 20
-#: Relative move of ``theta`` after which the capacitance matrix is rebuilt
-#: (1e-6 and 1e-2 gave the same products at n = 1000; 1e-2 rebuilds it 2-3
-#: times instead of about 11).
-_REFACTOR_RTOL = 1e-2
+#: Entrywise accuracy, relative to the largest entry, of the low-rank form of
+#: ``S^2 / (theta - d)`` in :class:`_SecularPreconditioner` (the single-precision
+#: capacitance matrix is no more accurate; 1e-12 in double precision).
+_SECULAR_RTOL = 1e-5
+#: Window of :class:`_SecularPreconditioner`: its low-rank basis holds
+#: ``S^2 / (theta - d)`` at ``theta = lo + f (lo - max d)`` for these ``f`` and
+#: ``theta = inf`` (``S^2``), so it serves every ``theta >= lo`` (the Ritz
+#: values of :func:`_davidson_top` only increase); ``lo`` lies 10 % of the gap
+#: below the first ``theta``.
+_SECULAR_WINDOW = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
+#: Random probes per window point for that basis.
+_SECULAR_PROBES = 32
+#: The capacitance matrix is formed again once ``theta`` has moved by this
+#: fraction of ``theta - max d`` (its entries move by about as much).
+_SECULAR_REFACTOR = 1e-3
+#: Samples whose single-sample secular roots :meth:`_SecularPreconditioner.start`
+#: solves for (after ranking all by their secular weight).
+_SECULAR_CANDIDATES = 64
+#: Memory (bytes) for the ``k`` matrices ``Z_s`` (``N x N``) of
+#: :class:`_SecularPreconditioner`; beyond it the correction is diagonal.
+_SECULAR_MEMORY = 640e6
 
 
-class _SamplePreconditioner:
-    """Davidson correction ``t = (theta - P)^{-1} w`` (packed vectors) for the
-    scaled operator ``A = S o D(S o .)`` of :func:`_critical_geneig`, or for
-    ``T`` (``scale=None``, ``coef = eta^2``).
+class _SecularPreconditioner:
+    """Davidson correction ``t = (theta - P)^{-1} w`` (packed vectors) that
+    inverts the sampling terms of *every* sample, for the scaled operator ``A
+    = S o D(S o .)`` of :func:`_critical_geneig`, or for ``T`` (``scale=None``,
+    ``coef = eta^2``), of rank-one families with an ascent part.
 
-    For rank-one families ``H_i = g_i g_i^T`` the sampling part of ``D`` is
-    ``Y -> sum_i a_i <H_i, Y> H_i``, so in ``A`` it is ``sum_i a_i q_i q_i^T``
-    with ``q_i = pack(S o H_i)`` (in ``T``: ``coef a_i``, ``q_i = pack(H_i)``).
-    ``P`` keeps the exact terms of ``m`` samples and the diagonal of the
-    rest: those with the largest ``weight`` when one is given (``a_i
-    ||q_i||^2`` for the scaled operator), else those with the largest
-    :meth:`_secular_weights` at the first ``theta``. ``P`` is inverted by the
-    Woodbury identity: an ``m x m`` capacitance matrix
-    (``O(m^2 r^2)`` flops each time ``theta`` moves by ``_REFACTOR_RTOL``),
-    ``O(m r^2)`` per call, no ``r^2``-long vector per sample.
+    The sampling part of ``A`` is ``sum_i c_i q_i q_i^T`` with ``q_i = pack(S o
+    H_i)``, ``H_i = g_i g_i^T`` (in ``T``: ``c_i = eta^2 a_i``; duplicate rows,
+    e.g. forget samples that are retain samples, are merged by adding their
+    ``c_i``). ``P = diag(d) + sum_i c_i q_i q_i^T`` with ``d`` the diagonal of
+    ``A`` less that of the sampling part: only the set-mean terms of
+    ``with``/``without`` are approximated, by their diagonal. By Woodbury,
+    with ``Delta = (theta - d)^{-1}`` (entrywise),
 
-    Where ascent nearly cancels descent (unlearning near ``kappa_+ = 0``) the
-    top eigenmatrix is a single-sample mode, one of a tight cluster (relative
-    gaps 0.2-0.7 %); such modes differ by a rank-one term, not in the
-    diagonal, so the diagonal correction alone cannot tell them apart and
-    converges slowly. Which samples form that cluster depends on where their
-    curvature lies, not only on its size: at n = 2000 (unlearning family of
-    ``benchmarks/bench_radius.py``, rho at 0.9 eta*) the top eigenmatrix
-    mixes samples ranked 4, 16, 22, 35, 49 and 311 by ``a_i lambda_max(H_i)^2``;
-    ranking by the secular weight cut the products from 69 / 72 / 64 to 52 /
-    55 / 41 (B = 10 / 100 / 1, without). For ``eta*`` (given weights) the
-    secular ranking changed nothing (28 + 4 products), so it is not used there.
+        (theta - P)^{-1} = Delta + Delta Q c^{1/2} (I - K)^{-1} c^{1/2} Q^T Delta,
+
+        K_ij = (c_i c_j)^{1/2} sum_kl D_kl g_ik g_il g_jk g_jl,   D = S^2 / (theta - d),
+
+    an ``N x N`` capacitance matrix (``N`` samples): ``O(N r^2)`` per call (one
+    ``trmm`` and one ``syrk``, as a product of ``A``). Formed entry by entry
+    ``K`` would cost ``N^2 r^2``; but without the sampling diagonal ``d`` is
+    a smooth function of ``(lam_k, lam_l)`` plus rank-one set-mean terms, so
+    ``D`` is numerically of low rank (unlearning family of
+    ``benchmarks/bench_radius.py``, n = 1000, rho at 0.9 eta*: singular values
+    3e-9 relative at rank 8; with the sampling diagonal they stall at 1e-4),
+    and one basis ``U`` (``r x k``) holds ``D`` for every ``theta`` of a window
+    (``_SECULAR_WINDOW``): ``D ~ U C U^T``, ``C = U^T D U``, and
+
+        K = (c^{1/2} c^{1/2 T}) o sum_st C_st Z_s o Z_t,   Z_s = G diag(u_s) G^T,
+
+    ``k`` symmetric rank-``r`` updates once (``k N^2 r`` flops), then ``k^2
+    N^2`` and an LU of ``I - K`` whenever ``theta`` moves
+    (``_SECULAR_REFACTOR``).
+
+    Why every sample: where ascent nearly cancels descent, the top eigenmatrix
+    belongs to a dense cluster of single-sample modes, one per sample, each
+    the root of a secular equation ``1 = c_i q_i^T (theta - d_i)^{-1} q_i``
+    (relative gaps at n = 2000: 2e-6 to the next, 1e-5 to the fourth). Modes
+    differ by rank-one terms, not in the diagonal, so a diagonal correction
+    cannot tell them apart, and inverting the terms of 32 samples (the
+    previous version) left the cluster to be resolved by the iteration:
+    52 products at n = 2000 against 10 with every sample.
+    :meth:`start` gives the single-sample mode of the largest root as the
+    start vector.
     """
 
     @staticmethod
     def pays(act):
         """Used for rank-one families with an ascent part (unlearning), where
-        the cluster appears (for ``rho(T)`` only after ``_T_SWITCH``
-        products). For plain SGD it saved 1-2 of 24 products at n = 1000 and
-        cost more than them (2.9 -> 4.2 s)."""
-        return bool(act._fast and _PRECOND_SAMPLES
-                    and np.any(act.prob.mean_coef < 0))
+        the cluster appears. For plain SGD the earlier sample preconditioner
+        saved 1-2 of 24 products at n = 1000 and cost more than them."""
+        return bool(act._fast and np.any(act.prob.mean_coef < 0))
 
-    def __init__(self, act, diag, scale=None, coef=1.0, m=None, weight=None,
-                 single=True):
-        self.act, self.scale, self.diag = act, scale, diag
-        self.m = _PRECOND_SAMPLES if m is None else m
-        self.a = act.prob.noise_coef * coef
+    def __init__(self, act, diag, scale=None, coef=1.0, single=True):
+        prob = act.prob
+        first, inv = _distinct_rows(prob.hessians)
+        c = np.bincount(inv, weights=prob.noise_coef * coef, minlength=first.size)
+        keep = c > 0
+        self.act, self.c, self.sc = act, c[keep], np.sqrt(c[keep])
+        self.G = np.ascontiguousarray(prob.hessians[first[keep]])
         self.dtype = np.float32 if single else np.float64
-        # the scale and the packing weights, applied on packed vectors
-        self.sp = None if scale is None else act.entries(scale)
-        self.theta = None
-        self.G = None
-        if weight is not None:
-            self._select(weight)
-
-    def _secular_weights(self, theta):
-        """``a_i q_i^T (theta - diag)^{-1} q_i`` for every sample: the diagonal
-        of the capacitance matrix with every sample kept, i.e. how strongly
-        sample ``i`` alone pulls an eigenvalue near ``theta`` (the single-sample
-        secular equation). It ranks the samples of a cluster of single-sample
-        modes by where their curvature lies (near-cancelling directions), which
-        ``a_i lambda_max(H_i)^2`` ignores. One ``N x r x r`` product in single
-        precision (a ranking)."""
-        W = 1.0 / _shifted(theta, self.diag)
-        if self.scale is not None:
-            W *= self.scale * self.scale
-        G2 = np.square(self.act.prob.hessians, dtype=np.float32)
-        with blas_threads(W.shape[0]):
-            GW = G2 @ W.astype(np.float32)
-        return self.a * np.einsum("ij,ij->i", GW, G2, dtype=float)
-
-    def _select(self, weight):
-        """Keep the ``m`` samples with the largest ``weight`` exactly."""
-        act, a, scale = self.act, self.a, self.scale
-        top = np.argsort(weight)[::-1][:self.m]
-        top = top[a[top] > 0]
-        self.G = act.prob.hessians[top]
         self.Gd = self.G.astype(self.dtype)
-        self.sa = np.sqrt(a[top])
-        G2 = self.G ** 2 * self.sa[:, None]
-        sc2 = 1.0 if scale is None else scale * scale
-        self.d = act.entries(self.diag - sc2 * (G2.T @ G2))
-        iu, ju = np.triu_indices(top.size)
-        self.pairs = (iu, ju, self.G[iu] * self.G[ju])      # g_i o g_j, i <= j
+        self.rtol = _SECULAR_RTOL if single else 1e-12
+        self.S2 = np.ones_like(diag) if scale is None else scale * scale
+        self.sp = None if scale is None else act.entries(scale)
+        self.full = diag                                   # the diagonal of A
+        self.dmat = diag - (coef * self.S2) * act.sampling_diagonal
+        self.d = act.entries(self.dmat)
+        self.dmax = float(self.dmat.max())
+        self.lo = None                  # bottom of the window of the basis
+        self.theta = None               # where K was formed
+        self.off = False                # no room for the Z_s: diagonal only
+
+    # -- the start vector ---------------------------------------------------
+    def _secular_weights(self, theta, idx=None):
+        """``c_i q_i^T (theta - d_A)^{-1} q_i`` for the samples ``idx`` (all by
+        default), ``d_A`` the whole diagonal: how strongly sample ``i`` alone
+        pulls an eigenvalue near ``theta``; single precision (a ranking)."""
+        G2 = np.square(self.G if idx is None else self.G[idx], dtype=np.float32)
+        W = (self.S2 / _shifted(theta, self.full)).astype(np.float32)
+        with blas_threads(W.shape[0]):
+            GW = G2 @ W
+        c = self.c if idx is None else self.c[idx]
+        return c * np.einsum("ij,ij->i", GW, G2, dtype=float)
+
+    def _largest_root(self, theta, idx):
+        """Largest root ``> theta`` of ``f_i(t) = c_i q_i^T (t - d_A)^{-1} q_i =
+        1`` over the samples ``idx`` and its sample, by Newton's method on
+        ``1 / f_i`` (linear for a single pole, so one step from next to the
+        pole): ``1 / f_i`` is concave (``2 f'^2 <= f f''`` by Cauchy-Schwarz)
+        and increasing, so each step from the left stays left of the root, and
+        from the right it goes left of ``t``: the largest estimate over
+        ``idx`` increases to the largest root."""
+        G2 = self.G[idx] ** 2
+        c = self.c[idx]
+        den = np.empty_like(self.full)
+        W = np.empty_like(self.full)
+        for _ in range(100):
+            np.subtract(theta, self.full, out=den)          # > 0: theta > max d_A
+            np.divide(self.S2, den, out=W)
+            with blas_threads(W.shape[0]):
+                f = c * np.einsum("ij,ij->i", G2 @ W, G2)
+                np.divide(W, den, out=den)                  # S^2 / (theta - d_A)^2
+                df = c * np.einsum("ij,ij->i", G2 @ den, G2)
+            est = theta + (f - 1.0) * f / df
+            best = int(np.argmax(est))
+            self.iterations += 1
+            if est[best] - theta <= 1e-10 * abs(theta):
+                break
+            theta = float(est[best])
+        return theta, int(idx[best])
+
+    def start(self, theta):
+        """Packed unit start vector: the single-sample mode ``(theta_i -
+        d_A)^{-1} o q_i`` (the eigenvector of ``diag(d_A) + c_i q_i q_i^T`` for
+        its root ``theta_i``) of the sample with the largest root, found
+        among the ``_SECULAR_CANDIDATES`` samples of largest secular weight at
+        a first root. ``theta``: a lower bound of the roots, raised to just
+        above the diagonal."""
+        top = float(self.full.max())
+        theta = max(theta, top + 1e-9 * max(abs(top), 1e-300))
+        self.iterations = 0
+        # a first root (of the sample of largest c_i |g_i|^4, for its size),
+        # where the ranking by secular weight is no longer dominated by the
+        # largest diagonal entry, then the largest root of the top ranked
+        G2 = np.einsum("ij,ij->i", self.G, self.G)
+        theta, _ = self._largest_root(theta, np.array([np.argmax(self.c * G2 * G2)]))
+        idx = np.argsort(self._secular_weights(theta))[::-1][:_SECULAR_CANDIDATES]
+        theta, i = self._largest_root(theta, idx)
+        g = self.G[i]
+        X = np.sqrt(self.S2) * np.outer(g, g) / _shifted(theta, self.full)
+        v = self.act.pack(X)
+        return v / np.linalg.norm(v)
+
+    # -- the capacitance matrix ----------------------------------------------
+    def _D(self, theta, out=None):
+        """``S^2 / (theta - d)`` (``r x r``), into ``out`` if given."""
+        out = np.subtract(theta, self.dmat, out=out)
+        return np.divide(self.S2, out, out=out)
+
+    def _window(self, theta):
+        """Basis ``U`` of ``S^2 / (theta' - d)`` for ``theta' >= lo`` (see
+        ``_SECULAR_WINDOW``) and the ``Z_s``; ``off`` when they would not fit
+        ``_SECULAR_MEMORY``. ``U`` spans the ranges of the window points'
+        matrices on random probes, truncated where the singular values fall
+        below ``rtol / 10``; the error ``|(I - U U^T) D|`` is then checked on
+        fresh probes at every window point (``rtol``, Frobenius norms), and
+        ``U`` grown until it passes."""
+        r = self.dmat.shape[0]
+        self.lo = lo = self.dmax + 0.9 * (theta - self.dmax)
+        gap = lo - self.dmax
+        rng = np.random.default_rng(0)
+        probes = min(_SECULAR_PROBES, r)
+        D = np.empty_like(self.dmat)
+        Y, checks = [], []
+        with blas_threads(r):
+            for f in _SECULAR_WINDOW + (np.inf,):
+                A = self.S2 if f == np.inf else self._D(lo + f * gap, out=D)
+                Y.append(A @ rng.standard_normal((r, probes)))
+                Y[-1] /= np.linalg.norm(Y[-1])
+                checks.append(A @ rng.standard_normal((r, 4)))
+        Q, sv, _ = np.linalg.svd(np.hstack(Y), full_matrices=False)
+        k = int(np.count_nonzero(sv > self.rtol * sv[0]))
+        while True:
+            U = Q[:, :k]
+            err = max(np.linalg.norm(X - U @ (U.T @ X)) / np.linalg.norm(X)
+                      for X in checks)
+            if err <= self.rtol or k == Q.shape[1]:
+                break
+            k = min(Q.shape[1], k + max(1, k // 4))
+        N = self.c.size
+        if k * N * N * np.dtype(self.dtype).itemsize > _SECULAR_MEMORY:
+            self.off = True
+            return
+        self.U = U
+        self.Z = np.zeros((k, N, N), dtype=self.dtype)
+        Gt = np.ascontiguousarray(self.Gd.T)     # Z_j = G diag(u_j) G^T: columns of G
+        for j in range(k):
+            # upper triangle (Fortran order) = lower triangle of Z[j]; the rest 0
+            out = _rank_one_sum(Gt, U[:, j], self.Z[j].T)
+            if not np.shares_memory(out, self.Z[j]):   # pragma: no cover - BLAS copy
+                self.Z[j] = out.T
 
     def _factor(self, theta):
-        if self.G is None:
-            self._select(self._secular_weights(theta))
-        den = _shifted(theta, self.d)
+        if self.lo is None or theta < self.lo:
+            self._window(theta)
+            if self.off:
+                return
         self.theta = theta
-        self.inv = 1.0 / den
+        self.inv = 1.0 / (theta - self.d)
         self.post = self.act._weights(self.sp)[1] * self.inv
-        if not self.sa.size:
-            return
-        act = self.act
-        W = 1.0 / act.unpack(den * _packing(act.prob.dim)[1])
-        if self.scale is not None:
-            W *= self.scale * self.scale
-        iu, ju, P = self.pairs
-        m = self.sa.size
-        K = np.zeros((m, m))
-        with blas_threads(W.shape[0]):
-            PW = P @ W
-        K[iu, ju] = np.einsum("ij,ij->i", PW, P)
-        K[ju, iu] = K[iu, ju]
-        K *= self.sa[:, None] * self.sa[None, :]
-        self.lu = scipy.linalg.lu_factor(np.eye(m) - K, check_finite=False)
+        C = (self.U.T @ self._D(theta) @ self.U).astype(self.dtype)
+        N, k = self.c.size, self.U.shape[1]
+        K = np.empty((N, N))
+        Z, Kf = self.Z.reshape(k, N * N), K.reshape(-1)
+        step = max(N, int(4e6 // k))
+        with blas_threads(N * N):
+            for a in range(0, N * N, step):
+                z = Z[:, a:a + step]
+                Kf[a:a + step] = np.einsum("sn,sn->n", C @ z, z, dtype=float)
+        # K holds the lower triangle (zeros above): I - K, symmetric
+        K += K.T
+        K *= -(self.sc[:, None] * self.sc[None, :])
+        K[np.diag_indices(N)] *= 0.5
+        K[np.diag_indices(N)] += 1.0
+        self.lu = scipy.linalg.lu_factor(K, overwrite_a=True, check_finite=False)
 
     def __call__(self, w, theta):
-        if self.theta is None or abs(theta - self.theta) > _REFACTOR_RTOL * abs(theta):
+        if (not self.off and theta > self.dmax
+                and (self.theta is None or theta < self.lo or abs(theta - self.theta)
+                     > _SECULAR_REFACTOR * (theta - self.dmax))):
             self._factor(theta)
+        if self.off or theta <= self.dmax:
+            # outside the Woodbury form (theta below the diagonal): diagonal
+            return w / _shifted(theta, self.act.entries(self.full))
         act = self.act
         y = w * self.inv
-        if not self.sa.size:
-            return y
-        # g^T Y g = 2 g^T U g with Y = U + U^T (U: upper triangle, halved
-        # diagonal): no full matrix. With ``single`` the low-rank correction
-        # runs in single precision (it only shapes the search direction).
         U = act._upper_half(y, self.dtype, buffer="precondition", scale=self.sp)
-        G = self.Gd
-        c = 2.0 * self.sa * np.einsum("ij,ij->i", G @ U, G, dtype=float)
-        z = scipy.linalg.lu_solve(self.lu, c, check_finite=False) * self.sa
-        Z = (G.T * z.astype(self.dtype)) @ G
-        y += act._gather(Z, self.post)
+        _, b = _triangle_forms(self.Gd, U)
+        z = scipy.linalg.lu_solve(self.lu, self.sc * b, check_finite=False) * self.sc
+        r = act.prob.dim
+        out = _rank_one_sum(self.Gd, z, np.zeros((r, r), dtype=self.dtype, order="F"))
+        y += act._gather(out, self.post)
         return y
 
 
