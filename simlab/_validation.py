@@ -141,10 +141,14 @@ def _check_curvature(arr, rank_one, name):
     """Refuse families whose curvature scale over- or underflows float64."""
     with np.errstate(over="ignore", under="ignore", divide="ignore"):
         if rank_one:
-            a = np.abs(arr).max()
+            a = max(arr.max(), -arr.min())
             if a == 0.0:
                 return
-            u = (arr / a).reshape(arr.shape[0], -1)
+            u = arr.reshape(arr.shape[0], -1)
+            if not 1e-100 < a < 1e100:      # squares of the entries may not fit
+                u = u / a
+            else:
+                a = 1.0
             log_c = 2.0 * np.log10(a) + np.log10(np.einsum("ij,ij->i", u, u).max())
         else:
             c = sample_curvature(arr, False).max()

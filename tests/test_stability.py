@@ -769,36 +769,52 @@ def test_secular_preconditioner_is_the_dense_woodbury_solve(operator, shape):
 
 
 @pytest.mark.parametrize("operator", ["T", "geneig"])
-def test_secular_start_is_the_top_single_sample_mode(operator):
-    """_SecularPreconditioner.start gives the top eigenvector of diag(d_A) +
-    c_i q_i q_i^T (d_A the operator's whole diagonal) for the sample i whose
-    top eigenvalue (its secular root) is the largest, computed here densely
-    for every sample (all are candidates: N = 50 < 64). The root is found to
-    1e-10 relative, so the vector agrees to 1e-6 (the root's error over the
-    gap to the next eigenvalue, ~1e-3 here, with a margin)."""
-    from simlab.stability.radius import _SecularPreconditioner
+def test_secular_start_is_the_top_eigenvector_of_p(operator):
+    """_SecularPreconditioner.start gives the top eigenvector of P = diag(d)
+    + sum_i c_i q_i q_i^T (dense here; d the operator's diagonal less the
+    sampling one) in double precision (basis tolerance 1e-12; Newton's
+    method on 1 / mu stops at steps of 1e-8 relative, so the root is within
+    ~1e-16 by quadratic convergence; ARPACK at 1e-9):
+    within 1e-6 (ARPACK's error over the gap to the next eigenvalue, >= 2e-4
+    here, with a margin). Its fallback (no room for the basis) is the
+    single-sample mode: the top eigenvector of diag(d_A) + c_i q_i q_i^T (d_A
+    the whole diagonal) for the sample whose top eigenvalue (secular root)
+    is the largest, over every sample (all are candidates: N = 50 < 64), to
+    1e-6 as well."""
+    from simlab.stability import radius
 
     act, sc, diag, kw, _ = _secular_case(50, 40, operator, seed=5)
     q, c = _dense_sampling_terms(act, sc, kw)
     dA = act.entries(diag)
+    Gr = act.prob.hessians
+    d = dA - sum(c[i] * act.entries(sc**2 * np.outer(Gr[i]**2, Gr[i]**2))
+                 for i in range(c.size))
+    lam, V = np.linalg.eigh(np.diag(d) + (q.T * c) @ q)
+    assert lam[-1] - lam[-2] >= 2e-4 * lam[-1]
+    v = radius._SecularPreconditioner(act, diag, single=False, **kw).start(-np.inf)
+    npt.assert_allclose(v, V[:, -1] * np.sign(V[:, -1] @ v), rtol=0, atol=1e-6)
+
     tops = []
     for i in range(c.size):
         lam, V = np.linalg.eigh(np.diag(dA) + c[i] * np.outer(q[i], q[i]))
         tops.append((lam[-1], V[:, -1]))
     best = max(range(c.size), key=lambda i: tops[i][0])
     assert tops[best][0] > dA.max()
-    v = _SecularPreconditioner(act, diag, **kw).start(-np.inf)
+    v = radius._SecularPreconditioner(act, diag, **kw)._single_start(-np.inf)
     ref = tops[best][1] * np.sign(tops[best][1] @ v)
     npt.assert_allclose(v, ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("start", ["top", "single"])
 @pytest.mark.parametrize("scheme", ["bernoulli", "with", "without"])
-def test_davidson_with_secular_preconditioner(monkeypatch, scheme):
-    """rho(T) of an unlearning family, where the secular preconditioner and
-    its start vector are used from the first product, equals the dense
-    eigenvalue: they change the path, never the limit (rtol 1e-9, as above).
-    r = 30 makes the solver iterate (DENSE_MAX_DIM = 2) and the
-    preconditioner's calls are counted."""
+def test_davidson_with_secular_preconditioner(monkeypatch, scheme, start):
+    """eta* and rho(T) of an unlearning family, where the secular
+    preconditioner and its start vector are used, equal the dense values:
+    they change the path, never the limit (rtol 1e-9, as above). r = 30 makes
+    the solver iterate (DENSE_MAX_DIM = 2). The start is P's top eigenvector
+    (the default; so close here that the preconditioner may not be needed)
+    or the single-sample mode (its fallback), with which the iteration must
+    use the preconditioner: both calls are counted."""
     from simlab.stability import radius
 
     G = np.random.default_rng(11).standard_normal((36, 30))
@@ -807,15 +823,19 @@ def test_davidson_with_secular_preconditioner(monkeypatch, scheme):
     dense = [spectral_radius(G, c * eta, 3, scheme=scheme, method="dense", **kw)
              for c in (0.5, 0.9, 1.2)]
     monkeypatch.setattr(config, "DENSE_MAX_DIM", 2)
-    calls = []
-    solve = radius._SecularPreconditioner.__call__
-    monkeypatch.setattr(radius._SecularPreconditioner, "__call__",
+    calls, starts = [], []
+    P = radius._SecularPreconditioner
+    solve, begin = P.__call__, P.start if start == "top" else P._single_start
+    monkeypatch.setattr(P, "__call__",
                         lambda self, w, theta: calls.append(1) or solve(self, w, theta))
+    monkeypatch.setattr(P, "start",
+                        lambda self, theta: starts.append(1) or begin(self, theta))
     npt.assert_allclose(critical_lr(G, 3, scheme=scheme, **kw), eta, rtol=RTOL)
     for c, rho in zip((0.5, 0.9, 1.2), dense, strict=True):
         npt.assert_allclose(spectral_radius(G, c * eta, 3, scheme=scheme, **kw), rho,
                             rtol=RTOL)
-    assert len(calls) >= 3
+    assert len(starts) == 4
+    assert start == "top" or len(calls) >= 3
 
 
 @pytest.mark.parametrize("scheme", ["bernoulli", "without"])

@@ -144,7 +144,8 @@ class Problem:
         H = self.hessians
         if self.rank_one:
             F = factor_rows(H)
-            return (F.T * np.repeat(coef, self.rank)) @ F
+            with blas_threads(F.shape[1]):
+                return _weighted_gram(F, np.repeat(coef, self.rank))
         return np.tensordot(coef, H, axes=1)
 
     def mean(self):
@@ -326,15 +327,7 @@ def _weighted_gram(H, w):
     N, r = H.shape
     if N * r * r < 1e7:
         return (H.T * w) @ H
-    pos = w > 0
-    neg = w < 0
-    out = np.zeros((r, r), order="F")
-    if pos.any():
-        A = (H[pos] * np.sqrt(w[pos])[:, None]).T          # Fortran order
-        out = scipy.linalg.blas.dsyrk(1.0, A, c=out, beta=1.0, overwrite_c=1)
-    if neg.any():
-        A = (H[neg] * np.sqrt(-w[neg])[:, None]).T
-        out = scipy.linalg.blas.dsyrk(-1.0, A, c=out, beta=1.0, overwrite_c=1)
+    out = _rank_one_sum(H, w, np.zeros((r, r), dtype=H.dtype, order="F"))
     upper = np.triu(out)
     return upper + np.triu(out, 1).T
 
@@ -725,13 +718,16 @@ def _triangle_forms(G, U):
 def _rank_one_sum(G, w, out):
     """``out + sum_i w_i g_i g_i^T`` (upper triangle of the Fortran-order
     ``out``, updated in place and returned) by ``syrk`` on the rows with
-    ``w > 0`` and on the rest: ``N r^2`` flops, in the precision of ``G``."""
+    ``w > 0`` and on those with ``w < 0``: ``N r^2`` flops, in the precision
+    of ``G``."""
     syrk = scipy.linalg.blas.get_blas_funcs("syrk", dtype=G.dtype)
-    # rows with w > 0 first: one scaled copy, two syrk on its halves
-    n_pos = int(np.count_nonzero(w > 0))
+    # rows with w > 0 first, then w < 0 (w = 0 dropped): one scaled copy, two
+    # syrk on its halves
+    pos, neg = w > 0, w < 0
+    n_pos, n_neg = int(np.count_nonzero(pos)), int(np.count_nonzero(neg))
     sw = np.sqrt(np.abs(w)).astype(G.dtype)[:, None]
-    if 0 < n_pos < w.size:
-        order = np.argsort(w <= 0, kind="stable")
+    if n_pos + n_neg < w.size or 0 < n_pos < w.size:
+        order = np.concatenate([np.flatnonzero(pos), np.flatnonzero(neg)])
         A = np.take(G, order, axis=0)
         A *= sw[order]
     else:
@@ -740,7 +736,7 @@ def _rank_one_sum(G, w, out):
     with blas_threads(G.shape[1]):
         if n_pos:
             out = syrk(1.0, A[:, :n_pos], beta=1.0, c=out, overwrite_c=1)
-        if n_pos < A.shape[1]:
+        if n_neg:
             out = syrk(-1.0, A[:, n_pos:], beta=1.0, c=out, overwrite_c=1)
     return out
 
