@@ -119,6 +119,10 @@ _DAVIDSON_RTOL = 1e-10
 #: ``benchmarks/bench_radius.py --check`` hold it to against ARPACK Lanczos;
 #: measured there: at most 2e-11).
 _DAVIDSON_ETOL = 1e-10
+#: Smallest search space whose second Ritz value :func:`_davidson_top` takes
+#: for the gap of the quadratic bound (fewer vectors: the residual criterion
+#: alone, or the gap carried over from the first phase).
+_DAVIDSON_GAP_BASIS = 4
 #: First phase of :func:`_davidson_top` with single-precision products: it
 #: ends at the tolerances of the second, at the rounding floor of its
 #: products (``_SINGLE_FLOOR`` single-precision epsilons times the size of
@@ -230,7 +234,7 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
     single = matvec_single is not None
     best, stalled = np.inf, 0                       # stagnation of the first phase
     floor = 0.0                                     # its rounding floor
-    gap_carried = np.inf
+    gap_carried = 0.0                               # from the first phase; 0: none
     # the passes over V and TV are memory-bound: vectors are updated in place,
     # without temporaries (on one BLAS thread: switching the thread count
     # between these and the products slowed the products by up to 2x)
@@ -277,7 +281,14 @@ def _davidson_top(matvec, diag, block=None, starts=(), *, rtol=None,
         x, res = s @ V[:m], s @ TV[:m]
         res -= theta * x
         nres = np.linalg.norm(res)
-        gap = min(theta - lam[-2] if m > 1 else 0.0, gap_carried)
+        # the second Ritz value estimates the gap only from a few vectors on
+        # (from 2 or 3 it can be far below the second eigenvalue: a start
+        # close to the top eigenvector and the identity gave 1.9e-10 errors)
+        ritz_gap = theta - lam[-2] if m >= _DAVIDSON_GAP_BASIS else None
+        if ritz_gap is None:
+            gap = 0.0 if single else gap_carried    # 0: none
+        else:
+            gap = min(ritz_gap, gap_carried) if gap_carried > 0.0 else ritz_gap
         if single:
             stalled = stalled + 1 if nres >= best else 0
             best = min(best, nres)
@@ -724,16 +735,19 @@ class _SecularPreconditioner:
     differ by rank-one terms, not in the diagonal, so a diagonal correction
     cannot tell them apart, and inverting the terms of 32 samples (the
     previous version) left the cluster to be resolved by the iteration:
-    52 products at n = 2000 against 10 with every sample.
-    :meth:`start` gives the single-sample mode of the largest root as the
-    start vector.
+    52 products at n = 2000 against 8 with every sample, and 4 with
+    :meth:`start`, the top eigenvector of ``P`` itself (computed in the
+    ``N``-dimensional sample space, :meth:`_top`) as the start vector.
     """
 
     @staticmethod
     def pays(act):
         """Used for rank-one families with an ascent part (unlearning), where
-        the cluster appears. For plain SGD the earlier sample preconditioner
-        saved 1-2 of 24 products at n = 1000 and cost more than them."""
+        the cluster appears. (For plain SGD, whose products converge fast
+        with the diagonal correction, an earlier version inverting 32
+        samples saved 1-2 of 24 products at n = 1000 and cost more than
+        them; the SGD calls meet the targets of ``bench_radius.py``
+        without it.)"""
         return bool(act._fast and np.any(act.prob.mean_coef < 0))
 
     def __init__(self, act, diag, scale=None, coef=1.0, single=True):
