@@ -788,8 +788,9 @@ class _SecularPreconditioner:
         return c * np.einsum("ij,ij->i", GW, G2, dtype=float)
 
     def _largest_root(self, theta, idx, diag=None):
-        """Largest root ``> theta`` of ``f_i(t) = c_i q_i^T (t - d_A)^{-1} q_i =
-        1`` over the samples ``idx`` and its sample, by Newton's method on
+        """Largest root ``> theta`` of ``f_i(t) = c_i q_i^T (t - diag)^{-1} q_i
+        = 1`` (``diag``: ``d_A`` by default; ``theta > max diag``) over the
+        samples ``idx`` and its sample, by Newton's method on
         ``1 / f_i`` (linear for a single pole, so one step from next to the
         pole): ``1 / f_i`` is concave (``2 f'^2 <= f f''`` by Cauchy-Schwarz)
         and increasing, so each step from the left stays left of the root, and
@@ -805,7 +806,7 @@ class _SecularPreconditioner:
             np.divide(self.S2, den, out=W)
             with blas_threads(W.shape[0]):
                 f = c * np.einsum("ij,ij->i", G2 @ W, G2)
-                np.divide(W, den, out=den)                  # S^2 / (theta - d_A)^2
+                np.divide(W, den, out=den)                  # S^2 / (theta - diag)^2
                 df = c * np.einsum("ij,ij->i", G2 @ den, G2)
             est = theta + (f - 1.0) * f / df
             best = int(np.argmax(est))
