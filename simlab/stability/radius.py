@@ -866,7 +866,7 @@ class _SecularPreconditioner:
         ``_SECULAR_WINDOW``) and the ``Z_s``; ``off`` when they would not fit
         ``_SECULAR_MEMORY``. ``U`` spans the ranges of the window points'
         matrices on random probes, truncated where the singular values fall
-        below ``rtol / 10``; the error ``|(I - U U^T) D|`` is then checked on
+        below ``rtol``; the error ``|(I - U U^T) D|`` is then checked on
         fresh probes at every window point (``rtol``, Frobenius norms), and
         ``U`` grown until it passes."""
         r = self.dmat.shape[0]
