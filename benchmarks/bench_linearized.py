@@ -197,13 +197,18 @@ def main(argv=None):
           f"cache {'off' if args.no_cache else 'on'}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
-    # --- JIT warm-up (both CPU drivers), excluded from the timings below
-    cfg = [{"retain": coherence_dial(4, 2), "eta": 0.5, "batch": 1}]
+    # --- JIT warm-up (the plain and the fused family, serial and prange
+    # drivers), excluded from the timings below
+    cfg = [{"retain": coherence_dial(4, 2), "eta": 0.5, "batch": 1},
+           {"retain": coherence_dial(4, 2), "eta": 0.5, "batch": 1,
+            "scheme": "with"}]
     t0 = time.perf_counter()
-    linearized_grid(cfg, steps=2, trajectories=1)          # serial driver
-    lin._simulate_many.compile(lin._simulate_serial.signatures[0])
+    for c in cfg:
+        linearized_grid([c], steps=2, trajectories=1)      # serial drivers
+    for many, serial in lin._DRIVERS.values():
+        many.compile(serial.signatures[0])
     warm = time.perf_counter() - t0
-    hits = sum(lin._simulate_many.stats.cache_hits.values())
+    hits = sum(sum(many.stats.cache_hits.values()) for many, _ in lin._DRIVERS.values())
     print(f"JIT warm-up (first call): {warm:.2f} s "
           f"({'loaded from cache' if hits else 'compiled'})")
 

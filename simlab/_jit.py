@@ -60,11 +60,16 @@ def pjit(fn):
     return numba.njit(**_options(parallel=True))(fn)
 
 
-def _rebind(fn, env):
-    """``fn`` with globals ``env`` (same code, name, defaults and docstring)."""
+def _rebind(fn, env, variant=""):
+    """``fn`` with globals ``env`` (same code, name, defaults and docstring).
+
+    A non-empty ``variant`` is appended to the qualified name: Numba's on-disk
+    cache files are named after it, so copies compiled with different
+    constants (:func:`compile_family`) never load each other's machine code.
+    """
     copy = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__,
                               fn.__closure__)
-    copy.__qualname__ = fn.__qualname__
+    copy.__qualname__ = fn.__qualname__ + (f"__{variant}" if variant else "")
     copy.__doc__ = fn.__doc__
     return copy
 
@@ -83,7 +88,7 @@ def dynamic_chunks(n):
     return numba.parallel_chunksize(n)
 
 
-def compile_family(bodies, target, *, drivers=()):
+def compile_family(bodies, target, *, drivers=(), constants=None, variant=""):
     """Compile plain-Python step bodies for one target.
 
     Parameters
@@ -98,6 +103,14 @@ def compile_family(bodies, target, *, drivers=()):
     drivers : sequence of functions
         CPU only: bodies that loop with ``prange`` over independent work items;
         compiled with ``parallel=True`` and ``prange`` bound to Numba's.
+    constants : dict, optional
+        Module globals to replace in every copy (``name -> value``). Numba
+        freezes globals as compile-time constants, so a flag tested in a body
+        specializes it: LLVM drops the branches the flag rules out. Requires
+        ``variant``.
+    variant : str
+        Suffix of the copies' qualified names, which keeps the on-disk cache
+        of a specialized family apart from the plain one (:func:`_rebind`).
 
     Returns
     -------
@@ -107,6 +120,13 @@ def compile_family(bodies, target, *, drivers=()):
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    constants = dict(constants or {})
+    if constants and not variant:
+        raise ValueError("constants need a variant name (the cache key)")
+    known = set().union(*(fn.__globals__ for fn in [*bodies, *drivers]))
+    unknown = sorted(set(constants) - known)
+    if unknown:
+        raise ValueError(f"constants {unknown} are not globals of the bodies")
     if target == "cuda":
         if drivers:
             raise ValueError("drivers are CPU-only")
@@ -119,13 +139,13 @@ def compile_family(bodies, target, *, drivers=()):
     out = {}
     envs = []
     for fn in bodies:
-        env = dict(fn.__globals__)
+        env = dict(fn.__globals__, **constants)
         envs.append(env)
-        out[fn.__name__] = decorate(_rebind(fn, env))
+        out[fn.__name__] = decorate(_rebind(fn, env, variant))
     for fn in drivers:
-        env = dict(fn.__globals__, prange=prange)
+        env = dict(fn.__globals__, prange=prange, **constants)
         envs.append(env)
-        out[fn.__name__] = pjit(_rebind(fn, env))
+        out[fn.__name__] = pjit(_rebind(fn, env, variant))
     for env in envs:            # Numba resolves globals lazily, at first call
         env.update(out)
     return types.SimpleNamespace(**out)

@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import simlab
-from simlab._jit import jit
+from simlab._jit import compile_family, jit
 from simlab.curvature import (
     coherence_dial,
     mean_hessian,
     random_psd,
     random_rank_one,
+    range_basis,
     to_dense,
 )
 from simlab.dynamics import _step
@@ -137,6 +138,97 @@ def test_uncompiled_body_is_bit_identical(family):
         assert e == comp.escape_step[k] and steps_run == 20
         assert 0.5 * log_final / 20 == comp.lyapunov[k]
         npt.assert_array_equal(d / np.linalg.norm(d), comp.direction[k])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 12), p=st.integers(1, 6), seed=st.integers(0, 2**32 - 1),
+       weak=st.sampled_from([0.0, 1e-6, 7e-6, 1e-5, 1.5e-5, 1e-4, 1.0]),
+       extra=st.booleans())
+def test_axis_aligned_fast_path_agrees_with_eigensolver(n, p, seed, weak, extra):
+    """``_subspace`` skips the eigendecomposition for factors with one nonzero
+    per row that use every axis; its answer (``U = R^p``) must be the general
+    route's. Random axis-aligned families: an axis may be unused, or scaled
+    by ``weak`` (squared: column weights around ``RANGE_RTOL = 1e-10`` of the
+    largest, where the decision is delicate), and ``extra`` gives one row a
+    second nonzero (the fast path must decline)."""
+    rng = np.random.default_rng(seed)
+    G = np.zeros((n, p))
+    cols = rng.integers(0, p, size=n)
+    G[np.arange(n), cols] = rng.choice([-1.0, 1.0], n) * rng.uniform(0.5, 2.0, n)
+    G[cols == cols[0]] *= weak if weak else 1.0
+    if weak == 0.0 and n > 1:
+        G[rng.integers(n)] = 0.0
+    if extra and p > 1:
+        G[0, (cols[0] + 1) % p] = 1.0
+    if not np.any(G):
+        return
+    general = range_basis(G).shape[1] == p
+    assert lin._all_axes(G) <= general          # the fast path never errs
+    if lin._all_axes(G):
+        assert lin._subspace(G) is None
+    if not (extra and p > 1) and weak == 1.0 and len(set(cols)) == p:
+        assert lin._all_axes(G)                 # and is taken on the dial's shape
+
+
+#: A compile-time flag for the test below (read by ``_flagged``).
+_FLAG = False
+
+
+def _flagged(x):
+    if _FLAG:
+        return x + 1.0
+    return x
+
+
+def test_compile_family_constants_specialize_and_keep_caches_apart():
+    """``compile_family(constants=...)`` freezes the replaced global into the
+    compiled copy (the plain copy is unaffected), names the copy after its
+    variant (the on-disk cache key) and refuses a constant without a variant
+    or one that is no global of the bodies."""
+    plain = compile_family([_flagged], "cpu")
+    flagged = compile_family([_flagged], "cpu", constants={"_FLAG": True},
+                             variant="flag")
+    assert plain._flagged(1.0) == 1.0 and flagged._flagged(1.0) == 2.0
+    assert flagged._flagged.py_func.__qualname__ == "_flagged__flag"
+    assert plain._flagged.py_func.__qualname__ == "_flagged"
+    with pytest.raises(ValueError, match="variant"):
+        compile_family([_flagged], "cpu", constants={"_FLAG": True})
+    with pytest.raises(ValueError, match="_NOPE"):
+        compile_family([_flagged], "cpu", constants={"_NOPE": 1}, variant="x")
+
+
+@pytest.mark.parametrize("serial_work", [0, math.inf], ids=["prange", "serial"])
+def test_fused_driver_runs_dial_chunks_bit_identical_to_plain(serial_work, monkeypatch):
+    """Chunks of one-nonzero families drawn without replacement run on the
+    drivers compiled with ``FUSED_ONLY``; forcing the plain drivers gives the
+    same bits (threaded and serial drivers)."""
+    monkeypatch.setattr(lin, "_SERIAL_WORK", serial_work)
+    H = coherence_dial(30, 4)
+    cfgs = [dict(retain=H, eta=0.45, batch=b, scheme="without", forget=H,
+                 forget_batch=b, alpha=0.2) for b in (1, 3, 8)]
+    cfgs += [dict(retain=coherence_dial(30, 30), eta=0.45, batch=5)]   # p = 1
+    kw = dict(steps=200, trajectories=3, seed=5, record_every=9)
+    fused, plain = lin._DRIVERS[True], lin._DRIVERS[False]
+    chosen = []
+    orig = lin._chunk_inputs
+
+    def spy(*args):
+        w = orig(*args)
+        chosen.append(w["drive"])
+        return w
+
+    monkeypatch.setattr(lin, "_chunk_inputs", spy)
+    got = linearized_grid(cfgs, **kw)
+    want = fused[0] if serial_work == 0 else fused[1]
+    assert chosen == [want]
+    monkeypatch.setitem(lin._DRIVERS, True, plain)
+    ref = linearized_grid(cfgs, **kw)
+    assert chosen[1] is (plain[0] if serial_work == 0 else plain[1])
+    for a, b in zip(got, ref, strict=True):
+        npt.assert_array_equal(a.log_sq_norm, b.log_sq_norm)
+        npt.assert_array_equal(a.escape_step, b.escape_step)
+        npt.assert_array_equal(a.lyapunov, b.lyapunov)
+        npt.assert_array_equal(a.direction, b.direction)
 
 
 def _sparse_factors(n, p, nnz, seed):

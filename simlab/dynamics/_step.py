@@ -119,6 +119,15 @@ _NEG_INF = -math.inf
 #: Loop used by :func:`simulate_many`; the CPU compile binds it to ``prange``.
 prange = range
 
+#: Compile-time flag: every cell is a one-nonzero (sparse, ``nnz == 1``) family
+#: drawn without replacement, the fused case of :func:`draw_add_one` (the
+#: coherence dial). ``simlab.dynamics.linearized`` compiles a second CPU family
+#: with it set to True for chunks that hold only such cells; Numba freezes it as
+#: a constant, so that copy of :func:`run_trajectory` keeps only the fused step,
+#: and the smaller loop is register-allocated better (less spilling in the draw
+#: loop). Same arithmetic, same bits.
+FUSED_ONLY = False
+
 
 def xoshiro(s0, s1, s2, s3):
     """One xoshiro256** step on the state words held in variables.
@@ -435,7 +444,7 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
         # step in the compiled loop (1.14x on the Hessian-test cells).
         ur = use_r
         uf = use_f
-        if scheme == 2 and nnz == 1:            # fused draw and product
+        if FUSED_ONLY or (scheme == 2 and nnz == 1):    # fused draw and product
             if ur:
                 draw_add_one(state, n_r, B_r, perm_r, G, Gc, 0, w_r, delta, acc)
             if uf:

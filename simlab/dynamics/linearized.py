@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import config
 from .._blas import serial_blas
 from .._jit import compile_family, dynamic_chunks, num_threads
 from .._validation import (
@@ -56,6 +57,18 @@ _simulate_many = _cpu.simulate_many
 #: The same loop on the calling thread (small runs); body in
 #: ``_step.simulate_serial``.
 _simulate_serial = _cpu.simulate_serial
+
+#: Both drivers again, compiled with ``_step.FUSED_ONLY`` set: for chunks whose
+#: cells are all one-nonzero families drawn without replacement (the coherence
+#: dial). Bit-identical to the plain drivers, about 10 % faster on the
+#: Hessian test (``benchmarks/bench_linearized.py``).
+_cpu_fused = compile_family([*_step.family(), _step.simulate_serial], "cpu",
+                            drivers=[_step.simulate_many],
+                            constants={"FUSED_ONLY": True}, variant="fused")
+
+#: ``(parallel, serial)`` drivers by ``fused``.
+_DRIVERS = {False: (_simulate_many, _simulate_serial),
+            True: (_cpu_fused.simulate_many, _cpu_fused.simulate_serial)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -300,7 +313,17 @@ def _subspace(active):
     ``None`` means ``U`` is all of ``R^p``. Otherwise the basis of
     :func:`simlab.curvature.range_basis` is re-orthonormalized by QR (the Gram
     route loses orthogonality on ill-conditioned families).
+
+    Rank-one factors with at most one nonzero per row (the coherence dial)
+    skip the eigendecomposition when every axis is used: then
+    ``sum_i H_i = diag(d)`` with ``d_j`` the column sums of squares, and
+    ``U = R^p`` as soon as ``min d > 2 RANGE_RTOL max d`` (the factor 2 keeps
+    the decision clear of the eigensolver's rounding, which is ~1e-16 of
+    ``max d``). Any other family takes the general route, so the result never
+    changes.
     """
+    if _all_axes(active):
+        return None
     basis = range_basis(active)
     r, p = basis.shape[1], active.shape[1]
     if r == 0:
@@ -308,6 +331,19 @@ def _subspace(active):
     if r == p:
         return None
     return np.linalg.qr(basis)[0]
+
+
+def _all_axes(active):
+    """Whether rank-one factors ``active`` (``(n, p)``) have at most one nonzero
+    per row and span every axis clearly above ``config.RANGE_RTOL`` (see
+    :func:`_subspace`)."""
+    if not (isinstance(active, np.ndarray) and active.ndim == 2 and active.size):
+        return False
+    nz = active != 0
+    if np.count_nonzero(nz) > active.shape[0] or nz.sum(axis=1).max() > 1:
+        return False
+    d = np.einsum("ij,ij->j", active, active)
+    return bool(d.min() > 2.0 * config.RANGE_RTOL * d.max())
 
 
 def _initial_directions(cell, trajectories, seed):
@@ -510,10 +546,13 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
     kernel arrays ``G`` (rank-one: factors, or for a sparse family the nonzero
     values), ``Gc`` (column indices of a sparse family) and ``H`` (dense).
 
-    Rank-one factors whose rows have at most ``p / 4`` nonzeros (the
-    coherence dial has one) are stored sparsely (``nnz`` = the largest row
-    count, rows padded with zeros at column 0); the kernel's sparse products
-    are bit-identical to the dense ones (:mod:`simlab.dynamics._step`).
+    Rank-one factors whose rows have at most one or at most ``p / 4``
+    nonzeros (the coherence dial has one) are stored sparsely (``nnz`` = the
+    largest row count, rows padded with zeros at column 0); the kernel's
+    sparse products are bit-identical to the dense ones
+    (:mod:`simlab.dynamics._step`). With one nonzero per row the sparse
+    product costs O(1) per sample for any ``p`` (and drawing without
+    replacement takes the fused step), so it is used even when ``p < 4``.
     """
     hess = retain if forget is None else np.concatenate([retain, forget])
     active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
@@ -536,7 +575,7 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
         nz = hess != 0
         counts = nz.sum(axis=1)
         nnz = max(int(counts.max()), 1)
-        if 4 * nnz <= p:
+        if nnz == 1 or 4 * nnz <= p:
             rows = hess.shape[0]
             C = np.zeros((rows, nnz), dtype=np.int64)
             V = np.zeros((rows, nnz))
@@ -829,16 +868,18 @@ def _chunk_inputs(chunk, cells, seeds, run, driver):
     for width, items in by_width.items():
         rows = (np.array([k for k, _ in items])[:, None] * T + traj).ravel()
         delta[rows, :width] = _normalized(np.concatenate([D for _, D in items]))
-    drive = driver
+    drive, serial = driver, False
     if drive is None:
         work = T * sum(_pair_cost(cells[c], steps) for c in chunk)
-        serial = work < _SERIAL_WORK or num_threads() == 1
-        drive = _simulate_serial if serial else _simulate_many
+        serial = bool(work < _SERIAL_WORK or num_threads() == 1)
+        drive = _DRIVERS[fused][serial]
     return {
         "chunk": chunk, "drive": drive, "pair_cell": pair_cell,
         "shared": (G, Gc, H, cell_i, cell_f),
+        # prange over threads: dynamic schedule of _PRANGE_CHUNK pairs
+        "chunksize": _PRANGE_CHUNK if driver is None and not serial else 0,
         # one thread: the order is irrelevant
-        "order": (np.arange(n_pairs, dtype=np.int64) if drive is _simulate_serial
+        "order": (np.arange(n_pairs, dtype=np.int64) if serial
                   else _pair_order(n_pairs)),
         "states": states, "delta": delta,
         "perm_r": np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64),
@@ -858,7 +899,7 @@ def _launch(w, run):
     """Run one chunk's driver on its work arrays (filled in place); the
     ``prange`` driver with a dynamic schedule of ``_PRANGE_CHUNK`` pairs."""
     G, Gc, H, cell_i, cell_f = w["shared"]
-    with dynamic_chunks(_PRANGE_CHUNK if w["drive"] is _simulate_many else 0):
+    with dynamic_chunks(w["chunksize"]):
         w["drive"](G, Gc, H, cell_i, cell_f, w["pair_cell"], w["order"],
                    run["steps"], run["record_every"], math.log(run["escape_factor"]),
                    run["stop_on_escape"], w["states"], w["perm_r"], w["perm_f"],
