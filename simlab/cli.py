@@ -174,12 +174,14 @@ def _write_manifest(out, done):
 
 
 #: Modules that plotting and saving need after an experiment's run: the figure
-#: and its PNG/PDF backends, the NetCDF writer, and ``dask.array`` (xarray
-#: imports it the first time it builds a Dataset, to recognize dask arrays).
-#: About 1.2 s of imports, done by :func:`_prefetch` while the first
-#: experiment computes.
+#: and its PNG/PDF backends, the NetCDF writer, ``dask.array`` (xarray imports
+#: it the first time it builds a Dataset, to recognize dask arrays) and
+#: ``distributed`` (xarray's writer asks dask for its scheduler, which tries
+#: it; an optional extra). About 1.5 s of imports, done by :func:`_prefetch`
+#: while the first experiment computes.
 _AFTER_RUN = ("matplotlib.figure", "matplotlib.backends.backend_agg",
-              "matplotlib.backends.backend_pdf", "scipy.io", "dask.array")
+              "matplotlib.backends.backend_pdf", "scipy.io", "dask.array",
+              "distributed")
 
 
 def _prefetch(modules):
@@ -201,7 +203,7 @@ def _prefetch(modules):
             try:
                 importlib.import_module(name)
             except Exception:  # re-raised where the main thread imports it
-                return
+                continue
 
     thread = threading.Thread(target=work, name="simlab-prefetch", daemon=True)
     thread.start()

@@ -853,6 +853,9 @@ def _chunk_inputs(chunk, cells, seeds, run, driver):
     pair_cell = np.repeat(np.arange(len(chunk), dtype=np.int64), T)
     fused = bool(np.all((cell_i[:, 5] == _step.SCHEME_CODES["without"])
                         & (cell_i[:, 9] == 1)))
+    if fused and not G.shape[2] == Gc.shape[2] == 1:   # what FUSED_ONLY assumes
+        raise RuntimeError(f"one-nonzero families packed {G.shape[2]} and "
+                           f"{Gc.shape[2]} columns wide, not 1")
     # As _rng_states and _initial_directions cell by cell, bit for bit: the
     # generator states of the whole chunk at once, and one normalization per
     # group of cells of the same width (row norms do not depend on the rows
