@@ -145,6 +145,11 @@ def test_vectorized_seeding_equals_numpy():
     big, pcg_big = lin._seeded_streams([2**40 + 3, 7], 2)
     assert pcg_big == [None, None]
     np.testing.assert_array_equal(big[:2], lin._rng_states(2**40 + 3, 2))
+    # fewer than _FAST_SEEDING_MIN seeds (one linearized call) take NumPy's route
+    few = seeds[:lin._FAST_SEEDING_MIN - 1]
+    small, pcg_small = lin._seeded_streams(few, 3)
+    assert pcg_small == [None] * len(few)
+    np.testing.assert_array_equal(small, want[:3 * len(few)])
     # the raw SeedSequence state of several entropy words
     ent = np.random.default_rng(1).integers(0, 2**32, (50, 7), dtype=np.uint32)
     np.testing.assert_array_equal(
