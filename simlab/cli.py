@@ -9,13 +9,11 @@ a bug and keeps its traceback; see :func:`_is_user_error` for the rule.
 
 import argparse
 import gc
-import importlib
 import inspect
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -173,43 +171,6 @@ def _write_manifest(out, done):
     path.write_text("\n".join(lines) + "\n")
 
 
-#: Modules that plotting and saving need after an experiment's run: the figure
-#: and its PNG/PDF backends, the NetCDF writer, ``dask.array`` (xarray imports
-#: it the first time it builds a Dataset, to recognize dask arrays) and
-#: ``distributed`` (xarray's writer asks dask for its scheduler, which tries
-#: it; an optional extra). About 1.5 s of imports, done by :func:`_prefetch`
-#: while the first experiment computes.
-_AFTER_RUN = ("matplotlib.figure", "matplotlib.backends.backend_agg",
-              "matplotlib.backends.backend_pdf", "scipy.io", "dask.array",
-              "distributed")
-
-
-def _prefetch(modules):
-    """Import ``modules`` in a background thread; return the thread.
-
-    A run spends most of its time in compiled code that releases the GIL
-    (Numba kernels, BLAS), so the imports mostly use time the main thread
-    waits anyway. An import that fails here is left to fail again, with its
-    message, where the main thread needs the module.
-
-    The caller joins the thread before plotting. A module the main thread
-    needs sooner (xarray imports ``dask.array`` inside ``run``) waits on
-    Python's per-module import lock until this thread has finished it; the
-    main thread holds no other import lock then (the experiment modules are
-    imported before the thread starts), so the two cannot deadlock.
-    """
-    def work():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # re-raised where the main thread imports it
-                continue
-
-    thread = threading.Thread(target=work, name="simlab-prefetch", daemon=True)
-    thread.start()
-    return thread
-
-
 def _cmd_reproduce(args):
     from . import experiments
 
@@ -236,7 +197,6 @@ def _cmd_reproduce(args):
     # collector from scanning them again and again (0.3 s of the paper-size
     # hessian-test run).
     gc.freeze()
-    prefetch = _prefetch(_AFTER_RUN)
     for name in names:
         mod = experiments.get(name)
         t0 = time.perf_counter()
@@ -247,7 +207,6 @@ def _cmd_reproduce(args):
             kw["backend"] = args.backend
         ds = mod.run(quick=args.quick, seed=args.seed, **kw)
         ds.attrs["quick"] = int(args.quick)
-        prefetch.join()
         fig = mod.plot(ds)
         stem = out / name.replace("/", "_")
         tmp = stem.with_suffix(".nc.tmp")
