@@ -184,7 +184,8 @@ def test_compile_family_constants_specialize_and_keep_caches_apart():
     """``compile_family(constants=...)`` freezes the replaced global into the
     compiled copy (the plain copy is unaffected), names the copy after its
     variant (the on-disk cache key) and refuses a constant without a variant
-    or one that is no global of the bodies."""
+    or one that is no global of the bodies; ``outlined`` bodies compile as
+    ordinary (called) functions, and unknown names are refused."""
     plain = compile_family([_flagged], "cpu")
     flagged = compile_family([_flagged], "cpu", constants={"_FLAG": True},
                              variant="flag")
@@ -195,6 +196,13 @@ def test_compile_family_constants_specialize_and_keep_caches_apart():
         compile_family([_flagged], "cpu", constants={"_FLAG": True})
     with pytest.raises(ValueError, match="_NOPE"):
         compile_family([_flagged], "cpu", constants={"_NOPE": 1}, variant="x")
+    # outlined bodies are called, not inlined at the Numba IR level
+    called = compile_family([_flagged], "cpu", outlined=("_flagged",))
+    assert called._flagged.targetoptions.get("inline", "never") == "never"
+    assert plain._flagged.targetoptions["inline"] == "always"
+    assert called._flagged(3.0) == 3.0
+    with pytest.raises(ValueError, match="_nope"):
+        compile_family([_flagged], "cpu", outlined=("_nope",))
 
 
 @pytest.mark.parametrize("serial_work", [0, math.inf], ids=["prange", "serial"])

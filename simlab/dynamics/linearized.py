@@ -47,8 +47,11 @@ __all__ = ["LinearizedResult", "linearized", "linearized_grid"]
 
 
 #: Step bodies and the driver, compiled for the CPU (lazily, on first call).
+#: ``simulate_pair`` (one trajectory) is called, not inlined, by both drivers:
+#: they share its machine code, and the ``prange`` driver compiles in seconds
+#: instead of most of a minute.
 _cpu = compile_family([*_step.family(), _step.simulate_serial], "cpu",
-                      drivers=[_step.simulate_many])
+                      drivers=[_step.simulate_many], outlined=("simulate_pair",))
 
 #: The CPU driver ``prange`` over (cell, trajectory) pairs; body in
 #: ``_step.simulate_many``, called by :func:`_run`.
@@ -64,7 +67,8 @@ _simulate_serial = _cpu.simulate_serial
 #: Hessian test (``benchmarks/bench_linearized.py``).
 _cpu_fused = compile_family([*_step.family(), _step.simulate_serial], "cpu",
                             drivers=[_step.simulate_many],
-                            constants={"FUSED_ONLY": True}, variant="fused")
+                            constants={"FUSED_ONLY": True}, variant="fused",
+                            outlined=("simulate_pair",))
 
 #: ``(parallel, serial)`` drivers by ``fused``.
 _DRIVERS = {False: (_simulate_many, _simulate_serial),
