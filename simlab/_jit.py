@@ -9,8 +9,9 @@ name ("step bodies"), and compiled here for each target:
     ``parallel=True`` for drivers that use ``prange``).
 :func:`compile_family`
     compiles a family of step bodies for ``"cpu"`` (inlined into their
-    compiled callers, with ``prange`` drivers) or ``"cuda"`` (device
-    functions). Each compiled function is a copy of the body whose globals bind
+    compiled callers unless named ``outlined``, with ``prange`` drivers; a
+    specialized copy with globals frozen to ``constants``) or ``"cuda"``
+    (device functions). Each compiled function is a copy of the body whose globals bind
     every family name to its compiled version, so a CUDA device function only
     ever calls device functions and a CPU body only compiled CPU code.
 :func:`cuda_kernel`
