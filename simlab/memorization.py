@@ -29,8 +29,9 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import scipy  # scipy.optimize loads on first use (SciPy's lazy submodules)
 import scipy.sparse.linalg as spla
-from scipy import optimize, special
+import scipy.special
 
 from ._blas import serial_blas
 from ._validation import check_int, check_positive, check_real
@@ -436,7 +437,7 @@ _TW_NODES = 8
 def _tw1_nodes(m=_TW_NODES):
     """Nodes and weights (summing to 1) of a quadrature over ``TW1``."""
     shape, scale, shift = _TW1_GAMMA
-    x, w = special.roots_genlaguerre(m, shape - 1.0)
+    x, w = scipy.special.roots_genlaguerre(m, shape - 1.0)
     return x * scale - shift, w / w.sum()
 
 
@@ -482,7 +483,7 @@ def _overlaps(n, d, snr, k):
     alphas = []
     outlier = beta * g_edge > 1.0
     if outlier and k >= 1:
-        zs = optimize.brentq(lambda z: g_out(z) - 1.0 / beta, b * (1 + 1e-12),
+        zs = scipy.optimize.brentq(lambda z: g_out(z) - 1.0 / beta, b * (1 + 1e-12),
                              b + 10 * beta + 10)
         h = 1e-6 * zs
         dg = (g_out(zs + h) - g_out(zs - h)) / (2 * h)
@@ -610,8 +611,8 @@ def predict_recitation_linear(n, d, snr, k, n_flipped):
     sd_c = np.sqrt(max(var(4.0 * rho**2), 1e-300))
     mean_f = tau * A - 2.0 * (1.0 - rho) * m1      # E[f_i y_c,i], flipped
     mean_c = tau * A + 2.0 * rho * m1              # clean
-    return dict(recitation=float(special.ndtr(-mean_f / sd_f)),
-                clean_acc=float(special.ndtr(mean_c / sd_c)))
+    return dict(recitation=float(scipy.special.ndtr(-mean_f / sd_f)),
+                clean_acc=float(scipy.special.ndtr(mean_c / sd_c)))
 
 
 # --------------------------------------------------------------------------
@@ -622,7 +623,7 @@ def _loss_tail(mg, loss):
     """``(-dl/d(margin), l'')`` of the loss at margin ``y f``."""
     if loss == "squared":
         return 1.0 - mg, np.ones_like(mg)
-    s = special.expit(-mg)
+    s = scipy.special.expit(-mg)
     return s, s * (1.0 - s)
 
 

@@ -44,7 +44,7 @@ at finite ``n``.
 """
 
 import numpy as np
-import scipy.optimize
+import scipy  # scipy.optimize loads on first use (SciPy's lazy submodules)
 import xarray as xr
 
 from .._provenance import provenance

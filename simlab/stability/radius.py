@@ -17,9 +17,8 @@ every ``eta > 0`` diverges.
 from dataclasses import replace
 
 import numpy as np
-import scipy.integrate
+import scipy  # .optimize, .integrate: loaded on first use (SciPy's lazy submodules)
 import scipy.linalg
-import scipy.optimize
 import scipy.sparse.linalg as spla
 
 from .. import config

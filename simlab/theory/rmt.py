@@ -38,9 +38,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.integrate
-import scipy.optimize
-from scipy.special import erfc
+import scipy  # .optimize, .integrate: loaded on first use (SciPy's lazy submodules)
+import scipy.special
 
 from .._validation import (
     SCALE_MAX,
@@ -154,7 +153,7 @@ def folded_normal_moments(p, theta):
     q = theta / np.sqrt(p)
     with np.errstate(over="ignore", under="ignore"):
         eps = (np.sqrt(2.0 / np.pi) * np.exp(-0.5 * q * q)
-               - q * erfc(q / np.sqrt(2.0)))
+               - q * scipy.special.erfc(q / np.sqrt(2.0)))
     mbar = q + eps
     return float(np.sqrt(p) * mbar), float(p * (1.0 - eps * (2.0 * q + eps)))
 
