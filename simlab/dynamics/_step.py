@@ -29,9 +29,7 @@ One configuration ("cell") is described by two small arrays built on the host
 by ``simlab.dynamics.linearized._prepare_cell``:
 
 ``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one,
-nnz, family, uniform]`` (``uniform``: a one-nonzero family whose retain rows
-share one value and whose forget rows share one value, see
-:func:`draw_add_uniform`)
+nnz, family]``
 ``cell_f`` (float64): ``[q_r, q_f, w_r, w_f, eta]`` with ``q = B / n`` (Bernoulli
 keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``.
 
@@ -64,7 +62,6 @@ __all__ = [
     "add_sparse",
     "add_dense",
     "draw_add_one",
-    "draw_add_uniform",
     "escape_threshold",
     "sum_sq",
     "run_trajectory",
@@ -328,8 +325,7 @@ def draw_add_one(state, n, B, perm, V, C, row0, wv, wc, w, delta, acc):
     """:func:`draw_batch` for ``"without"`` (scheme 2) and :func:`add_sparse`
     for rows with one nonzero, in one loop: the same draws, the same products
     and the same order of the additions into ``acc`` (bit-identical), without
-    the round trip of the batch through ``idx``. Rows whose values are all
-    equal (the coherence dial) take :func:`draw_add_uniform` instead.
+    the round trip of the batch through ``idx``. The coherence dial's case.
 
     ``V`` and ``C`` are the family's sparse values and columns flattened to
     1-D: row ``i``'s nonzero sits at ``V[i * wv]`` and ``C[i * wc]`` (``wv``,
@@ -358,38 +354,6 @@ def draw_add_one(state, n, B, perm, V, C, row0, wv, wc, w, delta, acc):
         c = np.uint64(C[i * wc])
         v = V[i * wv]
         acc[c] += (w * (v * delta[c])) * v
-    state[0] = s0
-    state[1] = s1
-    state[2] = s2
-    state[3] = s3
-
-
-def draw_add_uniform(state, n, B, perm, v, w, delta, acc):
-    """:func:`draw_add_one` for a set of rows that share one value ``v``: the
-    permutation ``perm`` holds each row's column instead of the row's index.
-
-    The swaps of a Fisher-Yates step move entries by position and never look
-    at them, so a permutation started at ``perm[i] = column of row i`` holds,
-    after any number of steps, the column of the row that the plain
-    permutation holds at the same position: the same draws, columns, products
-    and order of additions into ``acc`` (bit-identical), without the two
-    lookups (row -> column, row -> value) per draw that depend on the drawn
-    entry. About 1.5x faster per draw on the coherence dial, whose retain and
-    forget rows all have the value ``sqrt(2 n / s)``.
-    """
-    s0 = state[0]
-    s1 = state[1]
-    s2 = state[2]
-    s3 = state[3]
-    for j in range(B):
-        x, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
-        ju = np.uint64(j)
-        r = ju + (((x >> _U32) * np.uint64(n - j)) >> _U32)
-        c = perm[r]
-        perm[r] = perm[ju]
-        perm[ju] = c
-        cu = np.uint64(c)
-        acc[cu] += (w * (v * delta[cu])) * v
     state[0] = s0
     state[1] = s1
     state[2] = s2
@@ -452,37 +416,15 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     use_f = cell_i[7] != 0
     rank_one = cell_i[8] != 0
     nnz = cell_i[9]
-    fused = FUSED_ONLY or (scheme == 2 and nnz == 1)
-    uniform = fused and cell_i[11] != 0
     q_r = cell_f[0]
     q_f = cell_f[1]
     w_r = cell_f[2]
     w_f = cell_f[3]
     eta = cell_f[4]
-    # The sparse rows flattened for draw_add_one. In the FUSED_ONLY compile
-    # every family of the chunk has one nonzero per row, so G and Gc are one
-    # column wide (simlab.dynamics.linearized checks it) and the widths are the
-    # constant 1.
-    Vf = G.reshape(G.size)
-    Cf = Gc.reshape(Gc.size)
-    wv = _U1 if FUSED_ONLY else np.uint64(G.shape[1])
-    wc = _U1 if FUSED_ONLY else np.uint64(Gc.shape[1])
-    v_r = 0.0
-    v_f = 0.0
-    if uniform:     # permutations of columns (draw_add_uniform)
-        for i in range(n_r):
-            perm_r[i] = Cf[np.uint64(i) * wc]
-        for i in range(n_f):
-            perm_f[i] = Cf[np.uint64(n_r + i) * wc]
-        if n_r > 0:
-            v_r = Vf[0]
-        if n_f > 0:
-            v_f = Vf[np.uint64(n_r) * wv]
-    else:
-        for i in range(n_r):
-            perm_r[i] = i
-        for i in range(n_f):
-            perm_f[i] = i
+    for i in range(n_r):
+        perm_r[i] = i
+    for i in range(n_f):
+        perm_f[i] = i
     rec[0] = 0.0
     for r in range(1, rec.shape[0]):
         rec[r] = _NAN
@@ -500,6 +442,14 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     lo = _SQ_LOW * (1.0 + _SQ_MARGIN)
     hi = _SQ_HIGH * (1.0 - _SQ_MARGIN)
     near = thresh * (1.0 - _SQ_MARGIN)
+    # The sparse rows flattened for draw_add_one. In the FUSED_ONLY compile
+    # every family of the chunk has one nonzero per row, so G and Gc are one
+    # column wide (simlab.dynamics.linearized checks it) and the widths are the
+    # constant 1.
+    Vf = G.reshape(G.size)
+    Cf = Gc.reshape(Gc.size)
+    wv = _U1 if FUSED_ONLY else np.uint64(G.shape[1])
+    wc = _U1 if FUSED_ONLY else np.uint64(Gc.shape[1])
     for t in range(1, steps + 1):
         # One step delta <- delta - eta [w_r S_r - w_f S_f]: S_r (S_f) is the
         # sum of the retain (forget) batch Hessians applied to the old delta;
@@ -510,14 +460,7 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
         # step in the compiled loop (1.14x on the Hessian-test cells).
         ur = use_r
         uf = use_f
-        if uniform:
-            if ur:
-                draw_add_uniform(state, n_r, B_r, perm_r, v_r, w_r, delta, acc)
-            if uf:
-                draw_add_uniform(state, n_f, B_f, perm_f, v_f, -w_f, delta, acc)
-            ur = False
-            uf = False
-        elif fused:     # fused draw and product
+        if FUSED_ONLY or (scheme == 2 and nnz == 1):    # fused draw and product
             if ur:
                 draw_add_one(state, n_r, B_r, perm_r, Vf, Cf, 0, wv, wc, w_r,
                              delta, acc)
@@ -665,7 +608,6 @@ def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_ev
 STEP_FUNCTIONS = ("xoshiro", "rng_next", "to_uniform", "to_below", "rng_uniform",
                   "rng_below", "draw_batch",
                   "add_rank_one", "add_sparse", "add_dense", "draw_add_one",
-                  "draw_add_uniform",
                   "escape_threshold", "sum_sq", "run_trajectory",
                   "simulate_pair")
 
