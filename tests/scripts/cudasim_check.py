@@ -20,8 +20,13 @@ np.seterr(over="ignore")   # simulated device code wraps uint64 like the GPU doe
 R = random_rank_one(6, 4, seed=1)
 F = random_rank_one(3, 4, seed=2) * 0.5
 D = random_psd(5, 3, seed=3)
+DIAL = coherence_dial(8, 3)
+RAGGED = DIAL * np.linspace(0.8, 1.2, 8)[:, None]      # one nonzero, unequal values
 configs = [
-    dict(retain=coherence_dial(8, 3), eta=0.5, batch=2, scheme="without"),
+    dict(retain=DIAL, eta=0.5, batch=2, scheme="without"),
+    dict(retain=DIAL, eta=0.5, batch=3, scheme="without", forget=DIAL,
+         forget_batch=2, alpha=0.3),
+    dict(retain=RAGGED, eta=0.5, batch=2, scheme="without"),
     dict(retain=R, eta=0.05, batch=3, scheme="bernoulli", forget=F, forget_batch=2,
          alpha=0.2),
     dict(retain=D, eta=0.3, batch=1, scheme="with"),
@@ -67,5 +72,5 @@ b = run_sweep(spec, f"{out}/cuda.zarr", backend="cuda").load()
 sweep_equal = all(np.array_equal(a[v].values, b[v].values, equal_nan=True)
                   for v in a.data_vars)
 print(json.dumps({"worst": worst, "same_escape": same_escape,
-                  "escaped_any": bool(cpu[3].escaped.any()),
+                  "escaped_any": bool(cpu[-1].escaped.any()),   # eta = 2.0
                   "sweep_equal": sweep_equal}))
