@@ -239,6 +239,71 @@ def test_fused_driver_runs_dial_chunks_bit_identical_to_plain(serial_work, monke
         npt.assert_array_equal(a.direction, b.direction)
 
 
+def test_uniform_families_are_detected_per_set():
+    """A one-nonzero family is ``uniform`` when its retain rows share one value
+    and its forget rows share one (bit for bit); each set may have its own."""
+    D = coherence_dial(12, 3)
+    assert lin._prepare_cell(D, 0.4, 2)["family"]["uniform"]
+    assert lin._prepare_cell(D, 0.4, 2, "without", 2.0 * D, 1, 0.3)["family"]["uniform"]
+    ragged = D.copy()
+    ragged[5] *= np.nextafter(1.0, 2.0)          # one row one ulp off
+    assert not lin._prepare_cell(ragged, 0.4, 2)["family"]["uniform"]
+    assert not lin._prepare_cell(D, 0.4, 2, "without", ragged, 1, 0.3)["family"][
+        "uniform"]
+    assert not lin._prepare_cell(G5, 0.4, 2)["family"]["uniform"]     # dense rows
+
+
+@pytest.mark.parametrize("serial_work", [0, math.inf], ids=["prange", "serial"])
+def test_uniform_draws_are_bit_identical_to_row_draws(serial_work, monkeypatch):
+    """Uniform one-nonzero families permute columns instead of rows
+    (``_step.draw_add_uniform``); with the flag cleared the same cells take the
+    row-permutation step (``_step.draw_add_one``) on the plain drivers: same
+    bits, whether the uniform cells ran on the fused drivers (every cell of the
+    chunk uniform one-nonzero without replacement) or on the plain ones (a
+    dense cell in the chunk)."""
+    monkeypatch.setattr(lin, "_SERIAL_WORK", serial_work)
+    D = coherence_dial(30, 4)
+    ragged = D.copy()
+    ragged[7] *= 1.5
+    cfgs = [dict(retain=D, eta=0.45, batch=b, scheme="without", forget=D,
+                 forget_batch=b, alpha=0.2) for b in (1, 3, 8)]
+    cfgs += [dict(retain=D, eta=0.3, batch=4, scheme="without", forget=1.3 * D,
+                  forget_batch=2, alpha=0.4),
+             dict(retain=coherence_dial(30, 30), eta=0.45, batch=5)]   # p = 1
+    kw = dict(steps=300, trajectories=3, seed=8, record_every=7)
+    flags, drives = [], []
+    spy_inputs = lin._chunk_inputs
+
+    def spy(*args):
+        w = spy_inputs(*args)
+        flags.append(w["shared"][3][:, 11].tolist())
+        drives.append(w["drive"])
+        return w
+
+    monkeypatch.setattr(lin, "_chunk_inputs", spy)
+    orig = lin._prepare_family
+    not_uniform = [dict(retain=ragged, eta=0.3, batch=6), dict(retain=G5, eta=0.4,
+                                                               batch=2)]
+    for extra in ([], not_uniform):
+        # Empty the cache of validated families: each run prepares its own.
+        monkeypatch.setattr(lin, "_CACHE", type(lin._CACHE)())
+        got = linearized_grid(cfgs + extra, **kw)
+        monkeypatch.setattr(lin, "_CACHE", type(lin._CACHE)())
+        monkeypatch.setattr(lin, "_prepare_family",
+                            lambda *a: {**orig(*a), "uniform": False})
+        ref = linearized_grid(cfgs + extra, **kw)
+        monkeypatch.setattr(lin, "_prepare_family", orig)
+        assert flags[-2] == [1] * len(cfgs) + [0] * len(extra)
+        assert flags[-1] == [0] * len(cfgs + extra)
+        assert drives[-2] in lin._DRIVERS[not extra]      # fused: all uniform
+        assert drives[-1] in lin._DRIVERS[False]
+        for a, b in zip(got, ref, strict=True):
+            npt.assert_array_equal(a.log_sq_norm, b.log_sq_norm)
+            npt.assert_array_equal(a.escape_step, b.escape_step)
+            npt.assert_array_equal(a.lyapunov, b.lyapunov)
+            npt.assert_array_equal(a.direction, b.direction)
+
+
 def _sparse_factors(n, p, nnz, seed):
     """Random factors with ``nnz`` nonzeros per row (columns anywhere, the
     tail ``p - p mod 4`` included; row ``i`` covers column ``i mod p``, so

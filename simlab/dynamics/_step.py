@@ -29,7 +29,9 @@ One configuration ("cell") is described by two small arrays built on the host
 by ``simlab.dynamics.linearized._prepare_cell``:
 
 ``cell_i`` (int64): ``[p, n_r, n_f, B_r, B_f, scheme, use_r, use_f, rank_one,
-nnz, family]``
+nnz, family, uniform]`` (``uniform``: a one-nonzero family whose retain rows
+share one value and whose forget rows share one value, see
+:func:`draw_add_uniform`)
 ``cell_f`` (float64): ``[q_r, q_f, w_r, w_f, eta]`` with ``q = B / n`` (Bernoulli
 keep probability) and weights ``w_r = (1 - alpha) / B_r``, ``w_f = alpha / B_f``.
 
@@ -62,6 +64,7 @@ __all__ = [
     "add_sparse",
     "add_dense",
     "draw_add_one",
+    "draw_add_uniform",
     "escape_threshold",
     "sum_sq",
     "run_trajectory",
@@ -120,12 +123,12 @@ _NEG_INF = -math.inf
 prange = range
 
 #: Compile-time flag: every cell is a one-nonzero (sparse, ``nnz == 1``) family
-#: drawn without replacement, the fused case of :func:`draw_add_one` (the
-#: coherence dial). ``simlab.dynamics.linearized`` compiles a second CPU family
-#: with it set to True for chunks that hold only such cells; Numba freezes it as
-#: a constant, so that copy of :func:`run_trajectory` keeps only the fused step,
-#: and the smaller loop is register-allocated better (less spilling in the draw
-#: loop). Same arithmetic, same bits.
+#: with one value per set (``uniform``), drawn without replacement: the case of
+#: :func:`draw_add_uniform` (the coherence dial). ``simlab.dynamics.linearized``
+#: compiles a second CPU family with it set to True for chunks that hold only
+#: such cells; Numba freezes it as a constant, so that copy of
+#: :func:`run_trajectory` keeps only that step, and the smaller loop is
+#: register-allocated better. Same arithmetic, same bits.
 FUSED_ONLY = False
 
 
@@ -325,15 +328,13 @@ def draw_add_one(state, n, B, perm, V, C, row0, wv, wc, w, delta, acc):
     """:func:`draw_batch` for ``"without"`` (scheme 2) and :func:`add_sparse`
     for rows with one nonzero, in one loop: the same draws, the same products
     and the same order of the additions into ``acc`` (bit-identical), without
-    the round trip of the batch through ``idx``. The coherence dial's case.
+    the round trip of the batch through ``idx``. Rows whose values are all
+    equal (the coherence dial) take :func:`draw_add_uniform` instead.
 
     ``V`` and ``C`` are the family's sparse values and columns flattened to
     1-D: row ``i``'s nonzero sits at ``V[i * wv]`` and ``C[i * wc]`` (``wv``,
-    ``wc``: the row widths, ``np.uint64``). :func:`run_trajectory` passes the
-    constant 1 for both in the ``FUSED_ONLY`` compile, so the draw loop does
-    no multiplications for addresses and holds two fewer registers (about 5 %
-    less CPU on the Hessian-test grid, measured paired with the 2-D indexing
-    it replaced).
+    ``wc``: the row widths, ``np.uint64``); the sparse storage of one nonzero
+    per row has width 1.
 
     Indices are unsigned (``np.uint64``) here and in the update loop of
     :func:`run_trajectory`: a signed index costs a negative-index test per array
@@ -354,6 +355,42 @@ def draw_add_one(state, n, B, perm, V, C, row0, wv, wc, w, delta, acc):
         c = np.uint64(C[i * wc])
         v = V[i * wv]
         acc[c] += (w * (v * delta[c])) * v
+    state[0] = s0
+    state[1] = s1
+    state[2] = s2
+    state[3] = s3
+
+
+def draw_add_uniform(state, n, B, perm, v, w, delta, acc):
+    """:func:`draw_add_one` for a set of rows that share one value ``v``: the
+    permutation ``perm`` holds each row's column instead of the row's index.
+
+    The swaps of a Fisher-Yates step move entries by position and never look
+    at them, so a permutation started at ``perm[i] = column of row i`` holds,
+    after any number of steps, the column of the row that the plain
+    permutation holds at the same position: the same draws, columns, products
+    and order of additions into ``acc`` (bit-identical), without the two
+    lookups (row -> column, row -> value) per draw that depend on the drawn
+    entry. The coherence dial is such a family (every row has the value
+    ``sqrt(2 n / s)``). Measured: the draw loop alone 2.0 instead of 4.2 ns
+    per draw with distinct columns (3.5 instead of 4.0 with one column hit by
+    every draw: the additions into ``acc[0]`` then chain); the Hessian-test
+    kernel on 2 threads 0.91-0.95 of the wall time (paired, three sets), the
+    whole ``simlab reproduce hessian-test`` 0.98.
+    """
+    s0 = state[0]
+    s1 = state[1]
+    s2 = state[2]
+    s3 = state[3]
+    for j in range(B):
+        x, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
+        ju = np.uint64(j)
+        r = ju + (((x >> _U32) * np.uint64(n - j)) >> _U32)
+        c = perm[r]
+        perm[r] = perm[ju]
+        perm[ju] = c
+        cu = np.uint64(c)
+        acc[cu] += (w * (v * delta[cu])) * v
     state[0] = s0
     state[1] = s1
     state[2] = s2
@@ -416,15 +453,37 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     use_f = cell_i[7] != 0
     rank_one = cell_i[8] != 0
     nnz = cell_i[9]
+    fused = FUSED_ONLY or (scheme == 2 and nnz == 1)
+    uniform = FUSED_ONLY or (fused and cell_i[11] != 0)
     q_r = cell_f[0]
     q_f = cell_f[1]
     w_r = cell_f[2]
     w_f = cell_f[3]
     eta = cell_f[4]
-    for i in range(n_r):
-        perm_r[i] = i
-    for i in range(n_f):
-        perm_f[i] = i
+    # The sparse rows flattened for draw_add_one and draw_add_uniform. In the
+    # FUSED_ONLY compile every family of the chunk has one nonzero per row, so
+    # G and Gc are one column wide (simlab.dynamics.linearized checks it) and
+    # the widths are the constant 1.
+    Vf = G.reshape(G.size)
+    Cf = Gc.reshape(Gc.size)
+    wv = _U1 if FUSED_ONLY else np.uint64(G.shape[1])
+    wc = _U1 if FUSED_ONLY else np.uint64(Gc.shape[1])
+    v_r = 0.0
+    v_f = 0.0
+    if uniform:     # permutations of columns (draw_add_uniform)
+        for i in range(n_r):
+            perm_r[i] = Cf[np.uint64(i) * wc]
+        for i in range(n_f):
+            perm_f[i] = Cf[np.uint64(n_r + i) * wc]
+        if n_r > 0:
+            v_r = Vf[0]
+        if n_f > 0:
+            v_f = Vf[np.uint64(n_r) * wv]
+    else:
+        for i in range(n_r):
+            perm_r[i] = i
+        for i in range(n_f):
+            perm_f[i] = i
     rec[0] = 0.0
     for r in range(1, rec.shape[0]):
         rec[r] = _NAN
@@ -442,14 +501,6 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     lo = _SQ_LOW * (1.0 + _SQ_MARGIN)
     hi = _SQ_HIGH * (1.0 - _SQ_MARGIN)
     near = thresh * (1.0 - _SQ_MARGIN)
-    # The sparse rows flattened for draw_add_one. In the FUSED_ONLY compile
-    # every family of the chunk has one nonzero per row, so G and Gc are one
-    # column wide (simlab.dynamics.linearized checks it) and the widths are the
-    # constant 1.
-    Vf = G.reshape(G.size)
-    Cf = Gc.reshape(Gc.size)
-    wv = _U1 if FUSED_ONLY else np.uint64(G.shape[1])
-    wc = _U1 if FUSED_ONLY else np.uint64(Gc.shape[1])
     for t in range(1, steps + 1):
         # One step delta <- delta - eta [w_r S_r - w_f S_f]: S_r (S_f) is the
         # sum of the retain (forget) batch Hessians applied to the old delta;
@@ -460,7 +511,14 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
         # step in the compiled loop (1.14x on the Hessian-test cells).
         ur = use_r
         uf = use_f
-        if FUSED_ONLY or (scheme == 2 and nnz == 1):    # fused draw and product
+        if uniform:
+            if ur:
+                draw_add_uniform(state, n_r, B_r, perm_r, v_r, w_r, delta, acc)
+            if uf:
+                draw_add_uniform(state, n_f, B_f, perm_f, v_f, -w_f, delta, acc)
+            ur = False
+            uf = False
+        elif fused:     # fused draw and product
             if ur:
                 draw_add_one(state, n_r, B_r, perm_r, Vf, Cf, 0, wv, wc, w_r,
                              delta, acc)
@@ -608,6 +666,7 @@ def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_ev
 STEP_FUNCTIONS = ("xoshiro", "rng_next", "to_uniform", "to_below", "rng_uniform",
                   "rng_below", "draw_batch",
                   "add_rank_one", "add_sparse", "add_dense", "draw_add_one",
+                  "draw_add_uniform",
                   "escape_threshold", "sum_sq", "run_trajectory",
                   "simulate_pair")
 

@@ -62,10 +62,9 @@ _simulate_many = _cpu.simulate_many
 _simulate_serial = _cpu.simulate_serial
 
 #: Both drivers again, compiled with ``_step.FUSED_ONLY`` set: for chunks whose
-#: cells are all one-nonzero families drawn without replacement (the coherence
-#: dial). Bit-identical to the plain drivers, about 10 % less CPU on the
-#: Hessian-test grid (measured paired, with the flat arrays of
-#: ``_step.draw_add_one``).
+#: cells are all one-nonzero families with one value per set drawn without
+#: replacement (the coherence dial; ``_step.draw_add_uniform``). Bit-identical
+#: to the plain drivers and faster on the Hessian-test grid (CHANGELOG).
 _cpu_fused = compile_family([*_step.family(), _step.simulate_serial], "cpu",
                             drivers=[_step.simulate_many],
                             constants={"FUSED_ONLY": True}, variant="fused",
@@ -465,7 +464,8 @@ def _pack_cell(checked):
                                                  use_f)
     fam = families[use_r, use_f]
     cell_i = np.array([fam["p"], n_r, n_f, batch, B_f, _step.SCHEME_CODES[scheme],
-                       use_r, use_f, rank_one, fam["nnz"], 0], dtype=np.int64)
+                       use_r, use_f, rank_one, fam["nnz"], 0, fam["uniform"]],
+                      dtype=np.int64)
     cell_f = np.array([batch / n_r, B_f / n_f if n_f else 0.0,
                        (1.0 - alpha) / batch, alpha / B_f if n_f else 0.0, eta])
     params = {
@@ -554,9 +554,10 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
 
     Retain rows, then forget rows, in coordinates of ``U = range(sum of active
     H_i)`` when ``U`` is a proper subspace. Returns a dict with ``basis``
-    (``(p, r)`` or ``None``), ``p`` (the kernel's dimension), ``nnz`` and the
-    kernel arrays ``G`` (rank-one: factors, or for a sparse family the nonzero
-    values), ``Gc`` (column indices of a sparse family) and ``H`` (dense).
+    (``(p, r)`` or ``None``), ``p`` (the kernel's dimension), ``nnz``,
+    ``uniform`` and the kernel arrays ``G`` (rank-one: factors, or for a
+    sparse family the nonzero values), ``Gc`` (column indices of a sparse
+    family) and ``H`` (dense).
 
     Rank-one factors whose rows have at most one or at most ``p / 4``
     nonzeros (the coherence dial has one) are stored sparsely (``nnz`` = the
@@ -565,6 +566,10 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
     (:mod:`simlab.dynamics._step`). With one nonzero per row the sparse
     product costs O(1) per sample for any ``p`` (and drawing without
     replacement takes the fused step), so it is used even when ``p < 4``.
+    ``uniform`` marks such a family whose retain rows share one value and
+    whose forget rows share one value, bit for bit (the coherence dial): its
+    draws permute columns instead of rows
+    (:func:`simlab.dynamics._step.draw_add_uniform`, same bits).
     """
     hess = retain if forget is None else np.concatenate([retain, forget])
     active = [s for s, use in ((retain, use_r), (forget, use_f)) if use]
@@ -579,7 +584,7 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
             hess = 0.5 * (hess + hess.transpose(0, 2, 1))   # the kernel uses H = H^T
         hess = np.ascontiguousarray(hess)
     p = hess.shape[1]
-    fam = {"basis": basis, "p": p, "nnz": 0, "rank_one": rank_one,
+    fam = {"basis": basis, "p": p, "nnz": 0, "uniform": False, "rank_one": rank_one,
            "G": hess if rank_one else np.zeros((0, 0)),
            "Gc": np.zeros((0, 0), dtype=np.int64),
            "H": np.zeros((0, 0, 0)) if rank_one else hess}
@@ -596,6 +601,14 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
             C[i, pos] = j
             V[i, pos] = hess[i, j]
             fam.update(nnz=nnz, G=V, Gc=C)
+            if nnz == 1:
+                # One value shared by the retain rows and one by the forget
+                # rows (bit for bit): the kernel's draws then permute columns
+                # (simlab.dynamics._step.draw_add_uniform).
+                bits = V[:, 0].view(np.uint64)
+                n_r = retain.shape[0]
+                fam["uniform"] = bool(np.all(bits[:n_r] == bits[0])
+                                      and np.all(bits[n_r:] == bits[n_r:n_r + 1]))
     return fam
 
 
@@ -864,7 +877,7 @@ def _chunk_inputs(chunk, cells, seeds, run, driver):
                f"(steps={steps}, record_every={every})")
     pair_cell = np.repeat(np.arange(len(chunk), dtype=np.int64), T)
     fused = bool(np.all((cell_i[:, 5] == _step.SCHEME_CODES["without"])
-                        & (cell_i[:, 9] == 1)))
+                        & (cell_i[:, 9] == 1) & (cell_i[:, 11] == 1)))
     if fused and not G.shape[2] == Gc.shape[2] == 1:   # what FUSED_ONLY assumes
         raise RuntimeError(f"one-nonzero families packed {G.shape[2]} and "
                            f"{Gc.shape[2]} columns wide, not 1")
@@ -899,7 +912,7 @@ def _chunk_inputs(chunk, cells, seeds, run, driver):
         "states": states, "delta": delta,
         "perm_r": np.empty((n_pairs, max(n_r_max, 1)), dtype=np.int64),
         "perm_f": np.empty((n_pairs, max(n_f_max, 1)), dtype=np.int64),
-        # The fused draw of one-nonzero rows without replacement needs no idx.
+        # The draw of uniform one-nonzero rows without replacement needs no idx.
         "idx": np.empty((n_pairs, 1 if fused else max(n_r_max, n_f_max, 1)),
                         dtype=np.int64),
         "acc": np.empty((n_pairs, p_max)),
