@@ -257,10 +257,10 @@ def test_uniform_families_are_detected_per_set():
 def test_uniform_draws_are_bit_identical_to_row_draws(serial_work, monkeypatch):
     """Uniform one-nonzero families permute columns instead of rows
     (``_step.draw_add_uniform``); with the flag cleared the same cells take the
-    row-permutation step (``_step.draw_add_one``) on the plain drivers: same
-    bits, whether the uniform cells ran on the fused drivers (every cell of the
-    chunk uniform one-nonzero without replacement) or on the plain ones (a
-    dense cell in the chunk)."""
+    row-permutation step (``draw_batch`` and ``add_sparse``) on the plain
+    drivers: same bits, whether the uniform cells ran on the fused drivers
+    (every cell of the chunk uniform one-nonzero without replacement) or on the
+    plain ones (a dense cell in the chunk)."""
     monkeypatch.setattr(lin, "_SERIAL_WORK", serial_work)
     D = coherence_dial(30, 4)
     ragged = D.copy()

@@ -63,7 +63,6 @@ __all__ = [
     "add_rank_one",
     "add_sparse",
     "add_dense",
-    "draw_add_one",
     "draw_add_uniform",
     "escape_threshold",
     "sum_sq",
@@ -324,45 +323,9 @@ def add_dense(H, row0, idx, k, w, delta, acc, p):
                 acc[j] += c * Hi[m, j]
 
 
-def draw_add_one(state, n, B, perm, V, C, row0, wv, wc, w, delta, acc):
-    """:func:`draw_batch` for ``"without"`` (scheme 2) and :func:`add_sparse`
-    for rows with one nonzero, in one loop: the same draws, the same products
-    and the same order of the additions into ``acc`` (bit-identical), without
-    the round trip of the batch through ``idx``. Rows whose values are all
-    equal (the coherence dial) take :func:`draw_add_uniform` instead.
-
-    ``V`` and ``C`` are the family's sparse values and columns flattened to
-    1-D: row ``i``'s nonzero sits at ``V[i * wv]`` and ``C[i * wc]`` (``wv``,
-    ``wc``: the row widths, ``np.uint64``); the sparse storage of one nonzero
-    per row has width 1.
-
-    Indices are unsigned (``np.uint64``) here and in the update loop of
-    :func:`run_trajectory`: a signed index costs a negative-index test per array
-    access in the compiled code (1.3x on the Hessian-test cells).
-    """
-    s0 = state[0]
-    s1 = state[1]
-    s2 = state[2]
-    s3 = state[3]
-    for j in range(B):
-        x, s0, s1, s2, s3 = xoshiro(s0, s1, s2, s3)
-        ju = np.uint64(j)
-        r = ju + (((x >> _U32) * np.uint64(n - j)) >> _U32)
-        tmp = perm[r]
-        perm[r] = perm[ju]
-        perm[ju] = tmp
-        i = np.uint64(row0 + tmp)
-        c = np.uint64(C[i * wc])
-        v = V[i * wv]
-        acc[c] += (w * (v * delta[c])) * v
-    state[0] = s0
-    state[1] = s1
-    state[2] = s2
-    state[3] = s3
-
-
 def draw_add_uniform(state, n, B, perm, v, w, delta, acc):
-    """:func:`draw_add_one` for a set of rows that share one value ``v``: the
+    """:func:`draw_batch` for ``"without"`` (scheme 2) and :func:`add_sparse`
+    in one loop, for rows with one nonzero that share one value ``v``: the
     permutation ``perm`` holds each row's column instead of the row's index.
 
     The swaps of a Fisher-Yates step move entries by position and never look
@@ -453,32 +416,23 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
     use_f = cell_i[7] != 0
     rank_one = cell_i[8] != 0
     nnz = cell_i[9]
-    fused = FUSED_ONLY or (scheme == 2 and nnz == 1)
-    uniform = FUSED_ONLY or (fused and cell_i[11] != 0)
+    uniform = FUSED_ONLY or (scheme == 2 and nnz == 1 and cell_i[11] != 0)
     q_r = cell_f[0]
     q_f = cell_f[1]
     w_r = cell_f[2]
     w_f = cell_f[3]
     eta = cell_f[4]
-    # The sparse rows flattened for draw_add_one and draw_add_uniform. In the
-    # FUSED_ONLY compile every family of the chunk has one nonzero per row, so
-    # G and Gc are one column wide (simlab.dynamics.linearized checks it) and
-    # the widths are the constant 1.
-    Vf = G.reshape(G.size)
-    Cf = Gc.reshape(Gc.size)
-    wv = _U1 if FUSED_ONLY else np.uint64(G.shape[1])
-    wc = _U1 if FUSED_ONLY else np.uint64(Gc.shape[1])
     v_r = 0.0
     v_f = 0.0
     if uniform:     # permutations of columns (draw_add_uniform)
         for i in range(n_r):
-            perm_r[i] = Cf[np.uint64(i) * wc]
+            perm_r[i] = Gc[i, 0]
         for i in range(n_f):
-            perm_f[i] = Cf[np.uint64(n_r + i) * wc]
+            perm_f[i] = Gc[n_r + i, 0]
         if n_r > 0:
-            v_r = Vf[0]
+            v_r = G[0, 0]
         if n_f > 0:
-            v_f = Vf[np.uint64(n_r) * wv]
+            v_f = G[n_r, 0]
     else:
         for i in range(n_r):
             perm_r[i] = i
@@ -516,15 +470,6 @@ def run_trajectory(G, Gc, H, cell_i, cell_f, steps, record_every, log_K,
                 draw_add_uniform(state, n_r, B_r, perm_r, v_r, w_r, delta, acc)
             if uf:
                 draw_add_uniform(state, n_f, B_f, perm_f, v_f, -w_f, delta, acc)
-            ur = False
-            uf = False
-        elif fused:     # fused draw and product
-            if ur:
-                draw_add_one(state, n_r, B_r, perm_r, Vf, Cf, 0, wv, wc, w_r,
-                             delta, acc)
-            if uf:
-                draw_add_one(state, n_f, B_f, perm_f, Vf, Cf, n_r, wv, wc, -w_f,
-                             delta, acc)
             ur = False
             uf = False
         if ur:
@@ -665,8 +610,7 @@ def simulate_serial(G, Gc, H, cell_i, cell_f, pair_cell, order, steps, record_ev
 #: The device-side functions, in dependency order.
 STEP_FUNCTIONS = ("xoshiro", "rng_next", "to_uniform", "to_below", "rng_uniform",
                   "rng_below", "draw_batch",
-                  "add_rank_one", "add_sparse", "add_dense", "draw_add_one",
-                  "draw_add_uniform",
+                  "add_rank_one", "add_sparse", "add_dense", "draw_add_uniform",
                   "escape_threshold", "sum_sq", "run_trajectory",
                   "simulate_pair")
 

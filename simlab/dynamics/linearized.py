@@ -564,11 +564,11 @@ def _prepare_family(retain, forget, rank_one, use_r, use_f):
     largest row count, rows padded with zeros at column 0); the kernel's
     sparse products are bit-identical to the dense ones
     (:mod:`simlab.dynamics._step`). With one nonzero per row the sparse
-    product costs O(1) per sample for any ``p`` (and drawing without
-    replacement takes the fused step), so it is used even when ``p < 4``.
-    ``uniform`` marks such a family whose retain rows share one value and
-    whose forget rows share one value, bit for bit (the coherence dial): its
-    draws permute columns instead of rows
+    product costs O(1) per sample for any ``p``, so it is used even when
+    ``p < 4``. ``uniform`` marks such a family whose retain rows share one
+    value and whose forget rows share one value, bit for bit (the coherence
+    dial): drawn without replacement, it takes the fused step, whose draws
+    permute columns instead of rows
     (:func:`simlab.dynamics._step.draw_add_uniform`, same bits).
     """
     hess = retain if forget is None else np.concatenate([retain, forget])
@@ -878,9 +878,6 @@ def _chunk_inputs(chunk, cells, seeds, run, driver):
     pair_cell = np.repeat(np.arange(len(chunk), dtype=np.int64), T)
     fused = bool(np.all((cell_i[:, 5] == _step.SCHEME_CODES["without"])
                         & (cell_i[:, 9] == 1) & (cell_i[:, 11] == 1)))
-    if fused and not G.shape[2] == Gc.shape[2] == 1:   # what FUSED_ONLY assumes
-        raise RuntimeError(f"one-nonzero families packed {G.shape[2]} and "
-                           f"{Gc.shape[2]} columns wide, not 1")
     # As _rng_states and _initial_directions cell by cell, bit for bit: the
     # generator states of the whole chunk at once, and one normalization per
     # group of cells of the same width (row norms do not depend on the rows
