@@ -45,12 +45,29 @@ F3 = random_rank_one(3, 3, seed=2)                 # rank-one forget, n=3
 D4 = random_psd(4, 3, seed=3)                      # dense retain, n=4, p=3
 DF2 = random_psd(2, 3, rank=2, seed=4)             # dense forget, n=2
 LOW = random_rank_one(2, 4, seed=5)                # p=4 > n=2: U is 2-dimensional
+DIAL = coherence_dial(8, 3)                        # one nonzero per row, p = 6
 
 
 def _scale(H, target=2.0):
     """Rescale a family so that lambda_max(H) = target."""
     lam = np.linalg.eigvalsh(mean_hessian(H))[-1]
     return H * (target / lam if H.ndim == 3 else np.sqrt(target / lam))
+
+
+def _sparse_factors(n, p, nnz, seed):
+    """Random factors with ``nnz`` nonzeros per row (columns anywhere, the
+    tail ``p - p mod 4`` included; row ``i`` covers column ``i mod p``, so
+    that ``n >= p`` rows span the whole space)."""
+    rng = np.random.default_rng(seed)
+    G = np.zeros((n, p))
+    for i in range(n):
+        others = np.delete(np.arange(p), i % p)
+        cols = np.append(rng.choice(others, nnz - 1, replace=False), i % p)
+        G[i, cols] = rng.standard_normal(nnz)
+    return G
+
+
+SPARSE = _sparse_factors(28, 16, 3, seed=6)       # three nonzeros per row
 
 
 # ---------------------------------------------------------------- 1. reference
@@ -72,6 +89,14 @@ _CASES = {
     "rank-deficient": (LOW, 0.5, 1, {}),
     "record-stop": (G5, 1.5, 2, {"record_every": 3, "stop_on_escape": True,
                                  "escape_factor": 50.0}),
+    # Stored sparsely (at most p/4 nonzeros per row): the dial (one nonzero,
+    # one shared column: repeated columns within a batch under "with" and
+    # "bernoulli"), the dial against a rescaled dial, and ragged rows with
+    # three nonzeros (28 x 16, rank 16).
+    "sparse-dial": (DIAL, 0.4, 3, {}),
+    "sparse-dial-unlearn": (DIAL, 0.4, 3, {"forget": 1.3 * DIAL, "alpha": 0.3,
+                                           "forget_batch": 2}),
+    "sparse-ragged": (SPARSE, 0.3, 4, {}),
 }
 
 
@@ -304,19 +329,6 @@ def test_uniform_draws_are_bit_identical_to_row_draws(serial_work, monkeypatch):
             npt.assert_array_equal(a.direction, b.direction)
 
 
-def _sparse_factors(n, p, nnz, seed):
-    """Random factors with ``nnz`` nonzeros per row (columns anywhere, the
-    tail ``p - p mod 4`` included; row ``i`` covers column ``i mod p``, so
-    that ``n >= p`` rows span the whole space)."""
-    rng = np.random.default_rng(seed)
-    G = np.zeros((n, p))
-    for i in range(n):
-        others = np.delete(np.arange(p), i % p)
-        cols = np.append(rng.choice(others, nnz - 1, replace=False), i % p)
-        G[i, cols] = rng.standard_normal(nnz)
-    return G
-
-
 @pytest.mark.parametrize("family", ["dial", "three per row"])
 def test_sparse_storage_is_bit_identical_to_dense(family):
     """Sparse rank-one rows give bit-for-bit the result of the same factors
@@ -522,9 +534,14 @@ def test_second_moment_matches_exact_operator(case, scheme):
     flat = upper[0] * p + upper[1]
     z = np.abs(mean[flat]) / np.maximum(se[flat], 1e-300)
     assert np.all(z < Z_MAX), z
-    # And the population statement: MC mean vs T^t(mean delta_0 delta_0^T).
-    exact = Tt @ X0.mean(axis=0)
-    npt.assert_allclose(mc_k.mean(axis=0), exact, atol=Z_MAX * se.max() + 1e-12)
+    # The exact side is the package's operator: it must equal the enumeration
+    # of tests/reference.py on the mean initial moment (rounding only: 1e-12).
+    S = X0.mean(axis=0).reshape(p, p)
+    for _ in range(t):
+        S = reference.second_moment(_MC_RETAIN, eta, batch, scheme, S,
+                                    kw.get("forget"), kw.get("forget_batch"),
+                                    kw.get("alpha", 0.0))
+    npt.assert_allclose(Tt @ X0.mean(axis=0), S.ravel(), rtol=1e-12, atol=1e-14)
 
 
 def test_second_moment_test_detects_wrong_scheme():

@@ -38,10 +38,13 @@ def test_settled_runs_respect_their_frontier(tiny):
     assert not np.any(st & big)                         # blew up: not settled
     assert np.any(st & gd) and np.any(st & ~gd)
     assert np.all(ds.edge.values[st & gd] <= 1.0)
-    assert ds.attrs["violations_gd"] == 0
+    # the recorded count is the count of those violations
+    assert ds.attrs["violations_gd"] == int(np.sum(st & gd & (ds.edge.values > 1.0)))
     npt_ok = np.isfinite(ds.rho.values[st]) & np.isfinite(ds.lyapunov.values[st])
     assert npt_ok.all()
-    assert np.all(ds.train_loss.values[st] < 1e-12)
+    # stationarity as predict_stability judges it (gradient norm against
+    # sharpness x |W|), not the loss threshold that defines "settled"
+    assert np.all(ds.stationary.values[st] == 1)
     # GD: the mean-square frontier ratio is eta lambda_max / 2 (THEORY 2)
     np.testing.assert_allclose(ds.frontier.values[st & gd], ds.edge.values[st & gd],
                                rtol=1e-8)
@@ -117,7 +120,13 @@ def test_full_size_acceptance():
     frontier a false violation has probability 0.13 %, so at most 0.0013 per
     settled run; runs inside the frontier far less); escape from w*: >= 150
     cells, >= 50 far cells on each side, typical far agreement >= 95 %. Seeds
-    are fixed, so the outcome is reproducible."""
+    are fixed, so the outcome is reproducible.
+
+    False-failure rate of the SGD check: the union bound over the 287 settled
+    SGD runs of the committed data would be 0.39 if every run sat exactly at
+    the frontier; none does: the largest lambda_typ / SE is -5.9
+    (``max_z_sgd``), so a false violation needs an estimation error of 8.9 SE,
+    probability below 1e-18 per run at that exponent."""
     a = sm.run().attrs
     assert a["settled_runs"] >= 200
     assert a["violations_gd"] == 0 and a["violations_sgd"] == 0

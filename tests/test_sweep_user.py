@@ -28,8 +28,13 @@ x = { values = [0.0, 1.0, 2.0, 3.0] }
 
 
 def _expected_square(spec):
-    """Direct per-cell computation from the spec's own seeds."""
-    seeds = spec.cell_seeds().reshape(spec.shape)
+    """Direct per-cell computation from the documented seeds: one 63-bit seed
+    per cell from ``SeedSequence(seed)`` (spec.py), all distinct."""
+    state = np.random.SeedSequence(spec.seed).generate_state(spec.n_cells,
+                                                             dtype=np.uint64)
+    seeds = (state >> np.uint64(1)).astype(np.int64)
+    assert np.unique(seeds).size == seeds.size
+    seeds = seeds.reshape(spec.shape)
     xs = np.array([0.0, 1.0, 2.0, 3.0])
     mean = np.array([[np.random.default_rng(int(s)).standard_normal(100).mean()
                       for s in row] for row in seeds])
@@ -132,8 +137,14 @@ def test_changed_source_refused_unless_restart(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     text = SQUARE.replace("user_cells:", "user_cells_copy:")
     store = tmp_path / "c.zarr"
-    run_sweep(parse_spec(text), store)
-    run_sweep(parse_spec(text), store)                 # same source: resumes
+    first = run_sweep(parse_spec(text), store).load()
+    calls = []
+    real = run_mod._evaluate_reporting
+    monkeypatch.setattr(run_mod, "_evaluate_reporting",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = run_sweep(parse_spec(text), store).load()  # same source: resumes
+    assert calls == []                                 # every cell was done
+    xr.testing.assert_identical(first.drop_attrs(), again.drop_attrs())
     with open(tmp_path / "user_cells_copy.py", "a") as f:
         f.write("\n# edited\n")
     with pytest.raises(StoreError, match="source of the cell experiment.*changed"):

@@ -2,6 +2,7 @@
 what they should (negative controls), at the stated false-failure rates."""
 
 import numpy as np
+import numpy.testing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,8 @@ from simlab.coherence import coherence_measure
 from simlab.curvature import Factors, to_dense
 from simlab.stability import critical_lr
 from simlab.stability.bounds import coherence_bound_lr
+
+import reference
 
 
 @given(testing.families(min_n=2, max_n=5, max_p=4))
@@ -79,10 +82,28 @@ def test_unlearning_problems_valid_together(prob):
     np.testing.assert_allclose(U @ U.T @ F @ U @ U.T, F, atol=1e-8 * np.abs(F).max())
 
 
-@given(testing.signal_noise_data(max_n=10, max_d=30, p_flip=0.2))
+@given(testing.signal_noise_data(max_n=10, max_d=30, snr=0.7))
 @settings(max_examples=15, deadline=None)
 def test_signal_noise_data(data):
-    assert data.X.shape[0] == data.y.shape[0] and data.X.shape[1] == 2
+    """The strategy honours its bounds and fixed parameters: 2 <= n <= 10,
+    4 <= d <= 30 (min_d's default), the requested SNR (to rounding), labels in
+    {-1, +1} with the flips recorded (the flip rate: the next test)."""
+    n, _, d = data.X.shape
+    assert 2 <= n <= 10 and 4 <= d <= 30 and data.X.shape == (n, 2, d)
+    npt.assert_allclose(data.snr, 0.7, rtol=1e-12)
+    assert set(np.unique(data.y)) <= {-1.0, 1.0}
+    npt.assert_array_equal(data.flipped, data.y != data.y_clean)
+
+
+@given(testing.signal_noise_data(min_n=30, max_n=40, max_d=8, p_flip=0.45),
+       testing.signal_noise_data(max_n=10, max_d=8, p_flip=0.0))
+@settings(max_examples=15, deadline=None)
+def test_signal_noise_data_passes_the_flip_rate(noisy, clean):
+    """p_flip reaches signal_noise: at 0 nothing is flipped; at 0.45 with n >= 30
+    something is (no flip has probability 0.55^30 = 1.6e-8 per example, below
+    3e-7 over the 15 examples)."""
+    assert not clean.flipped.any()
+    assert noisy.flipped.any()
 
 
 @given(testing.families(kind="rank_one", min_n=2), st.integers(1, 6))
@@ -124,20 +145,52 @@ def test_assert_agrees_rate_and_power():
             testing.assert_agrees([0.0], [0.0], [bad])
 
 
-def test_simulation_matches_operator_and_detects_wrong_operator():
-    """The helper passes on a correct comparison (false-failure rate 1e-6) and
-    rejects the 'with' operator when the simulation samples 'without' (n = 6,
-    B = 2: noise factors 1/2 vs 2/5), the negative control of test_linearized."""
-    rng = np.random.default_rng(3)
-    G = rng.standard_normal((6, 3))
-    G /= np.linalg.norm(G, axis=1, keepdims=True)
-    mc, exact, se = testing.assert_simulation_matches_operator(
-        G, 0.6, 2, scheme="without", steps=4, trajectories=20000, seed=5)
-    assert mc.shape == exact.shape == (5,)
+_HELPER_CASES = {
+    # n = 6, B = 2: the without-replacement noise factor is 2/5, "with" gives 1/2.
+    "retain": dict(n_f=0, eta=0.6, steps=4, kw=dict(scheme="without")),
+    # descent-ascent: retain 6 (B = 2) and forget 3 (B_f = 2: 1/4 vs 1/2)
+    "forget": dict(n_f=3, eta=0.8, steps=6, kw=dict(scheme="without", forget_batch=2,
+                                                    alpha=0.5)),
+    # alpha = 1: ascent on the forget set only; U is the forget set's range
+    "alpha=1": dict(n_f=3, eta=0.5, steps=4, kw=dict(scheme="without", forget_batch=2,
+                                                     alpha=1.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(_HELPER_CASES))
+def test_simulation_matches_operator_and_detects_wrong_operator(case, monkeypatch):
+    """The helper passes on a correct comparison (false-failure rate 1e-6); the
+    exact curve it returns is the dense enumeration of tests/reference.py (p = 3:
+    ``tr Sigma_t`` from the 9 x 9 operator; rtol 1e-10 is rounding over <= 6 steps of
+    O(1) numbers); and it fails when its operator is swapped for the "with"
+    scheme while the simulation samples "without" (the negative control: with
+    these cases and seeds the wrong curve lies 7.8-13 standard errors away at its
+    farthest step, against the 5.2 allowed, so the control has power, not
+    luck)."""
+    from simlab import stability
     from simlab.curvature import range_basis
-    from simlab.stability import mean_square_growth
-    U = range_basis(G)
-    wrong = mean_square_growth(G, 0.6, 2, scheme="with", steps=4,
-                               perturbation_cov=U @ U.T)
+
+    c = _HELPER_CASES[case]
+    rng = np.random.default_rng(3)
+    G = rng.standard_normal((6 + c["n_f"], 3))
+    G /= np.linalg.norm(G, axis=1, keepdims=True)
+    R, F = G[:6], (G[6:] if c["n_f"] else None)
+    kw = dict(c["kw"], forget=F) if F is not None else dict(c["kw"])
+    run = dict(steps=c["steps"], trajectories=40000, seed=5)
+    mc, exact, se = testing.assert_simulation_matches_operator(R, c["eta"], 2, **run,
+                                                               **kw)
+    alpha = kw.get("alpha", 0.0)
+    U = range_basis(F if alpha >= 1 else G)
+    Tmat = reference.operator_matrix(R, c["eta"], 2, "without", F,
+                                     kw.get("forget_batch"), alpha)
+    npt.assert_allclose(exact, reference.growth_curve(Tmat, U @ U.T, c["steps"]),
+                        rtol=1e-10)
+    assert mc.shape == se.shape == (c["steps"] + 1,)
+    assert mc[0] == 1.0 and np.all(se[1:] > 0)
+
+    def with_scheme(*a, **k):
+        return stability.mean_square_growth(*a, **dict(k, scheme="with"))
+
+    monkeypatch.setattr(testing, "mean_square_growth", with_scheme)
     with pytest.raises(AssertionError, match="standard errors"):
-        testing.assert_agrees(mc[1:], wrong[1:], se[1:], false_failure_rate=1e-6)
+        testing.assert_simulation_matches_operator(R, c["eta"], 2, **run, **kw)

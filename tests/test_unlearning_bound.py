@@ -120,7 +120,13 @@ def test_rank_one_direction_bound_reads_off_coherence(prob):
     R, F, alpha, Br, Bf = prob
     assume(unlearning_bound_lr(R, Br, forget=F, alpha=alpha, forget_batch=Bf) > 0)
     ref = ub.rank_one_direction_bound(R, F, alpha, Br, Bf)
-    assert _direction(R, F, alpha, Br, Bf) <= ref * (1 + 1e-12)
+    bound = _direction(R, F, alpha, Br, Bf)
+    assert bound <= ref * (1 + 1e-12)
+    # and from below: still a bound on the exact threshold (a bound that
+    # collapsed to 0 would pass the line above)
+    eta_star = critical_lr(R, Br, scheme="bernoulli", forget=F, forget_batch=Bf,
+                           alpha=alpha)
+    assert eta_star <= bound * (1 + RTOL)
 
 
 @settings(max_examples=60)
