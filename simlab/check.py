@@ -188,10 +188,14 @@ class FamilyCheck:
 
 
 def _ratio(eta, bound):
-    """``eta / bound``; ``nan`` where it says nothing: a vacuous bound
-    (``inf``) or ``0 / 0`` (``kappa_+ > 0``: the bound is exact)."""
+    """``eta / bound``; ``inf`` for ``eta > 0 = bound`` (``kappa_+ > 0``: every
+    learning rate is above the threshold); ``nan`` where it says nothing: a
+    vacuous bound (``inf``) or ``0 / 0`` (``kappa_+ > 0``: the bound is
+    exact)."""
     if math.isinf(bound) or (eta == 0.0 and bound == 0.0):
         return math.nan
+    if bound == 0.0:
+        return math.inf
     return float(eta / bound)
 
 
@@ -372,6 +376,9 @@ def load_family(path, *, kind=None, name="retain"):
                 arrays = {key: data[key] for key in data.files}
         else:
             arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray):    # np.load sniffs: a zip archive
+                arr.close()
+                raise ValueError("a .npz archive under a .npy name: rename it")
     except Exception as exc:     # truncated, empty, not a zip, pickled objects, ...
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise ValueError(f"{where}: cannot read ({text})") from None

@@ -70,23 +70,25 @@ def _one_line(exc):
     return " ".join(text.split())
 
 
-def _nonnegative_int(text):
-    """argparse type: an integer >= 0 (a seed)."""
+def _int_at_least(text, low):
+    """An integer ``>= low`` from argparse text."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
     return value
+
+
+def _nonnegative_int(text):
+    """argparse type: an integer >= 0 (a seed)."""
+    return _int_at_least(text, 0)
 
 
 def _positive_int(text):
     """argparse type: an integer >= 1."""
-    value = _nonnegative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    return _int_at_least(text, 1)
 
 
 def _positive_float(text):
@@ -303,6 +305,9 @@ def _cmd_check(args):
     retain, forget = load_pair(args.retain, args.forget, kind=args.kind)
     if args.forget is None and args.alpha:
         raise UsageError(f"--alpha {args.alpha:g} needs a forget set (--forget FILE)")
+    if args.forget is None and args.forget_batch is not None:
+        raise UsageError(f"--forget-batch {args.forget_batch} needs a forget set "
+                         "(--forget FILE)")
     result = check_family(retain, forget=forget, batch=args.batch, eta=args.eta,
                           eta_rel=args.eta_rel, forget_batch=args.forget_batch,
                           scheme=args.scheme, alpha=args.alpha,

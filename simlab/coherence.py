@@ -114,6 +114,10 @@ def block_coherence(retain, forget):
     R, F, r1 = check_pair(retain, forget, rank_k=True)
     if F is None:
         raise ValueError("forget must be given for a block summary")
+    for name, H in (("retain", R), ("forget", F)):
+        if not np.any(_lam_max_each(H, r1) > 0):
+            raise ValueError(f"{name} Hessians are all zero: sigma_{name[0]} is "
+                             "undefined")
     both = np.concatenate([R, F])
     S = _cross(both, r1, both, r1)
     n_r = R.shape[0]

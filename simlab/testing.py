@@ -50,6 +50,7 @@ except ImportError as exc:  # pragma: no cover - exercised without hypothesis
 from . import curvature
 from .data import signal_noise
 from .stability import mean_square_growth
+from .stability.operator import build_problem
 
 __all__ = [
     "SCHEMES",
@@ -70,6 +71,20 @@ SCHEMES = ("bernoulli", "with", "without")
 
 _KINDS = ("rank_one", "dense", "rank_k")
 _ALPHAS = (0.0, 0.02, 0.1, 0.3, 0.5, 0.9, 1.0)
+
+
+#: Largest ``scale_spread`` of :func:`families`: per-sample scales up to
+#: ``e^50`` stay far inside the package's curvature range.
+_MAX_SPREAD = 50.0
+
+
+def _check_range(low, high, name):
+    """``1 <= low <= high`` for the integer bounds of a strategy."""
+    for v in (low, high):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise ValueError(f"bounds on {name} must be integers, got {v!r}")
+    if not 1 <= low <= high:
+        raise ValueError(f"bounds on {name} need 1 <= min <= max, got {low}, {high}")
 
 
 def schemes():
@@ -118,6 +133,13 @@ def families(draw, *, min_n=1, max_n=6, min_p=1, max_p=4, kind=None, max_rank=No
     ...     assert curvature.sharpness(G) > 0
     >>> test_sharpness_positive()
     """
+    _check_range(min_n, max_n, "n")
+    _check_range(min_p, max_p, "p")
+    if max_rank is not None and (isinstance(max_rank, bool) or max_rank < 1):
+        raise ValueError(f"max_rank must be an integer >= 1 or None, got {max_rank!r}")
+    if not 0.0 <= scale_spread <= _MAX_SPREAD:
+        raise ValueError(f"scale_spread must lie in [0, {_MAX_SPREAD}], got "
+                         f"{scale_spread!r}")
     n = draw(st.integers(min_n, max_n))
     p = draw(st.integers(min_p, max_p))
     kind = draw(st.sampled_from(_KINDS)) if kind is None else kind
@@ -166,6 +188,13 @@ def configurations(draw, n_retain, n_forget=None, *, scheme=None, alphas=_ALPHAS
     ``None`` and ``alpha = 0`` (SGD); with one, ``1 <= forget_batch <=
     n_forget`` and ``alpha`` from ``alphas``.
     """
+    if scheme is not None and scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES} or None, got {scheme!r}")
+    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise ValueError(f"alphas must be mixing weights in [0, 1], got {alphas!r}")
+    _check_range(1, n_retain, "n_retain")
+    if n_forget is not None:
+        _check_range(1, n_forget, "n_forget")
     sch = draw(schemes()) if scheme is None else scheme
     batch = draw(st.integers(1, n_retain))
     if n_forget is None:
@@ -247,7 +276,9 @@ def assert_bound_holds(exact, bound, *, side="upper", rtol=1e-9, name="bound"):
     relative error of the package's eigenvalue computations and far below any
     real violation.
     """
-    exact, bound = float(exact), float(bound)
+    exact, bound, rtol = float(exact), float(bound), float(rtol)
+    if not (np.isfinite(rtol) and rtol >= 0.0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol}")
     if side not in ("upper", "lower"):
         raise ValueError(f"side must be 'upper' or 'lower', got {side!r}")
     if np.isnan(exact) or np.isnan(bound):
@@ -269,39 +300,51 @@ def _z(false_failure_rate, tests):
     return NormalDist().inv_cdf(1.0 - false_failure_rate / (2 * tests))
 
 
-def assert_agrees(estimate, exact, se, *, false_failure_rate=1e-6, name="estimate"):
+def assert_agrees(estimate, exact, se, *, false_failure_rate=1e-6, rtol=0.0,
+                  name="estimate"):
     """Assert that estimates agree with exact values within a stated
     false-failure rate.
 
     Two-sided z-test per entry, Bonferroni over the entries: fails when
-    ``|estimate - exact| > z se`` for any entry with
+    ``|estimate - exact| > z se + rtol |exact|`` for any entry with
     ``z = Phi^{-1}(1 - rate / (2 m))`` (``m`` entries). The rate holds when the
     estimates are (asymptotically) normal with standard errors ``se`` (CLT:
     enough independent samples of finite variance).
+
+    ``rtol`` (default 0) allows for floating-point rounding where the
+    estimate has no sampling noise (a deterministic case: every sample
+    equal, ``se`` at rounding level or 0); ``se = 0`` is accepted only with
+    ``rtol > 0``.
     """
     est, ex, se = (np.atleast_1d(np.asarray(v, dtype=float)) for v in
                    (estimate, exact, se))
     est, ex, se = np.broadcast_arrays(est, ex, se)
-    if not np.all(np.isfinite(se)) or np.any(se <= 0):
+    rtol = float(rtol)
+    if not (np.isfinite(rtol) and rtol >= 0.0):
+        raise ValueError(f"rtol must be a finite number >= 0, got {rtol}")
+    if not np.all(np.isfinite(se)) or np.any(se < 0) or (rtol == 0 and np.any(se == 0)):
         raise ValueError("se must hold finite standard errors > 0 (a zero standard "
-                         "error makes the test exact equality; compare exactly "
-                         "instead)")
+                         "error makes the test exact equality: compare exactly, "
+                         "or give rtol > 0)")
     if not np.all(np.isfinite(est)):
         raise AssertionError(f"{name}: non-finite estimates {est[~np.isfinite(est)]}")
     z = _z(false_failure_rate, est.size)
-    dev = np.abs(est - ex) / np.where(se > 0, se, np.nan)
-    bad = ~(np.abs(est - ex) <= z * se)
+    gap = np.abs(est - ex) - rtol * np.abs(ex)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dev = np.abs(est - ex) / se
+    bad = ~(gap <= z * se)
     if np.any(bad):
         i = int(np.flatnonzero(bad.ravel())[0])
         raise AssertionError(
             f"{name} disagrees with the exact value at entry {i}: "
             f"{est.ravel()[i]!r} vs {ex.ravel()[i]!r}, {dev.ravel()[i]:.2f} standard "
             f"errors (allowed {z:.2f} for false-failure rate {false_failure_rate:g} "
-            f"over {est.size} entries)")
+            f"over {est.size} entries, plus rtol {rtol:g})")
 
 
 def assert_simulation_matches_operator(retain, eta, batch, *, steps, trajectories,
-                                       seed, false_failure_rate=1e-6, **kwargs):
+                                       seed, false_failure_rate=1e-6, rtol=1e-10,
+                                       **kwargs):
     """Assert that Monte Carlo reproduces the exact second-moment operator.
 
     Runs :func:`simlab.simulate.linearized` (``delta_0`` uniform on the unit
@@ -315,6 +358,15 @@ def assert_simulation_matches_operator(retain, eta, batch, *, steps, trajectorie
     dynamics is noisy: ``||delta_t||^2`` is heavy-tailed and the CLT behind the
     stated rate needs its variance to be well estimated.
 
+    ``retain`` and the forget set of ``kwargs`` take every representation the
+    simulator takes (rank-one, dense, :class:`~simlab.curvature.Factors`).
+    ``rtol`` (passed to :func:`assert_agrees`) covers rounding where the
+    dynamics has no noise (full batches, or every sample alike): there the
+    standard error is at rounding level and the two curves differ by
+    rounding, ``~ steps * 1e-16`` relative; ``1e-10`` leaves a wide margin and
+    is far below any disagreement a Monte-Carlo run could resolve (its
+    relative standard error is rarely below ``1e-4``).
+
     Returns
     -------
     mc, exact, se : ndarray, shape (steps + 1,)
@@ -324,18 +376,13 @@ def assert_simulation_matches_operator(retain, eta, batch, *, steps, trajectorie
 
     res = linearized(retain, eta, batch, steps=steps, trajectories=trajectories,
                      seed=seed, record_every=1, **kwargs)
-    active = [retain]
-    if kwargs.get("forget") is not None and kwargs.get("alpha", 0.0) > 0:
-        active.append(kwargs["forget"])
-    fam = np.concatenate([np.asarray(a, dtype=float) for a in active])
-    if kwargs.get("alpha", 0.0) >= 1.0:
-        fam = np.asarray(kwargs["forget"], dtype=float)
-    U = curvature.range_basis(fam)
+    # U = range of the active Hessians, the simulator's default law
+    U = build_problem(retain, batch, **kwargs).basis
     exact = mean_square_growth(retain, eta, batch, steps=steps,
                                perturbation_cov=U @ U.T, **kwargs)
     sq = np.exp(res.log_sq_norm)                       # ||delta_0|| = 1
     mc = sq.mean(axis=0)
     se = sq.std(axis=0, ddof=1) / np.sqrt(trajectories)
     assert_agrees(mc[1:], exact[1:], se[1:], false_failure_rate=false_failure_rate,
-                  name="Monte-Carlo E||delta_t||^2")
+                  rtol=rtol, name="Monte-Carlo E||delta_t||^2")
     return mc, exact, se

@@ -112,6 +112,7 @@ def test_check_eta_rel_at_one_is_the_threshold(scheme):
     (dict(eta=0.1, law="gaussian"), "law must be one of"),
     (dict(eta=0.1, horizon=0), "horizon must be >= 1"),
     (dict(eta=0.1, alpha=0.2), "needs a forget set"),
+    (dict(eta=0.1, forget_batch=2), "forget_batch=2 needs a forget set"),
     (dict(eta=-1.0), "eta must be > 0"),
 ])
 def test_check_family_bad_arguments(kwargs, match):
@@ -125,6 +126,23 @@ def test_check_eta_rel_refused_when_every_eta_diverges():
     with pytest.raises(ValueError, match="eta_rel needs a finite positive"):
         check_family(Factors(G), forget=Factors(Gf), alpha=0.5, batch=1,
                      eta_rel=0.5)
+
+
+def test_check_every_eta_diverges_when_kappa_plus_is_positive():
+    """Forget directions outside the retain span (p = 10 > n_r = 4): kappa_+ > 0,
+    eta* = 0, so any eta is infinitely far above the threshold: the verdict is
+    divergent and eta / eta* is inf (strict JSON: the string "inf"); rho is
+    the enumeration reference's."""
+    rng = np.random.default_rng(1)
+    R, F = rng.standard_normal((4, 10)), rng.standard_normal((2, 10))
+    c = check_family(R, forget=F, alpha=0.1, batch=2, forget_batch=1, eta=0.1)
+    assert c.kappa_plus > 0 and c.critical_lr == 0.0
+    assert c.verdict == "divergent" and c.eta_over_critical == math.inf
+    npt.assert_allclose(c.rho, reference.radius(R, 0.1, 2, "without", F, 1, 0.1),
+                        rtol=TOL)
+    out = json.loads(json.dumps(c.to_dict(), allow_nan=False))
+    assert out["eta_over_critical"] == "inf" and out["critical_lr"] == 0.0
+    assert "eta / eta*                   inf" in c.table()
 
 
 def test_file_formats_give_the_same_family(tmp_path):

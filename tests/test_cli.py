@@ -413,6 +413,9 @@ def families_dir(tmp_path):
     whole = (tmp_path / "retain.npz").read_bytes()
     (tmp_path / "truncated.npz").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "zero_bytes.npy").write_bytes(b"")
+    (tmp_path / "zip_as.npy").write_bytes(whole)          # an .npz under .npy
+    np.save(tmp_path / "low.npy", G[:2, 0])               # spans 2 of 5 dims
+    np.save(tmp_path / "outside.npy", rng.standard_normal((2, 5)))
     (tmp_path / "retain.txt").write_text("1 2 3")
     return tmp_path
 
@@ -450,6 +453,9 @@ def test_check_table_and_json(capsys, families_dir):
     ("truncated.npy", [], ["truncated.npy", "cannot read"]),
     ("truncated.npz", [], ["truncated.npz", "cannot read"]),
     ("zero_bytes.npy", [], ["zero_bytes.npy", "cannot read"]),
+    ("zip_as.npy", [], ["zip_as.npy", "cannot read", ".npz archive under a .npy"]),
+    ("retain.npz", ["--forget-batch", "2"], ["--forget-batch 2 needs a forget set"]),
+    ("retain.npz", ["--batch", "-1"], ["--batch", "must be >= 1, got -1"]),
     ("two_keys.npz", [], ["two_keys.npz", "exactly one of the keys"]),
     ("wrong_key.npz", [], ["wrong_key.npz", "exactly one of the keys", "grads"]),
     ("retain.txt", [], ["retain.txt", ".npy or .npz"]),
@@ -470,6 +476,18 @@ def test_check_malformed_input_is_one_line(capsys, families_dir, retain, extra,
     if "--batch" not in extra:
         argv += ["--batch", "1"]
     _one_line_error(capsys, argv + extra, *needles)
+
+
+def test_check_kappa_plus_positive_is_a_verdict_not_a_crash(capsys, families_dir):
+    """eta* = 0 (forget outside the retain span): exit 0, verdict divergent,
+    eta / eta* inf."""
+    argv = ["check", "--retain", str(families_dir / "low.npy"), "--forget",
+            str(families_dir / "outside.npy"), "--batch", "1", "--alpha", "0.1",
+            "--eta", "0.1", "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "divergent" and out["critical_lr"] == 0.0
+    assert out["eta_over_critical"] == "inf" and out["kappa_plus"] > 0
 
 
 def test_check_help_says_how_it_relates_to_threshold(capsys):

@@ -70,6 +70,11 @@ def test_blocks():
         block_coherence(R, None)
     with pytest.raises(ValueError, match="forget"):
         block_coherence(R, np.ones((2, 3)))
+    # an all-zero block has no coherence: an error naming the set, not a NaN
+    with pytest.raises(ValueError, match="forget Hessians are all zero"):
+        block_coherence(R, np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="retain Hessians are all zero"):
+        block_coherence(np.zeros((6, 4)), F)
 
 
 @given(families(n_min=2, n_max=7, p_max=4), st.data())

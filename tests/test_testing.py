@@ -194,3 +194,44 @@ def test_simulation_matches_operator_and_detects_wrong_operator(case, monkeypatc
     monkeypatch.setattr(testing, "mean_square_growth", with_scheme)
     with pytest.raises(AssertionError, match="standard errors"):
         testing.assert_simulation_matches_operator(R, c["eta"], 2, **run, **kw)
+
+
+def test_simulation_matches_operator_without_noise_and_for_factors():
+    """Deterministic dynamics (B = n: every trajectory contracts alike, the
+    standard error is at rounding level) passes through ``rtol``; rank-k
+    Factors go through the helper like the other representations."""
+    from simlab.curvature import coherence_dial
+
+    for G, B in ((coherence_dial(5, 1), 5), (coherence_dial(4, 4), 2)):
+        mc, exact, se = testing.assert_simulation_matches_operator(
+            G, 0.3, B, steps=3, trajectories=500, seed=0)
+        npt.assert_allclose(mc, exact, rtol=1e-12)
+    F = Factors(np.random.default_rng(4).standard_normal((5, 2, 3)))
+    testing.assert_simulation_matches_operator(F, 0.05, 2, steps=3,
+                                               trajectories=20000, seed=1)
+    with pytest.raises(ValueError, match="rtol"):
+        testing.assert_agrees([1.0], [1.0], [0.0], rtol=-1.0)
+    with pytest.raises(ValueError, match="se must"):
+        testing.assert_agrees([1.0], [1.0], [0.0])          # se 0 needs rtol
+    with pytest.raises(AssertionError, match="plus rtol"):
+        testing.assert_agrees([1.0 + 1e-9], [1.0], [0.0], rtol=1e-10)
+
+
+def test_bad_arguments_to_strategies_and_helpers_are_refused():
+    for rtol in (np.nan, np.inf, -1e-9):
+        with pytest.raises(ValueError, match="rtol"):
+            testing.assert_bound_holds(5.0, 1.0, rtol=rtol)
+    bad_families = [dict(min_n=0), dict(min_p=0), dict(min_n=5, max_n=2),
+                    dict(max_rank=0), dict(scale_spread=400.0),
+                    dict(scale_spread=np.nan)]
+    bad_configs = [dict(scheme="foo"), dict(alphas=(2.0,)), dict(alphas=())]
+    strategies = ([testing.families(**kw) for kw in bad_families]
+                  + [testing.configurations(4, 2, **kw) for kw in bad_configs])
+    for strategy in strategies:
+        @given(strategy)
+        @settings(max_examples=1, database=None)
+        def draw(_):
+            pass
+
+        with pytest.raises(ValueError):
+            draw()

@@ -1009,7 +1009,9 @@ def linearized(retain, eta, batch, *, scheme="without", forget=None,
     forget : array_like, optional
         Forget-set Hessians in the same representation and dimension.
     forget_batch : int, optional
-        Forget batch size ``B_f`` in ``[1, n_f]``; defaults to ``batch``.
+        Forget batch size ``B_f`` in ``[1, n_f]``; defaults to the retain set's
+        sampling fraction, ``max(1, min(n_f, round(batch n_f / n_r)))``
+        (``batch`` when ``n_f = n_r``).
     alpha : float
         Mixing weight in ``[0, 1]``; ``0`` is plain SGD on ``retain``, and
         ``alpha > 0`` needs ``forget``.

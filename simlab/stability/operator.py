@@ -178,7 +178,8 @@ def build_problem(retain, batch, *, scheme="without", forget=None,
         Forget-set Hessians: dense with dense retain, factors (rank-one or
         :class:`~simlab.curvature.Factors`, any ``k``) with factor retain.
     forget_batch : int, optional
-        Forget batch size ``B_f``; defaults to ``batch``.
+        Forget batch size ``B_f``; defaults to the retain set's sampling fraction,
+        ``max(1, min(n_f, round(batch n_f / n_r)))`` (``batch`` when ``n_f = n_r``).
     alpha : float
         Mixing weight in ``[0, 1]``; ``0`` is plain SGD on ``retain``.
     restrict : bool

@@ -506,7 +506,8 @@ def spectral_radius(retain, eta, batch, *, scheme="without", forget=None,
     forget : array_like, optional
         Forget-set Hessians; ``None`` gives plain SGD.
     forget_batch : int, optional
-        Forget batch size (default ``batch``).
+        Forget batch size; defaults to the retain set's sampling fraction,
+        ``max(1, min(n_f, round(batch n_f / n_r)))`` (``batch`` when ``n_f = n_r``).
     alpha : float
         Mixing weight in ``[0, 1]``.
     method : {"auto", "dense", "davidson", "lanczos", "power"}
@@ -1477,5 +1478,6 @@ def kappa_plus(retain, *, forget, alpha):
     Computed on the invariant subspace ``U``, so a negative value means the
     net update is restoring in every moved direction.
     """
-    prob = build_problem(retain, 1, forget=forget, forget_batch=1, alpha=alpha)
+    prob = build_problem(retain, 1, forget=forget,
+                         forget_batch=None if forget is None else 1, alpha=alpha)
     return float(-np.linalg.eigvalsh(prob.mean())[0])

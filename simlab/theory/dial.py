@@ -68,7 +68,8 @@ def dial_spectral_radius(n, s, eta, batch, *, scheme="without", alpha=0.0,
         Mixing weight; retain and forget are both the whole family (the
         source's Hessian test), ``alpha = 0`` is SGD.
     forget_batch : int, optional
-        Forget batch size (default ``batch``).
+        Forget batch size (default ``batch``: the forget set is the whole
+        family, sampled at the retain set's fraction).
 
     Returns
     -------
