@@ -370,9 +370,8 @@ def check_run_config(n_retain, n_forget, batch, scheme, forget_batch, alpha):
     if n_forget is None:
         if alpha != 0.0:
             raise ValueError(f"alpha={alpha} > 0 needs a forget set (forget is None)")
-        if forget_batch is not None:
-            raise ValueError(f"forget_batch={forget_batch!r} needs a forget set "
-                             "(forget is None)")
+        if forget_batch is not None:    # unused, but never garbage
+            check_int(forget_batch, "forget_batch", low=1)
         return batch, None, scheme, alpha
     return (batch, check_forget_batch(forget_batch, batch, n_retain, n_forget),
             scheme, alpha)

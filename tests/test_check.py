@@ -112,7 +112,8 @@ def test_check_eta_rel_at_one_is_the_threshold(scheme):
     (dict(eta=0.1, law="gaussian"), "law must be one of"),
     (dict(eta=0.1, horizon=0), "horizon must be >= 1"),
     (dict(eta=0.1, alpha=0.2), "needs a forget set"),
-    (dict(eta=0.1, forget_batch=2), "forget_batch=2 needs a forget set"),
+    (dict(eta=0.1, forget_batch="x"), "forget_batch must be an integer"),
+    (dict(eta=0.1, forget_batch=-5), "forget_batch must be >= 1"),
     (dict(eta=-1.0), "eta must be > 0"),
 ])
 def test_check_family_bad_arguments(kwargs, match):
