@@ -1478,6 +1478,5 @@ def kappa_plus(retain, *, forget, alpha):
     Computed on the invariant subspace ``U``, so a negative value means the
     net update is restoring in every moved direction.
     """
-    prob = build_problem(retain, 1, forget=forget,
-                         forget_batch=None if forget is None else 1, alpha=alpha)
+    prob = build_problem(retain, 1, forget=forget, forget_batch=1, alpha=alpha)
     return float(-np.linalg.eigvalsh(prob.mean())[0])
