@@ -48,6 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised without hypothesis
         "pip install 'simlab[testing]' (or pip install hypothesis)") from exc
 
 from . import curvature
+from ._validation import check_int
 from .data import signal_noise
 from .stability import mean_square_growth
 from .stability.operator import build_problem
@@ -76,15 +77,6 @@ _ALPHAS = (0.0, 0.02, 0.1, 0.3, 0.5, 0.9, 1.0)
 #: Largest ``scale_spread`` of :func:`families`: per-sample scales up to
 #: ``e^50`` stay far inside the package's curvature range.
 _MAX_SPREAD = 50.0
-
-
-def _check_range(low, high, name):
-    """``1 <= low <= high`` for the integer bounds of a strategy."""
-    for v in (low, high):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer):
-            raise ValueError(f"bounds on {name} must be integers, got {v!r}")
-    if not 1 <= low <= high:
-        raise ValueError(f"bounds on {name} need 1 <= min <= max, got {low}, {high}")
 
 
 def schemes():
@@ -133,10 +125,10 @@ def families(draw, *, min_n=1, max_n=6, min_p=1, max_p=4, kind=None, max_rank=No
     ...     assert curvature.sharpness(G) > 0
     >>> test_sharpness_positive()
     """
-    _check_range(min_n, max_n, "n")
-    _check_range(min_p, max_p, "p")
-    if max_rank is not None and (isinstance(max_rank, bool) or max_rank < 1):
-        raise ValueError(f"max_rank must be an integer >= 1 or None, got {max_rank!r}")
+    check_int(max_n, "max_n", low=check_int(min_n, "min_n", low=1))
+    check_int(max_p, "max_p", low=check_int(min_p, "min_p", low=1))
+    if max_rank is not None:
+        check_int(max_rank, "max_rank", low=1)
     if not 0.0 <= scale_spread <= _MAX_SPREAD:
         raise ValueError(f"scale_spread must lie in [0, {_MAX_SPREAD}], got "
                          f"{scale_spread!r}")
@@ -192,9 +184,9 @@ def configurations(draw, n_retain, n_forget=None, *, scheme=None, alphas=_ALPHAS
         raise ValueError(f"scheme must be one of {SCHEMES} or None, got {scheme!r}")
     if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
         raise ValueError(f"alphas must be mixing weights in [0, 1], got {alphas!r}")
-    _check_range(1, n_retain, "n_retain")
+    check_int(n_retain, "n_retain", low=1)
     if n_forget is not None:
-        _check_range(1, n_forget, "n_forget")
+        check_int(n_forget, "n_forget", low=1)
     sch = draw(schemes()) if scheme is None else scheme
     batch = draw(st.integers(1, n_retain))
     if n_forget is None:
